@@ -1,0 +1,17 @@
+"""Settings for the test suite: the real settings, with tasks run in-process.
+
+django-q2 reads `Q_CLUSTER` when it is imported, so `sync` has to be set here rather than by a fixture.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
+os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="codedistiller-test-"))
+
+from codedistiller_site.settings import *  # noqa: E402,F403
+from codedistiller_site.settings import Q_CLUSTER, STORAGES  # noqa: E402
+
+Q_CLUSTER = {**Q_CLUSTER, "sync": True}
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

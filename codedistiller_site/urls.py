@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from codedistiller_site import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("runs/", include("distill.urls")),
+    path("library/", include("library.urls")),
+    path("reviews/", include("library.review_urls")),
+    path("admin/", admin.site.urls),
+]

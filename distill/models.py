@@ -1,0 +1,232 @@
+"""Runs, their iterations, their steps and every LLM call they made.
+
+A run is a small state machine (see `Run.Status`); `distill.services` is the only code that moves it.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class RunQuerySet(models.QuerySet):
+    def active(self):
+        return self.exclude(status__in=Run.FINISHED)
+
+    def finished(self):
+        return self.filter(status__in=Run.FINISHED)
+
+    def for_source(self, url: str):
+        return self.filter(source_url=url)
+
+    def stale(self, *, older_than):
+        """Active runs whose worker stopped sending heartbeats: it died, or its task was lost."""
+        return self.active().filter(Q(heartbeat_at__lt=older_than) | Q(heartbeat_at__isnull=True))
+
+
+class Run(models.Model):
+    class Kind(models.TextChoices):
+        REPOSITORY = "repository", "Repository"
+        PAPER = "paper", "Paper"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        FETCHING = "fetching", "Fetching"
+        SURVEYING = "surveying", "Surveying"
+        GENERATING = "generating", "Generating"
+        EXECUTING = "executing", "Executing"
+        JUDGING = "judging", "Judging"
+        FIXING = "fixing", "Fixing"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ERROR = "error", "Error"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.ERROR, Status.CANCELLED)
+
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.REPOSITORY)
+    source_url = models.CharField(max_length=2000, db_index=True)
+    profile = models.CharField(max_length=100)
+    # The profile as it was when the run started, overrides applied: a later edit of the profile file
+    # must not change what an old run says it used.
+    config = models.JSONField(default=dict)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status_message = models.TextField(blank=True)
+    error_information = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # The claim on the run's current step: a worker sets `lease` with a conditional UPDATE and renews
+    # `heartbeat_at` while it works; a sweeper re-enqueues runs whose heartbeat went stale.
+    lease = models.CharField(max_length=64, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    # What fetch and survey found.
+    commit_sha = models.CharField(max_length=64, blank=True)
+    source_title = models.CharField(max_length=500, blank=True)
+    repository_description = models.TextField(blank=True)
+
+    iteration_count = models.PositiveIntegerField(default=0)
+    # Totals kept in step with LLMCall rows, so lists need no aggregate per row.
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"Run {self.pk} ({self.source_url})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def max_iterations(self) -> int:
+        return int(self.config.get("max_debug_iterations", 8))
+
+    @property
+    def output_dir(self):
+        return settings.DATA_DIR / "runs" / str(self.pk)
+
+
+class RunStep(models.Model):
+    """One step of a run's timeline (fetch, survey, generate, execute, judge, fix)."""
+
+    class Name(models.TextChoices):
+        FETCH = "fetch", "Fetch"
+        SURVEY = "survey", "Survey"
+        GENERATE = "generate", "Generate"
+        EXECUTE = "execute", "Execute"
+        JUDGE = "judge", "Judge"
+        FIX = "fix", "Fix"
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        INTERRUPTED = "interrupted", "Interrupted"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=20, choices=Name.choices)
+    iteration = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.RUNNING)
+    message = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+
+    @property
+    def duration_secs(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class FileRating(models.Model):
+    """The fast model's rating of one candidate file of a repository, and whether it was selected."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="file_ratings")
+    path = models.CharField(max_length=1000)
+    tokens = models.PositiveIntegerField(default=0)
+    rating = models.PositiveSmallIntegerField(null=True, blank=True)  # 0-10; null when the rating failed
+    reason = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    selected = models.BooleanField(default=False)
+    selected_tokens = models.PositiveIntegerField(default=0)  # its size in the prompt, after truncation
+
+    class Meta:
+        ordering = ["-selected", "-rating", "path"]
+        constraints = [models.UniqueConstraint(fields=["run", "path"], name="unique_rating_per_file")]
+
+
+class Iteration(models.Model):
+    """One version of the example program and what happened when it ran."""
+
+    class State(models.TextChoices):
+        WRITTEN = "written", "Written"
+        RUNNING = "running", "Running"
+        RAN = "ran", "Ran"
+        JUDGED = "judged", "Judged"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="iterations")
+    number = models.PositiveIntegerField()  # 1-based
+    state = models.CharField(max_length=20, choices=State.choices, default=State.WRITTEN)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    # The program: {"main.py": ..., "requirements.txt": ..., "runscript.sh": ...} plus any extra files.
+    files = models.JSONField(default=dict)
+    metadata = models.JSONField(default=dict)
+    change_log = models.TextField(blank=True)  # what this version changed, in the model's words
+
+    # Execution.
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    timed_out = models.BooleanField(default=False)
+    duration_secs = models.FloatField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    log = models.JSONField(null=True, blank=True)  # the program's log.json
+    results = models.JSONField(null=True, blank=True)  # the program's results.json
+    saved_files = models.JSONField(default=list)  # [{"name": ..., "size": ...}] under to_save/
+
+    # Verdicts: measured first, then the LLM judge's; both kept.
+    measured = models.JSONField(null=True, blank=True)
+    judgement = models.JSONField(null=True, blank=True)
+    succeeded = models.BooleanField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="unique_iteration_number")]
+
+    def __str__(self):
+        return f"Run {self.run_id} iteration {self.number}"
+
+    @property
+    def code(self) -> str:
+        return self.files.get("main.py", "")
+
+    @property
+    def output_dir(self):
+        return self.run.output_dir / f"iteration_{self.number}"
+
+
+class LLMCall(models.Model):
+    """Every LLM call: saved before the call is made, completed after. The audit log and the cost ledger."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+        REFUSED = "refused", "Refused"  # not made: it would pass the run's cost or token cap
+
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="llm_calls")
+    iteration = models.PositiveIntegerField(null=True, blank=True)
+    stage = models.CharField(max_length=40)
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    prompt = models.JSONField(default=list)  # the messages sent
+    reply = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
