@@ -42,7 +42,9 @@ def test_ctrl_c_stops_the_web_server_and_every_worker(tmp_path):
     marker = f"serve-test-{os.getpid()}-{time.monotonic_ns()}"
     env = {**os.environ, "DEBUG": "true", "DATA_DIR": str(tmp_path), "SERVE_TEST_MARKER": marker}
     env["DJANGO_SETTINGS_MODULE"] = "codedistiller_site.settings"
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120
+    )
     port = free_port()
     serve = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port)],

@@ -35,7 +35,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium (make test does this)")
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM}: apt-get install chromium (make test does this)"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

@@ -25,7 +25,12 @@ class Command(BaseCommand):
                 )
             return
         user, created = User.objects.get_or_create(
-            username=username, defaults={"is_staff": True, "is_superuser": True, "email": os.environ.get("DJANGO_SUPERUSER_EMAIL", "")}
+            username=username,
+            defaults={
+                "is_staff": True,
+                "is_superuser": True,
+                "email": os.environ.get("DJANGO_SUPERUSER_EMAIL", ""),
+            },
         )
         if created:
             user.set_password(password)

@@ -44,7 +44,9 @@ class Command(BaseCommand):
         while not stopping:
             for child in children:
                 if child.poll() is not None:
-                    self.stderr.write(f"{child.args[2]} stopped with exit code {child.returncode}; stopping the rest")
+                    self.stderr.write(
+                        f"{child.args[2]} stopped with exit code {child.returncode}; stopping the rest"
+                    )
                     stopping, exit_code = True, 1
             time.sleep(0.2)
         self._stop(children)
