@@ -225,3 +225,17 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# Distillation. Sources: https URLs on these hosts; local folders only when allowed (tests, offline use).
+DISTILL_ALLOWED_HOSTS = env_list(
+    "DISTILL_ALLOWED_HOSTS", ["github.com", "gitlab.com", "bitbucket.org", "codeberg.org", "huggingface.co"]
+)
+DISTILL_ALLOW_LOCAL_SOURCES = env_bool("DISTILL_ALLOW_LOCAL_SOURCES", False)
+DISTILL_MAX_REPO_MB = env_int("DISTILL_MAX_REPO_MB", 500)
+DISTILL_MAX_REPO_FILES = env_int("DISTILL_MAX_REPO_FILES", 100_000)
+DISTILL_CLONE_TIMEOUT_SECS = env_int("DISTILL_CLONE_TIMEOUT_SECS", 300)
+# A run whose worker has not renewed its heartbeat for this long is resumed by the sweeper.
+DISTILL_STALE_SECS = env_int("DISTILL_STALE_SECS", 180)
+# Record and replay of LLM replies (see tests/cassettes/README.md).
+DISTILL_LLM_REPLAY = env_str("DISTILL_LLM_REPLAY")
+DISTILL_LLM_RECORD = env_str("DISTILL_LLM_RECORD")

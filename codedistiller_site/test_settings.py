@@ -15,3 +15,8 @@ from codedistiller_site.settings import Q_CLUSTER, STORAGES  # noqa: E402
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# A file, not SQLite's shared in-memory database: the pipeline's heartbeat thread and the live server
+# open connections of their own, and these must see committed rows without sharing a lock.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DATA_DIR"], "test.sqlite3")}  # noqa: F405

@@ -146,6 +146,8 @@ class FileRating(models.Model):
     error = models.TextField(blank=True)
     selected = models.BooleanField(default=False)
     selected_tokens = models.PositiveIntegerField(default=0)  # its size in the prompt, after truncation
+    # The selected text as the prompts see it (truncated), so that generating and fixing need no clone.
+    excerpt = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-selected", "-rating", "path"]
@@ -179,6 +181,10 @@ class Iteration(models.Model):
     duration_secs = models.FloatField(null=True, blank=True)
     stdout = models.TextField(blank=True)
     stderr = models.TextField(blank=True)
+    install_log = models.TextField(blank=True)
+    # What the sandbox reported beyond the exit code: install_secs, env_reused, out_of_memory, cancelled,
+    # failure (its own one-line reason, e.g. "install failed").
+    sandbox = models.JSONField(default=dict)
     log = models.JSONField(null=True, blank=True)  # the program's log.json
     results = models.JSONField(null=True, blank=True)  # the program's results.json
     saved_files = models.JSONField(default=list)  # [{"name": ..., "size": ...}] under to_save/

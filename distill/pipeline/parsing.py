@@ -1,0 +1,196 @@
+"""Strict schemas for LLM replies, and parsers that survive what models actually send.
+
+Programs are asked for in a sectioned format rather than JSON: code inside JSON strings breaks on one
+unescaped quote, and code inside Markdown fences breaks on code that itself contains ``` (docstrings,
+notebooks, Markdown writers). A section starts with a line `=== FILE: name ===` and ends at the next
+section marker or `=== END ===`; only whole lines count, so nothing inside the code can end it early.
+"""
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ReplyError(ValueError):
+    """A reply that does not fit its schema; the message is sent back to the model to repair it."""
+
+
+REQUIRED_FILES = ("main.py", "requirements.txt", "runscript.sh")
+SECTION = re.compile(r"^=== (FILE|METADATA|CHANGES): ?(.*?) ?===[ \t]*$|^=== (END|METADATA|CHANGES) ===[ \t]*$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class ExampleMetadata(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    description: str = Field(min_length=1)
+    inclusion_criteria: str = ""
+    exclusion_criteria: str = ""
+    example_type: str = "demonstration"
+    compute_needs: str = "cpu"
+    gpu_required: bool = False
+    api_keys_needed: list[str] = []
+    python_version: str = "3.11"
+
+    @field_validator("api_keys_needed", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        if value in (None, "", "none", "None"):
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class Program(BaseModel):
+    files: dict[str, str]
+    metadata: ExampleMetadata
+    change_log: str = ""
+
+
+class FileRatingReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+    rating: int = Field(ge=0, le=10)
+    reason: str = ""
+
+
+class Judgement(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    faithful: bool
+    accurate: bool
+    complete: bool
+    issues: list[str] = []
+    critical_issues: list[str] = []
+    explanation: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.faithful and self.accurate and self.complete and not self.critical_issues
+
+
+def parse_program(text: str, *, require_change_log: bool = False) -> Program:
+    files: dict[str, str] = {}
+    metadata_text = None
+    change_log = ""
+    current: tuple[str, str] | None = None
+    lines: list[str] = []
+
+    def close():
+        nonlocal metadata_text, change_log
+        if current is None:
+            return
+        kind, name = current
+        body = "\n".join(lines).strip("\n")
+        if kind == "FILE":
+            files[name] = _strip_outer_fence(body) + "\n"
+        elif kind == "METADATA":
+            metadata_text = body
+        elif kind == "CHANGES":
+            change_log = body.strip()
+
+    for line in text.splitlines():
+        match = SECTION.match(line.strip())
+        if not match:
+            if current is not None:
+                lines.append(line)
+            continue
+        close()
+        lines = []
+        kind = match.group(1) or match.group(3)
+        if kind == "END":
+            current = None
+            continue
+        name = (match.group(2) or "").strip() if match.group(1) else ""
+        if kind == "FILE":
+            if not SAFE_NAME.match(name) or ".." in name.split("/"):
+                raise ReplyError(f"file name {name!r} is not a plain relative path")
+            if name in files:
+                raise ReplyError(f"file {name} is given twice")
+        current = (kind, name)
+    close()
+
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise ReplyError(
+            f"missing file section(s): {', '.join(missing)}; each file starts with a line '=== FILE: name ==='"
+        )
+    if not files["main.py"].strip():
+        raise ReplyError("main.py is empty")
+    if metadata_text is None:
+        raise ReplyError("missing the '=== METADATA ===' section with a JSON object")
+    try:
+        metadata = ExampleMetadata.model_validate(extract_json(metadata_text, expect=dict))
+    except ValidationError as exc:
+        raise ReplyError(f"metadata: {_first_error(exc)}") from None
+    if require_change_log and not change_log:
+        raise ReplyError("missing the '=== CHANGES ===' section saying what this version changes and why")
+    return Program(files=files, metadata=metadata, change_log=change_log)
+
+
+def parse_ratings(text: str, *, expected_paths: list[str]) -> dict[str, FileRatingReply]:
+    """Ratings for a batch of files; only paths that were asked about are kept."""
+    data = extract_json(text, expect=(list, dict))
+    if isinstance(data, dict):
+        data = data.get("ratings", data.get("files", [data]))
+    if not isinstance(data, list):
+        raise ReplyError("expected a JSON list of {path, rating, reason} objects")
+    ratings = {}
+    for item in data:
+        try:
+            rating = FileRatingReply.model_validate(item)
+        except ValidationError as exc:
+            raise ReplyError(f"rating: {_first_error(exc)}") from None
+        if rating.path in expected_paths:
+            ratings[rating.path] = rating
+    if not ratings:
+        raise ReplyError(f"no rating for any of the files asked about: {', '.join(expected_paths)}")
+    return ratings
+
+
+def parse_judgement(text: str) -> Judgement:
+    try:
+        return Judgement.model_validate(extract_json(text, expect=dict))
+    except ValidationError as exc:
+        raise ReplyError(f"verdict: {_first_error(exc)}") from None
+
+
+def extract_json(text: str, *, expect):
+    """The first JSON value of the expected type in a reply, with or without a Markdown fence around it."""
+    text = text.strip()
+    candidates = [text, _strip_outer_fence(text)]
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+            if isinstance(value, expect):
+                return value
+        except ValueError:
+            pass
+    # Otherwise scan for the first decodable value that starts at a bracket.
+    for index, char in enumerate(text):
+        if char in "[{":
+            try:
+                value, _ = decoder.raw_decode(text, index)
+            except ValueError:
+                continue
+            if isinstance(value, expect):
+                return value
+    raise ReplyError("the reply holds no valid JSON " + ("object" if expect is dict else "value"))
+
+
+def _strip_outer_fence(text: str) -> str:
+    """Remove one Markdown fence wrapped around the whole text, and only that."""
+    lines = text.strip("\n").splitlines()
+    if len(lines) >= 2 and lines[0].lstrip().startswith("```") and lines[-1].strip() == "```":
+        return "\n".join(lines[1:-1])
+    return text
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "value"
+    return f"{where}: {error['msg']}"

@@ -1,0 +1,292 @@
+"""State changes of runs. The only code that moves a run from one status to the next.
+
+    queued → fetching → surveying → generating → executing → judging → (fixing → executing → judging)*
+           → succeeded | failed | error | cancelled
+
+`run_advance` does exactly one step: it claims the run with a conditional UPDATE (so two workers never
+advance one run at once), does the step, saves its results, moves the status on and enqueues the next
+step when the transaction commits. A killed worker loses at most the step in flight: the sweeper clears
+claims whose heartbeat went stale and enqueues the run again, and every step is idempotent.
+"""
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from distill import llm
+from distill.models import Iteration, Run, RunStep
+from distill.pipeline import repository, sources
+from distill.profiles import Profile
+
+logger = logging.getLogger(__name__)
+
+S = Run.Status
+HEARTBEAT_SECS = 10
+
+# What each status does, and the step it shows on the timeline.
+STEP_OF_STATUS = {
+    S.QUEUED: RunStep.Name.FETCH,
+    S.FETCHING: RunStep.Name.FETCH,
+    S.SURVEYING: RunStep.Name.SURVEY,
+    S.GENERATING: RunStep.Name.GENERATE,
+    S.EXECUTING: RunStep.Name.EXECUTE,
+    S.JUDGING: RunStep.Name.JUDGE,
+    S.FIXING: RunStep.Name.FIX,
+}
+STATUS_OF_STEP = {
+    RunStep.Name.FETCH: S.FETCHING,
+    RunStep.Name.SURVEY: S.SURVEYING,
+    RunStep.Name.GENERATE: S.GENERATING,
+    RunStep.Name.EXECUTE: S.EXECUTING,
+    RunStep.Name.JUDGE: S.JUDGING,
+    RunStep.Name.FIX: S.FIXING,
+}
+
+
+class RunRefused(Exception):
+    """A submission or action that cannot be done; the message says why, for the person who asked."""
+
+
+# Submit -----------------------------------------------------------------------------------------------
+
+
+def run_submit(*, source: str, profile_name: str, profile: Profile, submitted_by=None, enqueue: bool = True) -> Run:
+    try:
+        normalised = sources.check_source(
+            source.strip(),
+            allowed_hosts=settings.DISTILL_ALLOWED_HOSTS,
+            allow_local=settings.DISTILL_ALLOW_LOCAL_SOURCES,
+        )
+    except sources.SourceRefused as exc:
+        raise RunRefused(str(exc)) from None
+    if profile.sandbox != "local":
+        from distill.sandbox import SandboxUnavailable, get_sandbox
+
+        try:
+            get_sandbox(profile.sandbox)
+        except SandboxUnavailable as exc:
+            raise RunRefused(str(exc)) from None
+    with transaction.atomic():
+        run = Run.objects.create(
+            source_url=normalised,
+            profile=profile_name,
+            config=profile.model_dump(),
+            submitted_by=submitted_by,
+        )
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(run.pk))
+    return run
+
+
+def in_progress_for(source: str) -> Run | None:
+    """An active run of the same source, so that a second submission can link to it instead."""
+    return Run.objects.active().for_source(source).first()
+
+
+# Advance ----------------------------------------------------------------------------------------------
+
+
+def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
+    """Do one step of the run. Returns False when there was nothing to do (finished, or claimed)."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, lease="").exclude(status__in=Run.FINISHED).update(lease=token, heartbeat_at=now)
+    if claimed != 1:
+        return False
+    run = Run.objects.get(pk=run_id)
+    if run.cancel_requested:
+        _finish(run, token, S.CANCELLED, "Cancelled by a curator.")
+        return False
+
+    if run.status == S.QUEUED:
+        Run.objects.filter(pk=run.pk).update(status=S.FETCHING, started_at=now)
+        run.status = S.FETCHING
+    step_name = STEP_OF_STATUS[run.status]
+    latest = run.iterations.order_by("-number").first()
+    step = RunStep.objects.create(
+        run=run, name=step_name, iteration=latest.number if latest and step_name not in ("fetch", "survey", "generate") else None
+    )
+    with _Heartbeat(run.pk, token):
+        try:
+            next_status, message = _do_step(run, token, latest)
+        except Exception as exc:  # every failure ends in a status and a message, never a crashed worker
+            next_status, message = _classify_failure(run, exc)
+            step.outcome, step.message = RunStep.Outcome.FAILED, message
+        else:
+            step.outcome = RunStep.Outcome.DONE
+    step.finished_at = timezone.now()
+    step.save(update_fields=["outcome", "message", "finished_at"])
+
+    run.refresh_from_db()
+    if run.cancel_requested and next_status not in Run.FINISHED:
+        next_status, message = S.CANCELLED, "Cancelled by a curator."
+    if next_status in Run.FINISHED:
+        _finish(run, token, next_status, message)
+        return True
+    updated = Run.objects.filter(pk=run.pk, lease=token).update(status=next_status, status_message=message, lease="", heartbeat_at=timezone.now())
+    _write_outputs(run.pk)
+    if updated and enqueue_next:
+        transaction.on_commit(lambda: _enqueue(run.pk))
+    return bool(updated)
+
+
+def _do_step(run: Run, token: str, latest: Iteration | None) -> tuple[str, str]:
+    """Does the step of the run's status; returns the next status and a message for people."""
+    status = run.status
+    if status == S.FETCHING:
+        repository.fetch(run)
+        return S.SURVEYING, f"Fetched {run.source_title} at {run.commit_sha[:12] or 'a local folder'}."
+    if status == S.SURVEYING:
+        repository.survey_repository(run)
+        selected = run.file_ratings.filter(selected=True).count()
+        return S.GENERATING, f"Rated {run.file_ratings.count()} files; selected {selected}."
+    if status == S.GENERATING:
+        repository.generate(run)
+        return S.EXECUTING, "Wrote iteration 1."
+    if status == S.FIXING:
+        iteration = repository.fix(run, latest)
+        return S.EXECUTING, f"Wrote iteration {iteration.number}."
+    if status == S.EXECUTING:
+        if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING):
+            repository.execute(run, latest, should_cancel=lambda: _cancel_requested(run.pk))
+            latest.refresh_from_db()
+        if (latest.sandbox or {}).get("cancelled"):
+            return S.CANCELLED, "Cancelled by a curator while the program ran."
+        return S.JUDGING, f"Iteration {latest.number} exited with code {latest.exit_code}."
+    if status == S.JUDGING:
+        if repository.judge(run, latest):
+            return S.SUCCEEDED, f"Iteration {latest.number} ran and passed the judge."
+        if latest.number >= run.max_iterations:
+            return S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
+        return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
+    raise AssertionError(f"no step for status {status}")
+
+
+def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, sources.SourceRefused):
+        return S.ERROR, f"The source was refused: {exc}"
+    if isinstance(exc, repository.StepFailed):
+        return S.ERROR, str(exc)[:1].upper() + str(exc)[1:]
+    if isinstance(exc, llm.BudgetExceeded):
+        return S.FAILED, f"Stopped before a call that would pass the run's cap: {exc}"
+    if isinstance(exc, llm.LLMUnavailable):
+        return S.ERROR, f"The model provider kept failing: {exc}. Retry the run later."
+    if isinstance(exc, llm.LLMRefused):
+        return S.ERROR, f"The model call was refused: {exc}"
+    try:
+        from distill.sandbox import SandboxUnavailable
+    except ImportError:  # pragma: no cover
+        SandboxUnavailable = ()
+    if SandboxUnavailable and isinstance(exc, SandboxUnavailable):
+        return S.ERROR, f"The sandbox is not available: {exc}"
+    logger.exception("run %s: unexpected error in status %s", run.pk, run.status)
+    return S.ERROR, f"Internal error ({type(exc).__name__}: {exc}). The step can be retried."
+
+
+def _finish(run: Run, token: str, status: str, message: str) -> None:
+    Run.objects.filter(pk=run.pk, lease=token).update(
+        status=status, status_message=message, lease="", heartbeat_at=timezone.now(), finished_at=timezone.now(),
+        error_information=message if status == S.ERROR else "",
+    )  # fmt: skip
+    _write_outputs(run.pk)
+
+
+def _cancel_requested(run_id: int) -> bool:
+    return Run.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+def _write_outputs(run_id: int) -> None:
+    from distill.pipeline import report
+
+    try:
+        report.write_outputs(Run.objects.get(pk=run_id))
+    except Exception:  # the output folder is a copy for people; never let it break the run itself
+        logger.exception("run %s: could not write the output folder", run_id)
+
+
+class _Heartbeat:
+    """Renews the claim's heartbeat from a thread while a long step (an LLM call, a program) runs."""
+
+    def __init__(self, run_id: int, token: str):
+        self.run_id, self.token = run_id, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-run-{run_id}")
+
+    def __enter__(self):
+        if connection.vendor != "sqlite" or not connection.in_atomic_block:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self):
+        try:
+            while not self._stop.wait(HEARTBEAT_SECS):
+                Run.objects.filter(pk=self.run_id, lease=self.token).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+
+def _enqueue(run_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("distill.tasks.advance_run", run_id, task_name=f"advance-run-{run_id}", group="runs")
+
+
+# Cancel, retry, sweep ---------------------------------------------------------------------------------
+
+
+def run_cancel(*, run: Run) -> Run:
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.is_finished:
+            raise RunRefused(f"Run {run.pk} has already finished ({run.get_status_display().lower()}).")
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+        # Nobody is working on it: cancel at once. Otherwise the worker stops at its next check.
+        if not run.lease:
+            Run.objects.filter(pk=run.pk, lease="").update(
+                status=S.CANCELLED, status_message="Cancelled by a curator.", finished_at=timezone.now()
+            )
+    run.refresh_from_db()
+    return run
+
+
+def sweep_stale_runs(*, stale_after: timedelta | None = None) -> list[int]:
+    """Re-enqueue active runs whose worker stopped beating: killed, or its task lost with the broker."""
+    stale_after = stale_after or timedelta(seconds=settings.DISTILL_STALE_SECS)
+    cutoff = timezone.now() - stale_after
+    revived = []
+    for run in Run.objects.stale(older_than=cutoff).only("pk", "lease", "heartbeat_at"):
+        # Clear the claim only if it is still the stale one we saw.
+        cleared = Run.objects.filter(pk=run.pk, lease=run.lease, heartbeat_at=run.heartbeat_at).update(lease="", heartbeat_at=timezone.now())
+        if cleared:
+            RunStep.objects.filter(run_id=run.pk, outcome=RunStep.Outcome.RUNNING).update(
+                outcome=RunStep.Outcome.INTERRUPTED, finished_at=timezone.now(), message="The worker stopped; resumed."
+            )
+            revived.append(run.pk)
+            transaction.on_commit(lambda pk=run.pk: _enqueue(pk))
+    return revived
+
+
+def run_until_finished(*, run_id: int, on_step: Callable[[Run], None] | None = None) -> Run:
+    """Advance a run in this process until it ends (the `distill` command, and tests)."""
+    while True:
+        run = Run.objects.get(pk=run_id)
+        if run.is_finished:
+            return run
+        if not run_advance(run_id=run_id, enqueue_next=False):
+            run.refresh_from_db()
+            if not run.is_finished:
+                raise RunRefused(f"Run {run_id} is being advanced by another worker.")
+        if on_step:
+            on_step(Run.objects.get(pk=run_id))
