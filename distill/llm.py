@@ -110,7 +110,11 @@ def complete(
     timeout: float = 300,
     json_mode: bool = False,
 ) -> LLMReply:
-    """One completion, logged, capped and retried. Calls with `run=None` (a smoke test) have no caps."""
+    """One completion, logged, capped and retried. Calls with `run=None` (a smoke test) have no caps.
+
+    Call it outside a transaction: the ledger rows must survive the caller's failure.
+    Raises BudgetExceeded, LLMUnavailable or LLMRefused (all LLMError).
+    """
     cassette = _replay_path(run)
     row = {"run": run, "iteration": iteration, "stage": stage, "model": model, "prompt": messages}
     for attempt in range(1, MAX_ATTEMPTS + 1):
