@@ -1,0 +1,1 @@
+"""The distillation pipeline: plain Python that knows nothing of HTTP."""
