@@ -56,7 +56,9 @@ class RunRefused(Exception):
 # Submit -----------------------------------------------------------------------------------------------
 
 
-def run_submit(*, source: str, profile_name: str, profile: Profile, submitted_by=None, enqueue: bool = True) -> Run:
+def run_submit(
+    *, source: str, profile_name: str, profile: Profile, submitted_by=None, enqueue: bool = True
+) -> Run:
     try:
         normalised = sources.check_source(
             source.strip(),
@@ -96,7 +98,11 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     """Do one step of the run. Returns False when there was nothing to do (finished, or claimed)."""
     token = uuid.uuid4().hex
     now = timezone.now()
-    claimed = Run.objects.filter(pk=run_id, lease="").exclude(status__in=Run.FINISHED).update(lease=token, heartbeat_at=now)
+    claimed = (
+        Run.objects.filter(pk=run_id, lease="")
+        .exclude(status__in=Run.FINISHED)
+        .update(lease=token, heartbeat_at=now)
+    )
     if claimed != 1:
         return False
     run = Run.objects.get(pk=run_id)
@@ -110,7 +116,9 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     step_name = STEP_OF_STATUS[run.status]
     latest = run.iterations.order_by("-number").first()
     step = RunStep.objects.create(
-        run=run, name=step_name, iteration=latest.number if latest and step_name not in ("fetch", "survey", "generate") else None
+        run=run,
+        name=step_name,
+        iteration=latest.number if latest and step_name not in ("fetch", "survey", "generate") else None,
     )
     with _Heartbeat(run.pk, token):
         try:
@@ -129,7 +137,9 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     if next_status in Run.FINISHED:
         _finish(run, token, next_status, message)
         return True
-    updated = Run.objects.filter(pk=run.pk, lease=token).update(status=next_status, status_message=message, lease="", heartbeat_at=timezone.now())
+    updated = Run.objects.filter(pk=run.pk, lease=token).update(
+        status=next_status, status_message=message, lease="", heartbeat_at=timezone.now()
+    )
     _write_outputs(run.pk)
     if updated and enqueue_next:
         transaction.on_commit(lambda: _enqueue(run.pk))
@@ -268,10 +278,14 @@ def sweep_stale_runs(*, stale_after: timedelta | None = None) -> list[int]:
     revived = []
     for run in Run.objects.stale(older_than=cutoff).only("pk", "lease", "heartbeat_at"):
         # Clear the claim only if it is still the stale one we saw.
-        cleared = Run.objects.filter(pk=run.pk, lease=run.lease, heartbeat_at=run.heartbeat_at).update(lease="", heartbeat_at=timezone.now())
+        cleared = Run.objects.filter(pk=run.pk, lease=run.lease, heartbeat_at=run.heartbeat_at).update(
+            lease="", heartbeat_at=timezone.now()
+        )
         if cleared:
             RunStep.objects.filter(run_id=run.pk, outcome=RunStep.Outcome.RUNNING).update(
-                outcome=RunStep.Outcome.INTERRUPTED, finished_at=timezone.now(), message="The worker stopped; resumed."
+                outcome=RunStep.Outcome.INTERRUPTED,
+                finished_at=timezone.now(),
+                message="The worker stopped; resumed.",
             )
             revived.append(run.pk)
             transaction.on_commit(lambda pk=run.pk: _enqueue(pk))
@@ -290,3 +304,59 @@ def run_until_finished(*, run_id: int, on_step: Callable[[Run], None] | None = N
                 raise RunRefused(f"Run {run_id} is being advanced by another worker.")
         if on_step:
             on_step(Run.objects.get(pk=run_id))
+
+
+def resume_status(run: Run) -> str | None:
+    """Where a stopped run would go on from, derived from what it has already made."""
+    if not run.commit_sha and not run.source_title:
+        return S.FETCHING
+    if not run.repository_description or not run.file_ratings.exists():
+        return S.SURVEYING
+    latest = run.iterations.order_by("-number").first()
+    if latest is None:
+        return S.GENERATING
+    if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING) or (latest.sandbox or {}).get(
+        "cancelled"
+    ):
+        return S.EXECUTING
+    if latest.state == Iteration.State.RAN:
+        return S.JUDGING
+    if latest.succeeded or latest.number >= run.max_iterations:
+        return None
+    return S.FIXING
+
+
+def run_retry(*, run: Run) -> Run:
+    """Go on from the step that failed (or was cancelled), keeping everything made before it."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.status not in (S.FAILED, S.ERROR, S.CANCELLED):
+            raise RunRefused(
+                f"Run {run.pk} is {run.get_status_display().lower()}; only a stopped run can be retried."
+            )
+        status = resume_status(run)
+        if status is None:
+            raise RunRefused(
+                f"Run {run.pk} has used all {run.max_iterations} iterations; run it again, with more iterations."
+            )
+        if status == S.EXECUTING:
+            # A cancelled or interrupted program is run again from the start.
+            run.iterations.filter(number=run.iteration_count).update(
+                state=Iteration.State.WRITTEN, sandbox={}
+            )
+        Run.objects.filter(pk=run.pk).update(
+            status=status, status_message="Retrying.", error_information="", cancel_requested=False,
+            finished_at=None, lease="", heartbeat_at=timezone.now(),
+        )  # fmt: skip
+        transaction.on_commit(lambda: _enqueue(run.pk))
+    run.refresh_from_db()
+    return run
+
+
+def run_rerun(*, run: Run, profile_name: str, profile: Profile, submitted_by=None) -> Run:
+    """A new run of the same source, e.g. with another profile; the old run stays as it is."""
+    if in_progress_for(run.source_url):
+        raise RunRefused(f"{run.source_url} already has a run in progress.")
+    return run_submit(
+        source=run.source_url, profile_name=profile_name, profile=profile, submitted_by=submitted_by
+    )

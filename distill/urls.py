@@ -1,9 +1,17 @@
 from django.urls import path
 
-from distill import views
+from distill.views import iterations, runs
 
 urlpatterns = [
-    path("", views.run_list, name="runs"),
-    path("new/", views.run_new, name="run_new"),
-    path("<int:run_id>/", views.run_detail, name="run_detail"),
+    path("", runs.run_list, name="runs"),
+    path("new/", runs.run_new, name="run_new"),
+    path("<int:run_id>/", runs.run_detail, name="run_detail"),
+    path("<int:run_id>/cancel/", runs.run_cancel, name="run_cancel"),
+    path("<int:run_id>/retry/", runs.run_retry, name="run_retry"),
+    path("<int:run_id>/rerun/", runs.run_rerun, name="run_rerun"),
+    path("<int:run_id>/download/", runs.run_download, name="run_download"),
+    path("<int:run_id>/report/", runs.run_report, name="run_report"),
+    path("<int:run_id>/iterations/<int:number>/", iterations.iteration_detail, name="iteration_detail"),
+    path("<int:run_id>/iterations/<int:number>/files/<path:path>", iterations.iteration_file, name="iteration_file"),
+    path("<int:run_id>/diff/", iterations.run_diff, name="run_diff"),
 ]

@@ -1,0 +1,79 @@
+import pytest
+
+from distill.pipeline.parsing import ReplyError, extract_json, parse_judgement, parse_program, parse_ratings
+from tests.replies import program, verdict
+
+
+def test_a_program_reply_is_split_into_files_and_metadata():
+    parsed = parse_program(program(requirements="numpy==2.1.0"))
+    assert set(parsed.files) == {"main.py", "requirements.txt", "runscript.sh"}
+    assert "mean_squared" in parsed.files["main.py"]
+    assert parsed.files["requirements.txt"] == "numpy==2.1.0\n"
+    assert parsed.metadata.description.startswith("Computes")
+
+
+def test_backticks_inside_the_code_survive():
+    main = 'DOC = """\n```python\nprint(1)\n```\n"""\nprint(DOC)\n'
+    parsed = parse_program(program(main))
+    assert parsed.files["main.py"] == main
+
+
+def test_one_fence_around_a_whole_file_is_removed():
+    parsed = parse_program(program("```python\nprint('hi')\n```"))
+    assert parsed.files["main.py"] == "print('hi')\n"
+
+
+def test_a_missing_file_is_named():
+    reply = program().replace("=== FILE: runscript.sh ===", "=== FILE: run.sh ===")
+    with pytest.raises(ReplyError, match="runscript.sh"):
+        parse_program(reply)
+
+
+def test_missing_or_broken_metadata_is_refused():
+    with pytest.raises(ReplyError, match="METADATA"):
+        parse_program(program().split("=== METADATA ===")[0])
+    with pytest.raises(ReplyError, match="JSON"):
+        parse_program(program().replace('"description"', "description"))
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/etc/passwd", "a/../../b.py", "bad name.py"])
+def test_file_names_must_be_plain_relative_paths(name):
+    reply = program().replace("=== FILE: main.py ===", f"=== FILE: {name} ===\nx = 1\n=== FILE: main.py ===")
+    with pytest.raises(ReplyError, match="plain relative path"):
+        parse_program(reply)
+
+
+def test_a_fix_must_say_what_it_changed():
+    with pytest.raises(ReplyError, match="CHANGES"):
+        parse_program(program(), require_change_log=True)
+    assert (
+        parse_program(program(changes="Fixed the import."), require_change_log=True).change_log
+        == "Fixed the import."
+    )
+
+
+def test_ratings_keep_only_the_files_asked_about():
+    reply = 'Sure!\n[{"path": "a.py", "rating": 9, "reason": "core"}, {"path": "zzz.py", "rating": 3}]'
+    assert set(parse_ratings(reply, expected_paths=["a.py", "b.py"])) == {"a.py"}
+
+
+def test_a_rating_out_of_range_is_refused():
+    with pytest.raises(ReplyError, match="rating"):
+        parse_ratings('[{"path": "a.py", "rating": 42}]', expected_paths=["a.py"])
+
+
+def test_a_verdict_in_a_fence_with_prose_around_it_is_read():
+    judged = parse_judgement("My verdict:\n" + verdict(True) + "\nThanks.")
+    assert judged.passed
+    assert not parse_judgement(verdict(False)).passed
+
+
+def test_a_verdict_with_a_critical_issue_does_not_pass():
+    assert not parse_judgement(verdict(True, critical_issues=["prints hard-coded numbers"])).passed
+
+
+def test_no_json_at_all_is_a_reply_error():
+    with pytest.raises(ReplyError):
+        extract_json("I cannot do that.", expect=dict)
+    with pytest.raises(ReplyError, match="verdict"):
+        parse_judgement('{"faithful": "maybe"}')

@@ -1,0 +1,281 @@
+"""The whole engine on real git repositories made here, a real sandbox and replayed LLM replies."""
+
+import json
+
+import pytest
+
+from distill import llm, services
+from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
+from distill.profiles import load_profile
+from tests.factories import make_git_repo
+from tests.replies import BROKEN_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+MINILIB = {
+    "README.md": "# minilib\n\nTiny statistics for tests. `mean_squared(xs)` returns the mean of squares.\n",
+    "minilib/__init__.py": "def mean_squared(xs):\n    return sum(x * x for x in xs) / len(xs)\n",
+    "minilib/extra.py": "def unused():\n    return 0\n",
+    "setup.py": "from setuptools import setup\nsetup(name='minilib', packages=['minilib'])\n",
+}
+PURPOSE = "minilib computes summary statistics; its entry point is minilib.mean_squared."
+
+
+@pytest.fixture
+def repo(tmp_path, settings):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    return make_git_repo(tmp_path / "minilib", MINILIB)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff_sleep(monkeypatch):
+    slept = []
+    monkeypatch.setattr(llm, "_sleep", slept.append)
+    return slept
+
+
+def start(repo, tmp_path, entries, **overrides) -> Run:
+    overrides.setdefault("max_debug_iterations", 3)
+    overrides.setdefault("max_runtime_mins", 1)
+    profile = load_profile(
+        "local", {"replay": str(cassette(tmp_path / "cassette.json", entries)), **overrides}
+    )
+    return services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=False)
+
+
+def survey_replies():
+    # The survey rates the three candidate files in one batch of the local profile (4 a call).
+    return [
+        ("purpose", PURPOSE),
+        ("rate", ratings("README.md", "minilib/__init__.py", "minilib/extra.py", "setup.py")),
+    ]
+
+
+def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program()), ("judge", verdict(True))])
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.commit_sha and len(run.commit_sha) == 40
+    assert run.repository_description == PURPOSE
+    (iteration,) = run.iterations.all()
+    assert iteration.exit_code == 0 and iteration.succeeded
+    assert iteration.results == {"mean_squared": pytest.approx(14 / 3)}
+    assert iteration.measured["passed"] and iteration.judgement["passed"]
+    assert "mean squared" in iteration.stdout
+    assert list(run.steps.values_list("name", flat=True)) == [
+        "fetch",
+        "survey",
+        "generate",
+        "execute",
+        "judge",
+    ]
+    assert set(LLMCall.objects.filter(run=run).values_list("stage", flat=True)) == {
+        "purpose",
+        "rate",
+        "generate",
+        "judge",
+    }
+    assert FileRating.objects.filter(run=run, selected=True).exists()
+
+    out = run.output_dir
+    state = json.loads((out / "current_state.json").read_text())
+    for field in ("repo_url", "repository_description", "status", "status_message", "model_str_code", "model_str_fast",
+                  "total_cost", "costs", "total_runtime_secs", "runtimes", "reflection_idx", "is_finished", "change_log",
+                  "code", "requirements", "runscript", "metadata", "error_information", "classification_list",
+                  "execution_result"):  # fmt: skip
+        assert field in state, field
+    assert state["status"] == "succeeded" and state["is_finished"] is True
+    assert state["execution_result"]["exit_code"] == 0
+    assert (out / "iteration_1" / "main.py").read_text() == WORKING_MAIN
+    assert json.loads((out / "iteration_1" / "results.json").read_text()) == iteration.results
+    report = (out / "report.html").read_text()
+    assert "minilib" in report and "mean_squared" in report
+
+
+def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(BROKEN_MAIN)),
+         ("fix", program(WORKING_MAIN, changes="Import mean_squared, the function's real name.")),
+         ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    first, second = run.iterations.all()
+    assert first.exit_code != 0 and "ImportError" in first.stderr
+    assert first.judgement is None, "a program that failed the measurement is not put before the judge"
+    assert not first.succeeded and any("exited with code" in r for r in first.measured["reasons"])
+    assert second.exit_code == 0 and second.succeeded
+    assert first.files["main.py"] != second.files["main.py"]
+    assert second.change_log.startswith("Import mean_squared")
+    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
+    assert "ImportError" in fix_prompt and "mean_squares" in fix_prompt
+    assert run.steps.filter(name="execute").count() == 2
+
+
+def test_exit_zero_without_results_json_is_not_a_success(repo, tmp_path):
+    silent = "print('the example ran, trust me')\n"
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program(silent))], max_debug_iterations=1)
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.FAILED
+    (iteration,) = run.iterations.all()
+    assert iteration.exit_code == 0 and iteration.succeeded is False
+    assert iteration.measured["exit_ok"] and not iteration.measured["results_ok"]
+    assert "results.json was not written" in iteration.measured["reasons"]
+    assert not LLMCall.objects.filter(run=run, stage="judge").exists()
+
+
+def test_malformed_replies_are_repaired_and_never_crash_the_run(repo, tmp_path):
+    run = start(
+        repo,
+        tmp_path,
+        [("purpose", PURPOSE), ("rate", "I think they are all great!"), ("rate", "still not JSON"),
+         ("generate", "```python\nprint('no sections')\n```"), ("generate", program()),
+         ("judge", "Looks good to me"), ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    # Both rating replies were unreadable: the files are left unrated, the README still grounds the example.
+    assert not FileRating.objects.filter(run=run, rating__isnull=False).exists()
+    assert FileRating.objects.filter(run=run, path="README.md", selected=True).exists()
+    assert LLMCall.objects.filter(run=run, stage="generate").count() == 2
+    repair = LLMCall.objects.filter(run=run, stage="generate").last().prompt[-1]["content"]
+    assert "could not be used" in repair and "main.py" in repair
+
+
+def test_a_reply_that_stays_malformed_ends_the_run_with_a_clear_error(repo, tmp_path):
+    run = start(
+        repo, tmp_path, [*survey_replies(), *[("generate", "no code today")] * 3], max_reply_repairs=2
+    )
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.ERROR
+    assert "could not be used after 3 tries" in run.status_message
+    assert run.steps.get(name="generate").outcome == RunStep.Outcome.FAILED
+
+
+def test_a_rate_limit_is_retried_then_succeeds(repo, tmp_path, no_backoff_sleep):
+    run = start(
+        repo,
+        tmp_path,
+        [
+            *survey_replies(),
+            {"stage": "generate", "error": "rate_limit"},
+            ("generate", program()),
+            ("judge", verdict(True)),
+        ],
+    )
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    calls = list(LLMCall.objects.filter(run=run, stage="generate").values_list("attempt", "status"))
+    assert calls == [(1, "error"), (2, "ok")]
+    assert len(no_backoff_sleep) == 1
+
+
+def test_the_cost_cap_stops_the_run_before_the_call_that_would_pass_it(repo, tmp_path):
+    priced = [
+        {"stage": "purpose", "reply": PURPOSE, "cost_usd": "0.40"},
+        {"stage": "rate", "reply": ratings("README.md", "minilib/__init__.py"), "cost_usd": "0.40"},
+        {"stage": "generate", "reply": program(), "cost_usd": "0.40"},
+    ]
+    run = start(repo, tmp_path, priced, max_cost_usd=1.0)
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.FAILED
+    assert "cap" in run.status_message
+    assert run.cost_usd == pytest.approx(0.80)
+    assert LLMCall.objects.filter(run=run, stage="generate", status=LLMCall.Status.REFUSED).count() == 1
+    assert not run.iterations.exists()
+
+
+def test_a_refused_source_is_a_clear_error_on_submit(settings):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = False
+    with pytest.raises(services.RunRefused, match="local"):
+        services.run_submit(source="/etc", profile_name="local", profile=load_profile("local"), enqueue=False)
+    with pytest.raises(services.RunRefused):
+        services.run_submit(
+            source="file:///etc/passwd", profile_name="local", profile=load_profile("local"), enqueue=False
+        )
+    assert not Run.objects.exists()
+
+
+def test_a_hostile_repository_is_surveyed_without_reading_what_it_must_not(tmp_path, settings):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    repo = make_git_repo(tmp_path / "hostile", {**MINILIB})
+    (repo / "passwd").symlink_to("/etc/passwd")
+    with open(repo / "big.bin", "wb") as f:
+        f.truncate(200 * 1024 * 1024)
+    import git
+
+    with git.Repo(repo) as r:
+        r.index.add(["passwd", "big.bin"])
+        r.index.commit("add hostile files")
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program()), ("judge", verdict(True))])
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    rated = set(FileRating.objects.filter(run=run).values_list("path", flat=True))
+    assert "passwd" not in rated and "big.bin" not in rated
+    assert "root:" not in json.dumps(list(LLMCall.objects.filter(run=run).values_list("prompt", flat=True)))
+
+
+def test_cancel_stops_a_queued_run_at_once(repo, tmp_path):
+    run = start(repo, tmp_path, [])
+    run = services.run_cancel(run=run)
+    assert run.status == Run.Status.CANCELLED and run.finished_at
+    with pytest.raises(services.RunRefused, match="already finished"):
+        services.run_cancel(run=run)
+    assert services.run_advance(run_id=run.pk) is False
+
+
+def test_cancel_stops_a_running_program(repo, tmp_path):
+    slow = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program(slow))])
+    for _ in range(3):  # fetch, survey, generate
+        services.run_advance(run_id=run.pk, enqueue_next=False)
+    run.refresh_from_db()
+    assert run.status == Run.Status.EXECUTING
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    services.run_advance(run_id=run.pk, enqueue_next=False)
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    iteration = run.iterations.get()
+    assert iteration.sandbox["cancelled"] and iteration.duration_secs < 30
+
+
+def test_a_run_whose_worker_died_is_resumed_without_losing_or_repeating_work(repo, tmp_path):
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program()), ("judge", verdict(True))])
+    for _ in range(3):  # fetch, survey, generate
+        services.run_advance(run_id=run.pk, enqueue_next=False)
+    # A worker claims the execute step and dies: its claim stays, its heartbeat goes stale, its step
+    # stays "running" and the iteration was left half-run.
+    Run.objects.filter(pk=run.pk).update(lease="dead-worker", heartbeat_at="2020-01-01T00:00:00Z")
+    RunStep.objects.create(run=run, name="execute", iteration=1)
+    Iteration.objects.filter(run=run).update(state=Iteration.State.RUNNING, stdout="partial")
+
+    assert services.run_advance(run_id=run.pk, enqueue_next=False) is False, (
+        "a claimed run is not advanced twice"
+    )
+    assert services.sweep_stale_runs() == [run.pk]
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.iterations.count() == 1
+    assert LLMCall.objects.filter(run=run, stage="generate").count() == 1
+    assert run.steps.filter(name="execute", outcome=RunStep.Outcome.INTERRUPTED).count() == 1
+    assert "partial" not in run.iterations.get().stdout
+
+
+def test_the_sweeper_leaves_runs_with_a_fresh_heartbeat_alone(repo, tmp_path):
+    run = start(repo, tmp_path, [])
+    Run.objects.filter(pk=run.pk).update(
+        lease="busy-worker", heartbeat_at=run.created_at.__class__.now(run.created_at.tzinfo)
+    )
+    assert services.sweep_stale_runs() == []
