@@ -1,0 +1,63 @@
+"""What a sandbox is asked to run and what it reports back; no framework, so it is testable alone."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class SandboxUnavailable(RuntimeError):
+    """The backend cannot run here; the message names what is missing."""
+
+
+@dataclass
+class Limits:
+    wall_secs: float  # wall-clock limit for the program run (main.py)
+    install_secs: float = 900  # wall-clock limit for the install phase
+    memory_mb: int = 4096  # address space per process: numpy/openblas reserve a lot of virtual memory
+    max_procs: int = 256  # processes and threads together
+    cpu_secs: int | None = None  # CPU seconds per process
+    network_install: bool = True
+    network_run: bool = False
+
+
+@dataclass
+class ExecutionRequest:
+    files: dict[str, str]  # at least main.py, requirements.txt, runscript.sh; relative paths
+    job_dir: Path  # the only writable host folder the program sees; outputs land here
+    env_dir: Path  # caches Python environments across the iterations of one run
+    repo_dir: Path | None = None  # the cloned repository, read-only at /repo
+    limits: Limits = field(default_factory=lambda: Limits(wall_secs=3600))
+
+
+@dataclass
+class ExecutionResult:
+    exit_code: int | None  # None when killed before exiting
+    timed_out: bool
+    cancelled: bool
+    out_of_memory: bool  # best effort: MemoryError or an allocation failure at the memory limit
+    duration_secs: float  # the run phase
+    install_secs: float  # the install phase; 0 when the environment was reused
+    env_reused: bool
+    stdout: str
+    stderr: str
+    install_log: str
+    failure: str  # "" or a one-line reason from the sandbox itself
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.failure
+
+
+OutputCallback = Callable[[str, str], None]
+CancelCheck = Callable[[], bool]
+
+
+class Sandbox(Protocol):
+    def execute(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> ExecutionResult: ...
