@@ -257,3 +257,76 @@ def test_make_git_repo_makes_one_commit(tmp_path):
     assert isinstance(path, Path)
     assert len(list(repo.iter_commits())) == 1
     assert sorted(item.path for item in repo.head.commit.tree.traverse()) == ["a", "a/b.txt", "c.bin"]
+
+
+@pytest.mark.parametrize(
+    "stderr, reason",
+    [
+        (
+            "remote: Repository not found.\nfatal: repository 'https://x:ghp_secret@github.com/a/b/' not found",
+            "not found or private",
+        ),
+        (
+            "fatal: could not read Username for 'https://github.com': terminal prompts disabled",
+            "not found or private",
+        ),
+        (
+            "fatal: unable to access 'https://github.com/a/b/': Could not resolve host: github.com",
+            "could not be reached",
+        ),
+        (
+            "fatal: unable to access 'https://github.com/a/b/': The requested URL returned error: 301",
+            "has moved",
+        ),
+        ("fatal: early EOF ghp_secret", "could not be cloned"),
+    ],
+)
+def test_git_failures_become_one_line_reasons_without_secrets(tmp_path, monkeypatch, stderr, reason):
+    def failing_clone(self, *args, **kwargs):
+        (tmp_path / "clone").mkdir()  # a half-made clone
+        raise git.GitCommandError(["git", "clone"], 128, stderr=stderr)
+
+    monkeypatch.setattr(git.Git, "clone", failing_clone, raising=False)
+    with pytest.raises(SourceRefused) as excinfo:
+        fetch(
+            "https://github.com/a/b",
+            tmp_path / "clone",
+            allowed_hosts=DEFAULT_ALLOWED_HOSTS,
+            allow_local=False,
+            limits=FetchLimits(),
+        )
+    message = str(excinfo.value)
+    assert reason in message
+    assert "secret" not in message and "\n" not in message
+    assert excinfo.value.__cause__ is None
+    assert not (tmp_path / "clone").exists()
+
+
+def test_it_clones_urls_with_safe_options(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_clone(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        raise git.GitCommandError(["git", "clone"], 128, stderr="not found")
+
+    monkeypatch.setattr(git.Git, "clone", fake_clone, raising=False)
+    with pytest.raises(SourceRefused):
+        fetch(
+            "https://github.com/a/b.git",
+            tmp_path / "c",
+            allowed_hosts=DEFAULT_ALLOWED_HOSTS,
+            allow_local=False,
+            limits=FetchLimits(clone_timeout_secs=7),
+        )
+    ((args, kwargs),) = calls
+    assert args[-3:] == ("--", "https://github.com/a/b", str(tmp_path / "c"))
+    assert {"--depth=1", "--single-branch", "--no-tags", "--no-recurse-submodules"} <= set(args)
+    assert kwargs["kill_after_timeout"] == 7
+    env = kwargs["env"]
+    assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_LFS_SKIP_SMUDGE"] == "1"
+    config = {
+        env[f"GIT_CONFIG_KEY_{i}"]: env[f"GIT_CONFIG_VALUE_{i}"] for i in range(int(env["GIT_CONFIG_COUNT"]))
+    }
+    assert config["protocol.file.allow"] == "never"
+    assert config["http.followRedirects"] == "false"
+    assert config["core.hooksPath"] == os.devnull

@@ -178,7 +178,7 @@ def fetch(
             else:
                 _copy_folder(local, dest, limits=limits)
                 sha = ""
-        _check_size(dest, limits)
+        _measure(dest, limits)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -286,10 +286,6 @@ def _measure(root: Path, limits: FetchLimits, *, deadline: float | None = None) 
                     raise SourceRefused(f"the repository is larger than {_mib(limits.max_repo_bytes)}")
                 if files > limits.max_files:
                     raise SourceRefused(f"the repository has more than {limits.max_files} files")
-
-
-def _check_size(root: Path, limits: FetchLimits) -> None:
-    _measure(root, limits)
 
 
 def _copy_folder(source: Path, dest: Path, *, limits: FetchLimits) -> None:
