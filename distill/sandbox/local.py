@@ -305,8 +305,11 @@ class LocalSandbox:
             f"--nproc={limits.max_procs}",
             "--core=0",
         ]
-        if limits.cpu_secs is not None:
-            argv.append(f"--cpu={limits.cpu_secs}")
+        # Only the program's CPU time is limited: pip compiling a large package may well need more.
+        if limits.cpu_secs is not None and phase == "run":
+            argv.append(
+                f"--cpu={limits.cpu_secs}:{limits.cpu_secs + 1}"
+            )  # SIGXCPU first, SIGKILL a second later
         argv.append("--")
 
         argv += [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns"]
@@ -448,6 +451,8 @@ def _run_failure(run: _Phase, limits: Limits, out_of_memory: bool) -> str:
         return f"timed out after {limits.wall_secs:g} s"
     if out_of_memory:
         return f"out of memory (limit {limits.memory_mb} MB)"
+    if limits.cpu_secs is not None and run.exit_code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+        return f"CPU time limit exceeded ({limits.cpu_secs} s)"
     if run.exit_code != 0:
         return _tool_error(run.stderr)
     return ""
