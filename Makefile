@@ -47,7 +47,7 @@ $(DATA_DIR)/secret_key:
 
 # System packages: bubblewrap for the sandbox (and git, which gitpython drives), Chromium for the browser tests.
 sysdeps:
-	@bash .ci/apt-install bwrap:bubblewrap git:git
+	@bash .ci/apt-install bwrap:bubblewrap git:git setpriv:util-linux prlimit:util-linux $$(/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || echo no-ensurepip:python3-venv)
 
 sysdeps-test:
 	@bash .ci/apt-install chromium:chromium
