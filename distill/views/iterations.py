@@ -1,17 +1,142 @@
+import json
+import mimetypes
+import os
+from pathlib import Path
+from urllib.parse import urlencode
+
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+
+from distill.diffing import choose_pair, diff_files
+from distill.highlight import code_files, pretty_json
+from distill.models import Iteration, Run
+
+# Shown inline (an <img> on the page, or opened in a tab); everything else is a download.
+INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml"}
+# No script, no plugin, no form, no frame, whatever the file is: an SVG opened in a tab stays a picture.
+FILE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+
+
+def _iteration(run_id: int, number: int) -> Iteration:
+    return get_object_or_404(Iteration.objects.select_related("run"), run_id=run_id, number=number)
 
 
 @login_required
 def iteration_detail(request, run_id: int, number: int):
-    return HttpResponse(status=501)
+    iteration = _iteration(run_id, number)
+    numbers = list(iteration.run.iterations.values_list("number", flat=True))
+    index = numbers.index(number)
+    context = {
+        "run": iteration.run,
+        "iteration": iteration,
+        "previous": numbers[index - 1] if index > 0 else None,
+        "next": numbers[index + 1] if index + 1 < len(numbers) else None,
+        "files": code_files(iteration.files),
+        "metadata": _items(iteration.metadata),
+        "results_table": _items(iteration.results) if _is_flat(iteration.results) else None,
+        "results_json": pretty_json(iteration.results) if iteration.results is not None else None,
+        "log_json": pretty_json(iteration.log) if iteration.log is not None else None,
+        "saved_files": _saved_files(iteration),
+    }
+    return render(request, "distill/iteration_detail.html", context)
 
 
 @login_required
 def iteration_file(request, run_id: int, number: int, path: str):
-    return HttpResponse(status=501)
+    iteration = _iteration(run_id, number)
+    if path not in {entry.get("name") for entry in iteration.saved_files if isinstance(entry, dict)}:
+        raise Http404("The iteration saved no such file.")
+    folder = (iteration.output_dir / "to_save").resolve()
+    target = (folder / path).resolve()
+    if not target.is_relative_to(folder) or target != Path(os.path.abspath(folder / path)):
+        raise Http404("The file is outside the iteration's to_save folder.")  # `..` or a symlink
+    try:
+        # O_NOFOLLOW: a file swapped for a symlink after the check above is still refused.
+        handle = os.fdopen(os.open(target, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError:
+        raise Http404("The file is gone.") from None
+    content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    inline = content_type in INLINE_IMAGE_TYPES
+    response = FileResponse(
+        handle,
+        as_attachment=not inline,
+        filename=target.name,
+        content_type=content_type if inline else "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = FILE_CSP
+    return response
 
 
 @login_required
 def run_diff(request, run_id: int):
-    return HttpResponse(status=501)
+    run = get_object_or_404(Run, pk=run_id)
+    numbers = list(run.iterations.values_list("number", flat=True))
+    a, b, problem = choose_pair(numbers, request.GET.get("a"), request.GET.get("b"))
+    view = "split" if request.GET.get("view") == "split" else "unified"
+    ignore_whitespace = request.GET.get("ws") == "ignore"
+    context = {
+        "run": run,
+        "numbers": numbers,
+        "a": a,
+        "b": b,
+        "problem": problem,
+        "view": view,
+        "ignore_whitespace": ignore_whitespace,
+    }
+    if not problem:
+        files = dict(run.iterations.filter(number__in=(a, b)).values_list("number", "files"))
+        context["diff"] = diff_files(files[a], files[b], ignore_whitespace=ignore_whitespace)
+        context["links"] = _diff_links(run, a, b, view, ignore_whitespace)
+    template = "distill/diff.html#diff" if request.htmx else "distill/diff.html"
+    # Explicit parameters that name no pair are the caller's mistake; a run too short to compare is not.
+    status = 400 if problem and (request.GET.get("a") or request.GET.get("b")) else 200
+    return render(request, template, context, status=status)
+
+
+def _diff_links(run: Run, a: int, b: int, view: str, ignore_whitespace: bool) -> dict[str, str]:
+    base = reverse("run_diff", args=[run.pk])
+
+    def url(**changes) -> str:
+        params = {"a": a, "b": b, "view": view, "ws": "ignore" if ignore_whitespace else ""} | changes
+        return f"{base}?{urlencode({key: value for key, value in params.items() if value})}"
+
+    return {
+        "unified": url(view="unified"),
+        "split": url(view="split"),
+        "whitespace": url(ws="" if ignore_whitespace else "ignore"),
+        "swap": url(a=b, b=a),
+    }
+
+
+def _is_flat(value) -> bool:
+    return isinstance(value, dict) and all(not isinstance(item, dict | list) for item in value.values())
+
+
+def _items(value) -> list[tuple[str, str]]:
+    """A dict's pairs for a key/value table: strings as written, other values as JSON."""
+    if not isinstance(value, dict):
+        return []
+    return [
+        (str(key), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
+        for key, item in value.items()
+    ]
+
+
+def _saved_files(iteration: Iteration) -> list[dict]:
+    saved = []
+    for entry in iteration.saved_files:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        content_type = mimetypes.guess_type(entry["name"])[0]
+        saved.append(
+            {
+                "name": entry["name"],
+                "size": entry.get("size"),
+                "image": content_type in INLINE_IMAGE_TYPES,
+                "url": reverse("iteration_file", args=[iteration.run_id, iteration.number, entry["name"]]),
+            }
+        )
+    return saved
