@@ -7,10 +7,10 @@ PIP := $(VENV)/bin/pip
 DATA_DIR ?= var
 APT_UPDATED := /tmp/.codedistiller-apt-updated
 
-export SECRET_KEY_FILE ?= $(DATA_DIR)/secret_key
-
 .PHONY: run test lint setup setup-dev sysdeps sysdeps-test clean
 
+# The secret key is made once and kept; only the site's own commands read it.
+run: export SECRET_KEY_FILE ?= $(abspath $(DATA_DIR))/secret_key
 run: setup sysdeps $(DATA_DIR)/secret_key
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py collectstatic --no-input -v0

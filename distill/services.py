@@ -10,6 +10,7 @@ claims whose heartbeat went stale and enqueues the run again, and every step is 
 """
 
 import logging
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -204,6 +205,8 @@ def _finish(run: Run, token: str, status: str, message: str) -> None:
         status=status, status_message=message, lease="", heartbeat_at=timezone.now(), finished_at=timezone.now(),
         error_information=message if status == S.ERROR else "",
     )  # fmt: skip
+    # Environments can take gigabytes; a retry rebuilds one in a minute.
+    shutil.rmtree(repository.env_dir(run), ignore_errors=True)
     _write_outputs(run.pk)
 
 

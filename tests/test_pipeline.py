@@ -1,11 +1,16 @@
 """The whole engine on real git repositories made here, a real sandbox and replayed LLM replies."""
 
 import json
+import threading
+import time
+from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from distill import llm, services
 from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
+from distill.pipeline import repository
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
 from tests.replies import BROKEN_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
@@ -34,13 +39,12 @@ def no_backoff_sleep(monkeypatch):
     return slept
 
 
-def start(repo, tmp_path, entries, **overrides) -> Run:
+def start(repo, tmp_path, entries, profile_name="local", **overrides) -> Run:
     overrides.setdefault("max_debug_iterations", 3)
     overrides.setdefault("max_runtime_mins", 1)
-    profile = load_profile(
-        "local", {"replay": str(cassette(tmp_path / "cassette.json", entries)), **overrides}
-    )
-    return services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=False)
+    overrides["replay"] = str(cassette(tmp_path / "cassette.json", entries))
+    profile = load_profile(profile_name, overrides)
+    return services.run_submit(source=str(repo), profile_name=profile_name, profile=profile, enqueue=False)
 
 
 def survey_replies():
@@ -184,14 +188,37 @@ def test_the_cost_cap_stops_the_run_before_the_call_that_would_pass_it(repo, tmp
         {"stage": "rate", "reply": ratings("README.md", "minilib/__init__.py"), "cost_usd": "0.40"},
         {"stage": "generate", "reply": program(), "cost_usd": "0.40"},
     ]
-    run = start(repo, tmp_path, priced, max_cost_usd=1.0)
+    # GPT-5 has known prices, so the gateway can estimate the generate call (up to 32k output tokens at
+    # $10/M: over $0.30) before making it: $0.80 spent plus that passes the $0.90 cap.
+    run = start(repo, tmp_path, priced, profile_name="gpt-5", max_cost_usd=0.9)
     run = services.run_until_finished(run_id=run.pk)
 
     assert run.status == Run.Status.FAILED
     assert "cap" in run.status_message
-    assert run.cost_usd == pytest.approx(0.80)
+    assert run.cost_usd == Decimal("0.80")
     assert LLMCall.objects.filter(run=run, stage="generate", status=LLMCall.Status.REFUSED).count() == 1
     assert not run.iterations.exists()
+
+
+def test_links_a_program_leaves_behind_cannot_reach_the_host(repo, tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("untouched")
+    sneaky = (
+        "import json, os\n"
+        f"os.symlink({str(canary)!r}, 'stdout.txt')\n"
+        "os.rmdir('to_save')\n"
+        "os.symlink('/etc', 'to_save')\n"
+        "json.dump({'x': 1}, open('results.json', 'w'))\n"
+    )
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", program(sneaky))], max_debug_iterations=1)
+    run = services.run_until_finished(run_id=run.pk)
+
+    iteration = run.iterations.get()
+    assert iteration.exit_code == 0, iteration.stderr
+    assert canary.read_text() == "untouched"
+    assert iteration.saved_files == []
+    assert not (iteration.output_dir / "to_save").is_symlink()
+    assert not repository.env_dir(run).exists(), "a finished run's environment is removed"
 
 
 def test_a_refused_source_is_a_clear_error_on_submit(settings):
@@ -239,15 +266,27 @@ def test_cancel_stops_a_running_program(repo, tmp_path):
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(slow))])
     for _ in range(3):  # fetch, survey, generate
         services.run_advance(run_id=run.pk, enqueue_next=False)
-    run.refresh_from_db()
-    assert run.status == Run.Status.EXECUTING
-    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
-    services.run_advance(run_id=run.pk, enqueue_next=False)
+    worker = threading.Thread(target=advance_in_thread, args=(run.pk,))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "started" not in Iteration.objects.get(run=run).stdout:  # the live tail reaches the database
+        assert time.monotonic() < deadline, "the program's output never reached the database"
+        time.sleep(0.2)
+    services.run_cancel(run=run)
+    worker.join(timeout=30)
 
+    assert not worker.is_alive()
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     iteration = run.iterations.get()
     assert iteration.sandbox["cancelled"] and iteration.duration_secs < 30
+
+
+def advance_in_thread(run_id):
+    try:
+        services.run_advance(run_id=run_id, enqueue_next=False)
+    finally:
+        connection.close()
 
 
 def test_a_run_whose_worker_died_is_resumed_without_losing_or_repeating_work(repo, tmp_path):

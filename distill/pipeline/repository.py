@@ -7,6 +7,7 @@ nothing of workers or HTTP.
 
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -83,10 +84,17 @@ def survey_repository(run: Run) -> None:
 
     by_path = {f.path: f for f in found.files}
     already = set(run.file_ratings.values_list("path", flat=True))
-    todo = [f for f in _by_priority(found.files) if f.path not in already][: config.get("max_rated_files", 200)]
+    todo = [f for f in _by_priority(found.files) if f.path not in already][
+        : config.get("max_rated_files", 200)
+    ]
     batch_size = config.get("rating_batch_size", 8)
     # Each file is shown to the rater only up to this size: ratings need the gist, not all of it.
-    excerpt_tokens = max(200, min(config.get("max_tokens_per_file", 12000), config.get("context_tokens", 128000) // (batch_size + 3)))
+    excerpt_tokens = max(
+        200,
+        min(
+            config.get("max_tokens_per_file", 12000), config.get("context_tokens", 128000) // (batch_size + 3)
+        ),
+    )
     for start in range(0, len(todo), batch_size):
         _rate_batch(run, todo[start : start + batch_size], excerpt_tokens)
 
@@ -115,7 +123,9 @@ def survey_repository(run: Run) -> None:
                 "tokens": found.readme.tokens,
                 "selected": True,
                 "selected_tokens": min(found.readme.tokens, config.get("max_tokens_per_file", 12000)),
-                "excerpt": survey.truncate_to_tokens(found.readme.text, config.get("max_tokens_per_file", 12000)),
+                "excerpt": survey.truncate_to_tokens(
+                    found.readme.text, config.get("max_tokens_per_file", 12000)
+                ),
             },
         )
 
@@ -159,7 +169,8 @@ def _by_priority(files):
 def _rate_batch(run: Run, batch, excerpt_tokens: int) -> None:
     paths = [f.path for f in batch]
     body = "\n\n".join(
-        f"--- FILE: {f.path} ({f.tokens} tokens) ---\n{survey.truncate_to_tokens(f.text, excerpt_tokens)}" for f in batch
+        f"--- FILE: {f.path} ({f.tokens} tokens) ---\n{survey.truncate_to_tokens(f.text, excerpt_tokens)}"
+        for f in batch
     )
     prompt = prompts.render("rate", purpose=run.repository_description, files=body)
     messages = [{"role": "user", "content": prompt}]
@@ -168,12 +179,22 @@ def _rate_batch(run: Run, batch, excerpt_tokens: int) -> None:
     # left unrated. Only the run's budget stops the survey.
     for _attempt in range(2):
         try:
-            reply = llm.complete(run=run, stage="rate", model=run.config["model_fast"], messages=messages, max_tokens=200 + 80 * len(batch))
+            reply = llm.complete(
+                run=run,
+                stage="rate",
+                model=run.config["model_fast"],
+                messages=messages,
+                max_tokens=200 + 80 * len(batch),
+            )
             ratings = parsing.parse_ratings(reply.text, expected_paths=paths)
             break
         except parsing.ReplyError as exc:
             error = f"unreadable rating reply: {exc}"
-            messages = [*messages, {"role": "assistant", "content": reply.text}, {"role": "user", "content": prompts.render("repair", error=exc)}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": prompts.render("repair", error=exc)},
+            ]
         except (llm.LLMUnavailable, llm.LLMRefused) as exc:
             error = f"rating call failed: {exc}"
     for f in batch:
@@ -230,7 +251,9 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         stdout=trim_output(previous.stdout),
         stderr=trim_output(previous.stderr),
         install_log=trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        format=prompts.render("program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"),
+        format=prompts.render(
+            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
+        ),
         **_rules(run),
     )
     program = _ask_for_program(run, stage="fix", prompt=prompt, iteration=number, require_change_log=True)
@@ -272,7 +295,9 @@ def _program_text(files: dict) -> str:
     return "\n".join(f"=== FILE: {name} ===\n{content.rstrip()}" for name, content in files.items())
 
 
-def _ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, require_change_log: bool) -> parsing.Program:
+def _ask_for_program(
+    run: Run, *, stage: str, prompt: str, iteration: int, require_change_log: bool
+) -> parsing.Program:
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)
     for attempt in range(repairs + 1):
@@ -289,7 +314,11 @@ def _ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, requi
         except parsing.ReplyError as exc:
             logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
             error = exc
-            messages = [*messages, {"role": "assistant", "content": reply.text}, {"role": "user", "content": prompts.render("repair", error=exc)}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": prompts.render("repair", error=exc)},
+            ]
     raise StepFailed(f"the code model's reply could not be used after {repairs + 1} tries: {error}")
 
 
@@ -337,6 +366,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         request, on_output=live.on_output, should_cancel=live.should_cancel
     )
     live.close()
+    _remove_links(job)
 
     iteration.state = Iteration.State.RAN
     iteration.finished_at = timezone.now()
@@ -357,8 +387,26 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     iteration.results, iteration.measured = _measure(result, job)
     iteration.saved_files = _saved_files(job / "to_save")
     iteration.save()
-    for name, text in (("stdout.txt", result.stdout), ("stderr.txt", result.stderr), ("install_log.txt", result.install_log)):
+    for name, text in (
+        ("stdout.txt", result.stdout),
+        ("stderr.txt", result.stderr),
+        ("install_log.txt", result.install_log),
+    ):
         (job / name).write_text(text)
+
+
+def _remove_links(job: Path) -> None:
+    """Delete every symlink and special file the program left in its folder.
+
+    The worker reads and writes this folder with the app's rights after the program ended; a link left
+    there (`to_save -> /`, `stdout.txt -> ~/.ssh/authorized_keys`) would otherwise turn those reads and
+    writes onto the host. Programs have no reason to leave links among their outputs.
+    """
+    for folder, dirs, files in os.walk(job, followlinks=False):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                path.unlink()
 
 
 def _read_json(path: Path):
@@ -393,7 +441,12 @@ def _measure(result, job: Path):
         reasons.append("results.json must hold a non-empty JSON object")
     exit_ok = result.exit_code == 0 and not result.timed_out and not result.cancelled
     results_ok = isinstance(results, dict) and bool(results)
-    return results, {"exit_ok": exit_ok, "results_ok": results_ok, "passed": exit_ok and results_ok, "reasons": reasons}
+    return results, {
+        "exit_ok": exit_ok,
+        "results_ok": results_ok,
+        "passed": exit_ok and results_ok,
+        "reasons": reasons,
+    }
 
 
 def _saved_files(folder: Path) -> list[dict]:
@@ -438,13 +491,24 @@ def _llm_judgement(run: Run, iteration: Iteration) -> dict:
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)
     for _attempt in range(repairs + 1):
-        reply = llm.complete(run=run, stage="judge", model=run.config["model_code"], messages=messages, iteration=iteration.number, max_tokens=1200)
+        reply = llm.complete(
+            run=run,
+            stage="judge",
+            model=run.config["model_code"],
+            messages=messages,
+            iteration=iteration.number,
+            max_tokens=1200,
+        )
         try:
             verdict = parsing.parse_judgement(reply.text)
             return {**verdict.model_dump(), "passed": verdict.passed}
         except parsing.ReplyError as exc:
             error = exc
-            messages = [*messages, {"role": "assistant", "content": reply.text}, {"role": "user", "content": prompts.render("repair", error=exc)}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": prompts.render("repair", error=exc)},
+            ]
     # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
     return {
         "faithful": False,
@@ -471,4 +535,8 @@ def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
     middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
     kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
     trimmed = "\n".join(line[:500] for line in kept)
-    return trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :] if len(trimmed) > limit else trimmed
+    return (
+        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
+        if len(trimmed) > limit
+        else trimmed
+    )
