@@ -17,7 +17,9 @@ class ReplyError(ValueError):
 
 
 REQUIRED_FILES = ("main.py", "requirements.txt", "runscript.sh")
-SECTION = re.compile(r"^=== (FILE|METADATA|CHANGES): ?(.*?) ?===[ \t]*$|^=== (END|METADATA|CHANGES) ===[ \t]*$")
+SECTION = re.compile(
+    r"^=== (FILE|METADATA|CHANGES): ?(.*?) ?===[ \t]*$|^=== (END|METADATA|CHANGES) ===[ \t]*$"
+)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 

@@ -143,7 +143,9 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
                 for stage in stages
             ],
             "images": _inline_images(last_ran) if last_ran else [],
-            "results_json": json.dumps(last_ran.results, indent=2) if last_ran and last_ran.results is not None else "",
+            "results_json": json.dumps(last_ran.results, indent=2)
+            if last_ran and last_ran.results is not None
+            else "",
             "log_json": json.dumps(last_ran.log, indent=2) if last_ran and last_ran.log is not None else "",
         },
     )
@@ -155,7 +157,12 @@ def _inline_images(iteration: Iteration) -> list[dict]:
     for saved in iteration.saved_files:
         path = folder / saved["name"]
         kind = mimetypes.guess_type(path.name)[0]
-        if kind in IMAGE_TYPES and path.is_file() and not path.is_symlink() and saved["size"] <= MAX_INLINE_IMAGE_BYTES:
+        if (
+            kind in IMAGE_TYPES
+            and path.is_file()
+            and not path.is_symlink()
+            and saved["size"] <= MAX_INLINE_IMAGE_BYTES
+        ):
             data = base64.b64encode(path.read_bytes()).decode()
             images.append({"name": saved["name"], "src": f"data:{kind};base64,{data}"})
     return images

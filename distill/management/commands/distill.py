@@ -25,7 +25,9 @@ class Command(BaseCommand):
     help = "Distill repositories into working examples, in the foreground."
 
     def add_arguments(self, parser):
-        parser.add_argument("sources", nargs="+", metavar="SOURCE", help="repository URL, local folder, or .txt file of them")
+        parser.add_argument(
+            "sources", nargs="+", metavar="SOURCE", help="repository URL, local folder, or .txt file of them"
+        )
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--profile", help="a named profile (distill/profiles/NAME.json)")
         group.add_argument("--config", help="a profile as a JSON file")
@@ -42,13 +44,18 @@ class Command(BaseCommand):
                 chosen = load_profile(name)
             if parallel < 1:
                 raise CommandError("--parallel must be at least 1")
-            runs = [services.run_submit(source=url, profile_name=name, profile=chosen, enqueue=False) for url in urls]
+            runs = [
+                services.run_submit(source=url, profile_name=name, profile=chosen, enqueue=False)
+                for url in urls
+            ]
         except (ProfileError, services.RunRefused, OSError) as exc:
             # One clear line, never a traceback (the design's rule for refused input).
             self.stderr.write(f"error: {exc}")
             sys.exit(2)
 
-        self.stdout.write(f"Distilling {len(runs)} source(s) with profile {name} ({chosen.model_code}, {chosen.model_fast})")
+        self.stdout.write(
+            f"Distilling {len(runs)} source(s) with profile {name} ({chosen.model_code}, {chosen.model_fast})"
+        )
         lock = threading.Lock()
 
         def report(run: Run):
