@@ -5,7 +5,7 @@ A run is a small state machine (see `Run.Status`); `distill.services` is the onl
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 
@@ -22,6 +22,54 @@ class RunQuerySet(models.QuerySet):
     def stale(self, *, older_than):
         """Active runs whose worker stopped sending heartbeats: it died, or its task was lost."""
         return self.active().filter(Q(heartbeat_at__lt=older_than) | Q(heartbeat_at__isnull=True))
+
+    def search(self, q: str):
+        """Runs whose source URL or title contains q (the runs list's search box)."""
+        q = (q or "").strip()
+        if not q:
+            return self
+        return self.filter(Q(source_url__icontains=q) | Q(source_title__icontains=q))
+
+    def with_status(self, status: str):
+        """One status, or the groups "active" and "finished"; anything else leaves the runs as they are."""
+        if status == "active":
+            return self.active()
+        if status == "finished":
+            return self.finished()
+        if status in Run.Status.values:
+            return self.filter(status=status)
+        return self
+
+    def for_list(self):
+        """What a row of the runs list shows, without the large text fields."""
+        return self.select_related("submitted_by").defer(
+            "status_message", "error_information", "repository_description", "lease"
+        )
+
+    def summary(self) -> dict:
+        """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none)."""
+        active = [s for s in Run.Status.values if s not in Run.FINISHED and s != Run.Status.QUEUED]
+        counts = self.order_by().aggregate(
+            total=Count("id"),
+            queued=Count("id", filter=Q(status=Run.Status.QUEUED)),
+            running=Count("id", filter=Q(status__in=active)),
+            succeeded=Count("id", filter=Q(status=Run.Status.SUCCEEDED)),
+            failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR))),
+            cancelled=Count("id", filter=Q(status=Run.Status.CANCELLED)),
+        )
+        ended = counts["succeeded"] + counts["failed"]  # a cancelled run says nothing about quality
+        counts["success_rate"] = counts["succeeded"] / ended if ended else None
+        return counts
+
+    def succeeded_at_iteration(self) -> dict[int, int]:
+        """{iteration number: runs that succeeded there}; a run succeeds at its last iteration."""
+        rows = (
+            self.filter(status=Run.Status.SUCCEEDED)
+            .order_by()
+            .values("iteration_count")
+            .annotate(runs=Count("id"))
+        )
+        return {row["iteration_count"]: row["runs"] for row in rows}
 
 
 class Run(models.Model):
@@ -98,6 +146,20 @@ class Run(models.Model):
     @property
     def output_dir(self):
         return settings.DATA_DIR / "runs" / str(self.pk)
+
+    @property
+    def duration_secs(self) -> float | None:
+        """From the first step to the end, or to now while it runs."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def uses_local_model(self) -> bool:
+        """The small offline model: fine for trying the product, limited in quality."""
+        models_used = (self.config.get("model_code", ""), self.config.get("model_fast", ""))
+        return any(str(name).startswith("local/") for name in models_used)
 
 
 class RunStep(models.Model):

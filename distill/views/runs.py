@@ -1,49 +1,378 @@
+"""The runs list, the submit page, the live run page and the actions on a run."""
+
+import os
+import zipfile
+from pathlib import Path
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.shortcuts import get_object_or_404, render
+from django.db import transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast, Length
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.views.decorators.http import require_POST
 
-from codedistiller_site.roles import curator_required
-from distill.models import Run
+from codedistiller_site.roles import CURATOR, curator_required, has_role
+from distill import charts, services
+from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
+from distill.models import Iteration, LLMCall, Run
+from distill.pipeline import report
+from distill.profiles import default_profile_name, list_profiles, load_profile
+
+PAGE_SIZE = 25
+INLINE_CALL_CHARS = 4000  # larger prompts and replies are fetched when their <details> is opened
+COST_CHART_RUNS = 40
+TAIL_LINES = 40
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
+
+
+# The list ---------------------------------------------------------------------------------------------
 
 
 @login_required
 def run_list(request):
-    runs = Run.objects.select_related("submitted_by")
-    page = Paginator(runs, 50).get_page(request.GET.get("page"))
-    return render(request, "distill/run_list.html", {"page": page})
+    filters = {
+        key: request.GET.get(key, "").strip() for key in ("status", "submitter", "profile", "q", "ids")
+    }
+    runs = Run.objects.search(filters["q"]).with_status(filters["status"])
+    if filters["submitter"]:
+        runs = runs.filter(submitted_by__username=filters["submitter"])
+    if filters["profile"]:
+        runs = runs.filter(profile=filters["profile"])
+    ids = [int(part) for part in filters["ids"].split(",") if part.strip().isdigit()][:100]
+    if ids:
+        runs = runs.filter(pk__in=ids)
+    page = Paginator(runs.for_list(), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    for run in rows:
+        run.duration_text = human_duration(run.duration_secs)
+    context = {
+        "page": page,
+        "rows": rows,
+        "summary": runs.summary(),
+        "polling": any(not run.is_finished for run in rows),
+        "filters": filters,
+        "filtered": any(filters.values()),
+    }
+    if request.htmx:
+        return render(request, "distill/run_list.html#live", context)
+    summary = context["summary"]
+    recent = runs.finished().order_by("-created_at", "-id").values("pk", "cost_usd", "status")
+    context |= {
+        "success_chart": charts.success_by_iteration(
+            runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"]
+        ),
+        "cost_chart": charts.cost_per_run(list(recent[:COST_CHART_RUNS])),
+        "statuses": Run.Status.choices,
+        "submitters": get_user_model()
+        .objects.filter(runs__isnull=False)
+        .distinct()
+        .order_by("username")
+        .values_list("username", flat=True),
+        "profiles": sorted(
+            set(list_profiles()) | set(Run.objects.values_list("profile", flat=True).distinct())
+        ),
+    }
+    return render(request, "distill/run_list.html", context)
+
+
+# Submit -----------------------------------------------------------------------------------------------
 
 
 @curator_required
 def run_new(request):
-    return render(request, "distill/run_new.html")
+    form = SubmitForm(
+        request.POST or None, request.FILES or None, initial={"profile": default_profile_name()}
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            with transaction.atomic():  # all of them or none, as the page promises
+                started = [
+                    services.run_submit(
+                        source=source,
+                        profile_name=data["profile"],
+                        profile=data["profile_obj"],
+                        submitted_by=request.user,
+                    )
+                    for source in data["sources"]
+                ]
+        except services.RunRefused as exc:
+            form.add_error(None, f"Nothing was started: {exc}")
+        else:
+            if len(started) == 1:
+                messages.success(request, f"Run {started[0].pk} is queued; this page follows it live.")
+                return redirect("run_detail", started[0].pk)
+            messages.success(request, f"{len(started)} runs are queued. The list below shows only them.")
+            return redirect(f"{reverse('runs')}?{urlencode({'ids': ','.join(str(r.pk) for r in started)})}")
+    return render(request, "distill/run_new.html", {"form": form, "profiles": _profile_cards()})
+
+
+def _profile_cards() -> list[dict]:
+    cards = []
+    for name, _label in profile_choices():
+        profile = load_profile(name)
+        cards.append(
+            {"name": name, "profile": profile, "local": name == "local", "missing": missing_key(profile)}
+        )
+    return cards
+
+
+# The run page -----------------------------------------------------------------------------------------
 
 
 @login_required
 def run_detail(request, run_id: int):
-    run = get_object_or_404(Run, pk=run_id)
-    return render(request, "distill/run_detail.html", {"run": run})
+    run = get_object_or_404(Run.objects.select_related("submitted_by"), pk=run_id)
+    if "call" in request.GET:
+        return _llm_call(request, run, request.GET["call"])
+    if request.GET.get("part") == "ratings" and request.htmx:
+        return render(request, "distill/run_detail.html#ratings", _ratings_context(run))
+    context = _live_context(request, run)
+    if request.htmx:
+        return render(request, "distill/run_detail.html#live", context)
+    context |= _ratings_context(run)
+    return render(request, "distill/run_detail.html", context)
 
 
+def _live_context(request, run: Run) -> dict:
+    now = timezone.now()
+    steps = list(run.steps.all())
+    for step in steps:
+        running = step.finished_at is None
+        step.duration_text = human_duration(
+            (now - step.started_at).total_seconds() if running else step.duration_secs
+        )
+    iterations = list(
+        run.iterations.defer("files", "stdout", "stderr", "install_log", "log", "results").order_by("number")
+    )
+    for iteration in iterations:
+        iteration.duration_text = human_duration(iteration.duration_secs)
+    # Its tail is saved about every second while it runs; the iteration page shows the whole output later.
+    executing = (
+        run.iterations.filter(state=Iteration.State.RUNNING)
+        .only("number", "stdout", "stderr", "started_at")
+        .first()
+    )
+    if executing:
+        executing.stdout_tail = last_lines(executing.stdout)
+        executing.stderr_tail = last_lines(executing.stderr)
+    calls = list(
+        run.llm_calls.defer("prompt", "reply").annotate(
+            prompt_chars=Length(Cast("prompt", TextField())), reply_chars=Length("reply")
+        )
+    )
+    small = [c.pk for c in calls if (c.prompt_chars or 0) + (c.reply_chars or 0) <= INLINE_CALL_CHARS]
+    bodies = {row["pk"]: row for row in LLMCall.objects.filter(pk__in=small).values("pk", "prompt", "reply")}
+    for call in calls:
+        if call.pk in bodies:
+            call.body = {**bodies[call.pk], "error": call.error}
+    totals = report.stage_totals(run)
+    secs: dict[str, float] = {}
+    for step in steps:
+        secs[step.name] = secs.get(step.name, 0) + (step.duration_secs or 0)
+    stages = sorted(set(totals) | set(secs), key=_stage_order)
+    is_curator = has_role(request.user, CURATOR)
+    retry_from = services.resume_status(run) if is_curator and run.status in _STOPPED else None
+    other_active = services.in_progress_for(run.source_url) if is_curator and run.is_finished else None
+    return {
+        "run": run,
+        "duration_text": human_duration(run.duration_secs),
+        "steps": steps,
+        "iterations": iterations,
+        "executing": executing,
+        "calls": calls,
+        "stage_rows": [
+            {"stage": s, "secs_text": human_duration(secs.get(s)), **totals.get(s, {"calls": 0})}
+            for s in stages
+        ],
+        "can_cancel": is_curator and not run.is_finished,
+        "retry_from": retry_from,
+        "can_rerun": is_curator and run.is_finished and other_active is None,
+        "other_active": other_active,
+        "rerun_form": ProfileFields(initial={"profile": run.profile}, auto_id="rerun_%s")
+        if is_curator
+        else None,
+        "has_output": (run.output_dir / "current_state.json").is_file(),
+        "has_report": (run.output_dir / "report.html").is_file(),
+    }
+
+
+def _ratings_context(run: Run) -> dict:
+    return {
+        "run": run,
+        "ratings": list(run.file_ratings.defer("excerpt")),
+        # The ratings arrive with the survey; until then their section asks again.
+        "ratings_pending": run.status in (Run.Status.QUEUED, Run.Status.FETCHING, Run.Status.SURVEYING),
+    }
+
+
+_STOPPED = (Run.Status.FAILED, Run.Status.ERROR, Run.Status.CANCELLED)
+_STAGES = ["purpose", "fetch", "survey", "rate", "generate", "execute", "judge", "fix"]
+
+
+def _stage_order(stage: str):
+    return (_STAGES.index(stage) if stage in _STAGES else len(_STAGES), stage)
+
+
+def _llm_call(request, run: Run, call_id: str):
+    if not call_id.isdigit():
+        raise Http404
+    call = get_object_or_404(LLMCall, pk=int(call_id), run=run)
+    template = "distill/_llm_call.html" + ("#body" if request.htmx else "")
+    body = {"prompt": call.prompt, "reply": call.reply, "error": call.error}
+    return render(request, template, {"run": run, "call": call, "body": body})
+
+
+# Actions ----------------------------------------------------------------------------------------------
+
+
+@require_POST
 @curator_required
 def run_cancel(request, run_id: int):
-    raise NotImplementedError
+    run = get_object_or_404(Run, pk=run_id)
+    try:
+        run = services.run_cancel(run=run)
+    except services.RunRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        if run.status == Run.Status.CANCELLED:
+            messages.success(request, f"Run {run.pk} is cancelled.")
+        else:
+            messages.success(request, f"Run {run.pk} stops at its next check; a running program is stopped.")
+    return redirect("run_detail", run.pk)
 
 
+@require_POST
 @curator_required
 def run_retry(request, run_id: int):
-    raise NotImplementedError
+    run = get_object_or_404(Run, pk=run_id)
+    try:
+        run = services.run_retry(run=run)
+    except services.RunRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Run {run.pk} goes on from the {run.get_status_display().lower()} step.")
+    return redirect("run_detail", run.pk)
 
 
+@require_POST
 @curator_required
 def run_rerun(request, run_id: int):
-    raise NotImplementedError
+    run = get_object_or_404(Run, pk=run_id)
+    form = ProfileFields(request.POST)
+    if not form.is_valid():
+        problems = [str(e) for errors in form.errors.values() for e in errors]
+        messages.error(request, "Not started: " + " ".join(problems))
+        return redirect("run_detail", run.pk)
+    try:
+        new = services.run_rerun(
+            run=run,
+            profile_name=form.cleaned_data["profile"],
+            profile=form.cleaned_data["profile_obj"],
+            submitted_by=request.user,
+        )
+    except services.RunRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("run_detail", run.pk)
+    messages.success(request, f"Run {new.pk} runs {run.source_url} again with the {new.profile} profile.")
+    return redirect("run_detail", new.pk)
+
+
+# The output folder ------------------------------------------------------------------------------------
 
 
 @login_required
 def run_download(request, run_id: int):
-    raise NotImplementedError
+    run = get_object_or_404(Run, pk=run_id)
+    folder = run.output_dir
+    if not folder.is_dir():
+        raise Http404("This run has no output folder yet.")
+    response = StreamingHttpResponse(_zip_stream(folder, f"run-{run.pk}"), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="codedistiller-run-{run.pk}.zip"'
+    return response
 
 
 @login_required
 def run_report(request, run_id: int):
-    raise NotImplementedError
+    run = get_object_or_404(Run, pk=run_id)
+    path = run.output_dir / "report.html"
+    if not path.is_file() or path.is_symlink():
+        raise Http404("This run has no report yet.")
+    response = FileResponse(path.open("rb"), content_type="text/html; charset=utf-8")
+    # The report embeds text from the repository, the program and the models: no scripts, no requests.
+    response["Content-Security-Policy"] = REPORT_CSP
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+class _Chunks:
+    """A write-only file for zipfile that hands what was written to the response generator."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self):
+        pass
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _zip_stream(folder: Path, prefix: str):
+    sink = _Chunks()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in _files_under(folder):
+            name = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            with path.open("rb") as source, archive.open(name, "w", force_zip64=True) as target:
+                while chunk := source.read(256 * 1024):
+                    target.write(chunk)
+                    yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
+def _files_under(folder: Path):
+    # The program wrote parts of this folder: its symlinks are never followed out of it.
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if not path.is_symlink() and path.is_file():
+                yield path
+
+
+# Formatting -------------------------------------------------------------------------------------------
+
+
+def last_lines(text: str, count: int = TAIL_LINES) -> str:
+    return "\n".join(text[-20_000:].splitlines()[-count:])
+
+
+def human_duration(secs: float | None) -> str:
+    if secs is None:
+        return ""
+    secs = int(round(secs))
+    if secs < 60:
+        return f"{secs} s"
+    minutes, secs = divmod(secs, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
