@@ -6,9 +6,13 @@ each side whole, so a diff line carries the same colours it has on the iteration
 
 from __future__ import annotations
 
+import bisect
 import difflib
 from dataclasses import dataclass, field
 from itertools import zip_longest
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from distill.highlight import highlight_lines, split_lines
 
@@ -100,6 +104,42 @@ class FileDiff:
     def similarity_percent(self) -> int | None:
         return None if self.similarity is None else round(self.similarity * 100)
 
+    # The rows are built here rather than in a template loop, which takes seconds on 10,000 changed lines.
+    # Only our own kinds, numbers, escaped hunk headers and pygments' (escaped) output go in.
+
+    def unified_html(self) -> SafeString:
+        out = []
+        for hunk in self.hunks:
+            out.append(f'<tbody><tr class="diff__hunk"><td colspan="3">{escape(hunk.header)}</td></tr>')
+            out.extend(
+                f'<tr class="diff--{line.kind}"><td class="diff__num">{_number(line.old_number)}</td>'
+                f'<td class="diff__num">{_number(line.new_number)}</td><td class="diff__text">{line.html}</td></tr>'
+                for line in hunk.lines
+            )
+            out.append("</tbody>")
+        return mark_safe("\n".join(out))
+
+    def split_html(self) -> SafeString:
+        out = []
+        for hunk in self.hunks:
+            out.append(f'<tbody><tr class="diff__hunk"><td colspan="4">{escape(hunk.header)}</td></tr>')
+            out.extend(f"<tr>{_cell(row.left)}{_cell(row.right)}</tr>" for row in hunk.split_rows)
+            out.append("</tbody>")
+        return mark_safe("\n".join(out))
+
+
+def _number(number: int | None) -> str:
+    return "" if number is None else str(number)
+
+
+def _cell(cell: Cell | None) -> str:
+    if cell is None:
+        return '<td class="diff__num diff--none"></td><td class="diff__text diff--none"></td>'
+    return (
+        f'<td class="diff__num diff--{cell.kind}">{cell.number}</td>'
+        f'<td class="diff__text diff--{cell.kind}">{cell.html}</td>'
+    )
+
 
 @dataclass
 class Diff:
@@ -122,6 +162,86 @@ class Diff:
         return [f for f in self.files if f.status == "unchanged"]
 
 
+class _PatienceMatcher(difflib.SequenceMatcher):
+    """difflib's opcodes over patience-diff matching blocks.
+
+    difflib alone goes quadratic when every other line changed (5,000 lines took seconds): it takes the
+    first longest match and recurses on nearly the whole rest. Patience diff anchors on the lines that
+    occur once on each side, in order, then diffs the small gaps between anchors; gaps without such lines
+    fall back to difflib. It also reads better: functions stay matched to themselves.
+    """
+
+    def get_matching_blocks(self):
+        if self.matching_blocks is not None:
+            return self.matching_blocks
+        a, b = self.a, self.b
+        found: list[tuple[int, int]] = []  # (i, j) of single matching lines, in no particular order
+        regions = [(0, len(a), 0, len(b))]
+        while regions:
+            alo, ahi, blo, bhi = regions.pop()
+            while alo < ahi and blo < bhi and a[alo] == b[blo]:
+                found.append((alo, blo))
+                alo, blo = alo + 1, blo + 1
+            while alo < ahi and blo < bhi and a[ahi - 1] == b[bhi - 1]:
+                ahi, bhi = ahi - 1, bhi - 1
+                found.append((ahi, bhi))
+            if alo == ahi or blo == bhi:
+                continue
+            anchors = _unique_common_in_order(a, alo, ahi, b, blo, bhi)
+            if not anchors:
+                gap = difflib.SequenceMatcher(None, a[alo:ahi], b[blo:bhi])
+                for i, j, size in gap.get_matching_blocks():
+                    found.extend((alo + i + k, blo + j + k) for k in range(size))
+                continue
+            for i, j in anchors:
+                found.append((i, j))
+                regions.append((alo, i, blo, j))
+                alo, blo = i + 1, j + 1
+            regions.append((alo, ahi, blo, bhi))
+        found.sort()
+        blocks: list[list[int]] = []
+        for i, j in found:
+            if blocks and blocks[-1][0] + blocks[-1][2] == i and blocks[-1][1] + blocks[-1][2] == j:
+                blocks[-1][2] += 1
+            else:
+                blocks.append([i, j, 1])
+        blocks.append([len(a), len(b), 0])
+        self.matching_blocks = [difflib.Match(*block) for block in blocks]
+        return self.matching_blocks
+
+
+def _unique_common_in_order(a, alo, ahi, b, blo, bhi) -> list[tuple[int, int]]:
+    """The longest in-order run of lines that occur exactly once in a[alo:ahi] and once in b[blo:bhi]."""
+    seen_a: dict[str, int | None] = {}
+    for i in range(alo, ahi):
+        seen_a[a[i]] = None if a[i] in seen_a else i
+    seen_b: dict[str, int | None] = {}
+    for j in range(blo, bhi):
+        seen_b[b[j]] = None if b[j] in seen_b else j
+    pairs = sorted(
+        (i, seen_b[line]) for line, i in seen_a.items() if i is not None and seen_b.get(line) is not None
+    )
+    # Patience sorting: the longest increasing run of j, with links back to rebuild it.
+    tops: list[int] = []  # j at the top of each pile
+    top_index: list[int] = []  # index into pairs of that top
+    back: list[int] = []
+    for index, (_, j) in enumerate(pairs):
+        pile = bisect.bisect_left(tops, j)
+        back.append(top_index[pile - 1] if pile else -1)
+        if pile == len(tops):
+            tops.append(j)
+            top_index.append(index)
+        else:
+            tops[pile] = j
+            top_index[pile] = index
+    run = []
+    index = top_index[-1] if top_index else -1
+    while index != -1:
+        run.append(pairs[index])
+        index = back[index]
+    return run[::-1]
+
+
 def normalise_whitespace(line: str) -> str:
     return " ".join(line.split())
 
@@ -131,7 +251,7 @@ def similarity(old_text: str, new_text: str) -> float:
     old_lines, new_lines = split_lines(old_text), split_lines(new_text)
     if not old_lines and not new_lines:
         return 1.0
-    matcher = difflib.SequenceMatcher(None, old_lines, new_lines)
+    matcher = _PatienceMatcher(None, old_lines, new_lines)
     # The cheap upper bounds first: most unrelated pairs stop here.
     if matcher.real_quick_ratio() <= RENAME_RATIO or matcher.quick_ratio() <= RENAME_RATIO:
         return matcher.quick_ratio()
@@ -186,7 +306,7 @@ def diff_texts(
         new_keys = [normalise_whitespace(line) for line in new_lines]
     else:
         old_keys, new_keys = old_lines, new_lines
-    matcher = difflib.SequenceMatcher(None, old_keys, new_keys)
+    matcher = _PatienceMatcher(None, old_keys, new_keys)
     opcodes = matcher.get_opcodes()
     added = sum(j2 - j1 for tag, _, _, j1, j2 in opcodes if tag in ("insert", "replace"))
     removed = sum(i2 - i1 for tag, i1, i2, _, _ in opcodes if tag in ("delete", "replace"))

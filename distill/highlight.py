@@ -104,6 +104,22 @@ class CodeFile:
         self.anchor = anchor_prefix(name)
         self.lines = highlight_lines(name, text)
 
+    @property
+    def rows_html(self) -> SafeString:
+        """The table rows, one per line, each with its anchor and a link to it.
+
+        Built here rather than in a template loop, which takes ten times as long on a 5,000-line file.
+        Only the escaped anchor, line numbers and pygments' own (escaped) output go in.
+        """
+        anchor = escape(self.anchor)
+        return mark_safe(
+            "\n".join(
+                f'<tr id="{anchor}-L{number}"><td class="code__num"><a href="#{anchor}-L{number}">{number}</a>'
+                f'</td><td class="code__text">{line}</td></tr>'
+                for number, line in enumerate(self.lines, start=1)
+            )
+        )
+
 
 # The program's own files first, in the order one reads them; extra files after, by name.
 _FILE_ORDER = {"main.py": 0, "requirements.txt": 1, "runscript.sh": 2}

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from distill.diffing import choose_pair, diff_files, diff_texts, pair_files, similarity
@@ -124,6 +126,42 @@ def test_side_by_side_rows_pair_removals_with_the_additions_after_them():
         (None, ("add", 5)),
         (("context", 4), ("context", 6)),
     ]
+
+
+def test_when_every_other_line_changed_each_function_stays_matched_to_itself():
+    old = "".join(f"def f_{i}(x):\n    return x * {i}\n\n" for i in range(1000))
+    new = "".join(f"def f_{i}(x):\n    return  x * {i}\n\n" for i in range(1000))
+    hunks, added, removed = diff_texts(old, new)
+    assert (added, removed) == (1000, 1000)
+    assert all(
+        line.old_number == line.new_number for hunk in hunks for line in hunk.lines if line.kind == "context"
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_hunks_turn_the_old_text_into_the_new_one(seed):
+    rng = random.Random(seed)
+    old = [rng.choice("abcdefgh") * rng.randint(1, 2) for _ in range(rng.randint(0, 60))]
+    new = list(old)
+    for _ in range(rng.randint(0, 15)):
+        position = rng.randint(0, len(new))
+        if rng.random() < 0.5 and position < len(new):
+            del new[position]
+        else:
+            new.insert(position, rng.choice(["x", "y", "a", "zz", ""]))
+    old_text, new_text = "".join(f"{line}\n" for line in old), "".join(f"{line}\n" for line in new)
+    hunks, added, removed = diff_texts(old_text, new_text, context=10_000)
+    if not hunks:
+        assert old == new
+        return
+    [hunk] = hunks  # all the context there is: one hunk covers both texts
+    rebuilt_old = [old[line.old_number - 1] for line in hunk.lines if line.kind != "add"]
+    rebuilt_new = [new[line.new_number - 1] for line in hunk.lines if line.kind != "del"]
+    assert (rebuilt_old, rebuilt_new) == (old, new)
+    assert all(
+        old[line.old_number - 1] == new[line.new_number - 1] for line in hunk.lines if line.kind == "context"
+    )
+    assert added == sum(line.kind == "add" for line in hunk.lines) >= len(new) - len(old)
 
 
 def test_similar_removed_and_added_files_are_a_rename():

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 
 from distill.diffing import choose_pair, diff_files
 from distill.highlight import code_files, pretty_json
@@ -93,7 +94,9 @@ def run_diff(request, run_id: int):
     template = "distill/diff.html#diff" if request.htmx else "distill/diff.html"
     # Explicit parameters that name no pair are the caller's mistake; a run too short to compare is not.
     status = 400 if problem and (request.GET.get("a") or request.GET.get("b")) else 200
-    return render(request, template, context, status=status)
+    response = render(request, template, context, status=status)
+    patch_vary_headers(response, ["HX-Request"])  # a fragment and a page at one address
+    return response
 
 
 def _diff_links(run: Run, a: int, b: int, view: str, ignore_whitespace: bool) -> dict[str, str]:
