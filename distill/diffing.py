@@ -341,8 +341,8 @@ def diff_files(old: dict[str, str], new: dict[str, str], *, ignore_whitespace: b
     """Every file of either version, paired and diffed; unchanged files are listed with no hunks."""
     files = []
     for old_name, new_name, score in pair_files(old, new):
-        old_text = old.get(old_name, "") if old_name is not None else ""
-        new_text = new.get(new_name, "") if new_name is not None else ""
+        old_text = str(old[old_name]) if old_name is not None else ""
+        new_text = str(new[new_name]) if new_name is not None else ""
         hunks, added, removed = diff_texts(
             old_text,
             new_text,

@@ -249,6 +249,16 @@ def test_it_refuses_a_symlink_pointing_out_of_the_folder(reader_client, run, dat
     assert reader_client.get(file_url(iteration, "dir/secret.txt")).status_code == 404
 
 
+def test_a_listed_name_that_is_a_folder_or_a_fifo_is_404(reader_client, run):
+    iteration = make_iteration(run, 1)
+    save_files(iteration, {"plots/a.png": PNG})
+    os.mkfifo(iteration.output_dir / "to_save" / "pipe.txt")
+    iteration.saved_files = [{"name": "plots", "size": 0}, {"name": "pipe.txt", "size": 0}]
+    iteration.save()
+    assert reader_client.get(file_url(iteration, "plots")).status_code == 404
+    assert reader_client.get(file_url(iteration, "pipe.txt")).status_code == 404
+
+
 def test_a_listed_file_that_is_gone_is_404(reader_client, run):
     iteration = make_iteration(run, 1, saved_files=[{"name": "gone.png", "size": 3}])
     assert reader_client.get(file_url(iteration, "gone.png")).status_code == 404
@@ -379,6 +389,7 @@ def test_an_htmx_request_gets_only_the_diff_fragment(reader_client, two):
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="diff"')
     assert "<html" not in html
+    assert "HX-Request" in response["Vary"]
 
 
 def test_untrusted_text_is_never_markup_on_the_diff_page(reader_client, run):

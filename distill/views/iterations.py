@@ -1,6 +1,7 @@
 import json
 import mimetypes
 import os
+import stat
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -46,7 +47,22 @@ def iteration_detail(request, run_id: int, number: int):
 
 @login_required
 def iteration_file(request, run_id: int, number: int, path: str):
-    iteration = _iteration(run_id, number)
+    handle = _open_saved_file(_iteration(run_id, number), path)
+    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    inline = content_type in INLINE_IMAGE_TYPES
+    response = FileResponse(
+        handle,
+        as_attachment=not inline,
+        filename=path.rsplit("/", 1)[-1],
+        content_type=content_type if inline else "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = FILE_CSP
+    return response
+
+
+def _open_saved_file(iteration: Iteration, path: str):
+    """The file at `path` under to_save/, opened, if the iteration listed it and it is a regular file there."""
     if path not in {entry.get("name") for entry in iteration.saved_files if isinstance(entry, dict)}:
         raise Http404("The iteration saved no such file.")
     folder = (iteration.output_dir / "to_save").resolve()
@@ -55,20 +71,13 @@ def iteration_file(request, run_id: int, number: int, path: str):
         raise Http404("The file is outside the iteration's to_save folder.")  # `..` or a symlink
     try:
         # O_NOFOLLOW: a file swapped for a symlink after the check above is still refused.
-        handle = os.fdopen(os.open(target, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         raise Http404("The file is gone.") from None
-    content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    inline = content_type in INLINE_IMAGE_TYPES
-    response = FileResponse(
-        handle,
-        as_attachment=not inline,
-        filename=target.name,
-        content_type=content_type if inline else "application/octet-stream",
-    )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = FILE_CSP
-    return response
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a fifo, a device
+        os.close(fd)
+        raise Http404("Not a regular file.")
+    return os.fdopen(fd, "rb")
 
 
 @login_required
