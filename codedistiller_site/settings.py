@@ -122,6 +122,15 @@ WSGI_APPLICATION = "codedistiller_site.wsgi.application"
 ASGI_APPLICATION = "codedistiller_site.asgi.application"
 
 
+# The web server and the workers write at once: WAL lets readers go on, and IMMEDIATE transactions take
+# the write lock up front instead of failing with "database is locked" when a read turns into a write.
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+}
+
+
 def _database() -> dict:
     url = env_str("DATABASE_URL")
     if not url:
@@ -129,13 +138,7 @@ def _database() -> dict:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "db.sqlite3",
-            "OPTIONS": {
-                # The web server and the workers write at once: WAL lets readers go on, and IMMEDIATE
-                # transactions take the write lock up front instead of failing mid-transaction.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 30,
-            },
+            "OPTIONS": SQLITE_OPTIONS,
         }
     import dj_database_url
 
@@ -147,6 +150,9 @@ def _database() -> dict:
         ) from None
     if not config.get("ENGINE"):
         raise ImproperlyConfigured("DATABASE_URL names no known database engine; use postgres://...")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        config["CONN_MAX_AGE"] = 0
     return config
 
 

@@ -276,7 +276,8 @@ def run_cancel(*, run: Run) -> Run:
 
 def sweep_stale_runs(*, stale_after: timedelta | None = None) -> list[int]:
     """Re-enqueue active runs whose worker stopped beating: killed, or its task lost with the broker."""
-    stale_after = stale_after or timedelta(seconds=settings.DISTILL_STALE_SECS)
+    if stale_after is None:
+        stale_after = timedelta(seconds=settings.DISTILL_STALE_SECS)
     cutoff = timezone.now() - stale_after
     revived = []
     for run in Run.objects.stale(older_than=cutoff).only("pk", "lease", "heartbeat_at"):

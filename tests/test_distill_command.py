@@ -1,0 +1,164 @@
+"""`manage.py distill`: the engine in the foreground, as a batch tool."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from distill import services
+from distill.models import LLMCall, Run, RunStep
+from tests.factories import make_git_repo
+from tests.replies import cassette, program, verdict
+from tests.test_pipeline import MINILIB, survey_replies
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def distill(*args, tmp_path, replay: Path | None = None, **env):
+    """Runs the command in its own process, on the test database, as a user would."""
+    full_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
+        "DEBUG": "true",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "DISTILL_ALLOW_LOCAL_SOURCES": "true",
+        **({"DISTILL_LLM_REPLAY": str(replay)} if replay else {}),
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "distill", *args],
+        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_it_distills_a_repository_and_exits_zero(tmp_path):
+    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    replay = cassette(
+        tmp_path / "c.json", [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
+    )
+    proc = distill(
+        str(repo), "--profile", "local", "--output", str(tmp_path / "out"), tmp_path=tmp_path, replay=replay
+    )
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    assert "1 of 1 succeeded" in out
+    assert "executing" in out and "iteration 1/" in out  # the progress display
+    run = Run.objects.get()
+    assert run.status == Run.Status.SUCCEEDED
+    (copied,) = (tmp_path / "out").iterdir()
+    assert (copied / "report.html").is_file() and (copied / "iteration_1" / "main.py").is_file()
+
+
+def test_a_failed_run_makes_the_exit_code_non_zero(tmp_path):
+    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    replay = cassette(
+        tmp_path / "c.json", [*survey_replies(), ("generate", program("raise SystemExit(3)\n"))]
+    )
+    proc = distill(
+        str(repo),
+        "--config",
+        str(write_profile(tmp_path, max_debug_iterations=1)),
+        tmp_path=tmp_path,
+        replay=replay,
+    )
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 1
+    assert "0 of 1 succeeded" in out
+    assert Run.objects.get().status == Run.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["file:///etc/passwd"], "error: "),
+        (["https://user:s3cr3tpass@github.com/a/b"], "error: "),
+        (["https://github.com/a/b", "--profile", "nope"], "error: unknown profile 'nope'"),
+    ],
+)
+def test_refused_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, message):
+    proc = distill(*args, tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert "Traceback" not in err and "s3cr3tpass" not in err
+    assert not Run.objects.exists(), "nothing half-made"
+
+
+def test_a_text_file_of_sources_is_read_and_runs_in_parallel(tmp_path):
+    repos = [make_git_repo(tmp_path / f"lib{i}", MINILIB) for i in range(2)]
+    listing = tmp_path / "sources.txt"
+    listing.write_text(f"# two copies\n{repos[0]}\n\n{repos[1]}\n")
+    entries = [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
+    config = write_profile(tmp_path, replay=str(cassette(tmp_path / "c.json", entries)))
+    proc = distill(str(listing), "--config", str(config), "--parallel", "2", tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    assert "2 of 2 succeeded" in out
+    assert Run.objects.filter(status=Run.Status.SUCCEEDED).count() == 2
+
+
+def test_a_process_killed_mid_run_is_resumed_from_its_last_step(tmp_path):
+    slow = "import json, time\nprint('working', flush=True)\ntime.sleep(4)\njson.dump({'x': 1}, open('results.json', 'w'))\n"
+    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    replay = cassette(
+        tmp_path / "c.json", [*survey_replies(), ("generate", program(slow)), ("judge", verdict(True))]
+    )
+    # The replay is part of the run's profile, so the process that resumes the run replays it too.
+    proc = distill(str(repo), "--config", str(write_profile(tmp_path, replay=str(replay))), tmp_path=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not _iteration_is_running():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the program never started"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and its sandbox die mid-execution
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    run = Run.objects.get()
+    assert run.status == Run.Status.EXECUTING and run.lease
+    from datetime import timedelta
+
+    assert services.sweep_stale_runs(stale_after=timedelta(0)) == [run.pk]
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.iterations.count() == 1
+    assert LLMCall.objects.filter(run=run, stage="generate").count() == 1, "generation was not repeated"
+    assert run.steps.filter(name="execute", outcome=RunStep.Outcome.INTERRUPTED).count() == 1
+    assert run.steps.filter(name="execute", outcome=RunStep.Outcome.DONE).count() == 1
+
+
+def _iteration_is_running() -> bool:
+    # Read straight from the file: the subprocess writes it, and this test's connection must not hold
+    # a transaction open while it does.
+    with sqlite3.connect(connection.settings_dict["NAME"], timeout=10) as db:
+        row = db.execute("SELECT stdout FROM distill_iteration WHERE state = 'running'").fetchone()
+    return bool(row and "working" in row[0])
+
+
+def write_profile(tmp_path, **fields) -> Path:
+    import json
+
+    from distill.profiles import load_profile
+
+    data = load_profile("local").model_dump()
+    data.update(max_runtime_mins=1, **fields)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    return path
