@@ -76,7 +76,7 @@ def run_list(request):
         .order_by("username")
         .values_list("username", flat=True),
         "profiles": sorted(
-            set(list_profiles()) | set(Run.objects.values_list("profile", flat=True).distinct())
+            set(list_profiles()) | set(Run.objects.order_by().values_list("profile", flat=True).distinct())
         ),
     }
     return render(request, "distill/run_list.html", context)
@@ -372,7 +372,9 @@ def human_duration(secs: float | None) -> str:
     if secs < 60:
         return f"{secs} s"
     minutes, secs = divmod(secs, 60)
+    if minutes < 10:
+        return f"{minutes} min {secs} s"
     if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
+        return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"

@@ -1,0 +1,147 @@
+"""A curator submits a repository and watches it run, and cancels a run, in a real browser.
+
+The work is done by a real django-q2 worker (`manage.py qcluster`) against the test database, not inline:
+the test settings run tasks synchronously, which would make the submit request wait for the whole run.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from playwright.sync_api import expect
+
+from codedistiller_site.roles import CURATOR
+from distill import services
+from distill.models import Run
+from distill.profiles import load_profile
+from tests.conftest import make_user
+from tests.factories import make_git_repo
+from tests.replies import cassette, program, ratings, verdict
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 60_000  # ms: the first execution of a run builds a venv in the sandbox
+
+MINILIB = {
+    "README.md": "# minilib\n\nTiny statistics for tests. `mean_squared(xs)` returns the mean of squares.\n",
+    "minilib/__init__.py": "def mean_squared(xs):\n    return sum(x * x for x in xs) / len(xs)\n",
+    "setup.py": "from setuptools import setup\nsetup(name='minilib', packages=['minilib'])\n",
+}
+SURVEY = [
+    ("purpose", "minilib computes summary statistics; its entry point is minilib.mean_squared."),
+    ("rate", ratings("README.md", "minilib/__init__.py", "setup.py")),
+]
+SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\n"
+
+
+@pytest.fixture
+def curator(django_user_model):
+    # Transactional tests flush the database, and with it the role groups that a data migration made.
+    group, _ = Group.objects.get_or_create(name=CURATOR)
+    user = make_user(django_user_model, "cora")
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def repo(tmp_path, settings):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True  # the live server reads these settings
+    return make_git_repo(tmp_path / "minilib", MINILIB)
+
+
+@pytest.fixture
+def worker(live_server, data_dir, tmp_path, monkeypatch):
+    """Starts a real qcluster on the test database; yields a function that sets its replay cassette."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)  # enqueue into the ORM broker instead of running inline
+    replay = tmp_path / "replay.json"
+    cassette(replay, [])
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
+        "DEBUG": "true",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATA_DIR": str(data_dir),
+        "DISTILL_ALLOW_LOCAL_SOURCES": "true",
+        "DISTILL_LLM_REPLAY": str(replay),
+        "Q_WORKERS": "1",
+    }
+    log = (tmp_path / "qcluster.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    yield lambda entries: cassette(replay, entries)
+    _stop(process)
+    log.close()
+    if os.environ.get("E2E_SHOW_WORKER_LOG"):
+        print((tmp_path / "qcluster.log").read_text())
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def test_a_curator_submits_a_repository_and_watches_it_succeed_without_reloading(
+    page, login, curator, repo, worker
+):
+    worker([*SURVEY, ("generate", program()), ("judge", verdict(True))])
+    login(curator, next_path="/runs/new/")
+    page.get_by_label("Repository URLs").fill(str(repo))
+    page.get_by_role("radio", name=re.compile("^local")).check()
+    page.get_by_role("button", name="Start distilling").click()
+
+    expect(page).to_have_url(re.compile(r"/runs/\d+/$"))
+    page.evaluate("window.stillTheSamePage = true")  # gone if anything reloads the page
+    status = page.get_by_test_id("run-status")
+    expect(status).to_have_text("Succeeded", timeout=RUN_TIMEOUT)
+    assert page.evaluate("window.stillTheSamePage") is True
+
+    expect(page.get_by_role("heading", name="Iteration 1")).to_be_visible()
+    expect(page.locator(".timeline")).to_contain_text("Judge")
+    expect(page.get_by_role("link", name="Open report.html")).to_be_visible()
+    run = Run.objects.get()
+    assert run.status == Run.Status.SUCCEEDED and run.submitted_by == curator
+
+    # The list shows it too, and stops polling: nothing on it is active.
+    page.get_by_role("link", name="Runs", exact=True).first.click()
+    expect(page.locator("#runs-live")).to_contain_text("Succeeded")
+    expect(page.locator("#runs-live")).not_to_have_attribute("hx-trigger", re.compile("."))
+
+
+def test_a_curator_cancels_a_running_program_from_its_page(page, login, curator, repo, worker, tmp_path):
+    worker([*SURVEY, ("generate", program(SLEEPER))])
+    run = services.run_submit(
+        source=str(repo), profile_name="local", profile=load_profile("local"), submitted_by=curator
+    )
+    login(curator, next_path=f"/runs/{run.pk}/")
+    expect(page.get_by_test_id("stdout-tail")).to_contain_text("sleeping now", timeout=RUN_TIMEOUT)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.get_by_test_id("run-status")).to_have_text("Cancelled", timeout=30_000)
+    expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("Retry from"))).to_be_visible()
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    iteration = run.iterations.get()
+    assert iteration.sandbox.get("cancelled") is True
+    assert iteration.duration_secs is None or iteration.duration_secs < 120, (
+        "the sleeping program was stopped"
+    )
