@@ -59,7 +59,11 @@ def success_by_iteration(succeeded_at: dict[int, int], ended: int, max_iteration
         share = total / ended
         x = LEFT + (k - 1) * step if last > 1 else LEFT + PLOT_W / 2
         y = _y(share)
-        chart.points.append({"x": round(x, 1), "y": round(y, 1), "k": k, "label": f"{share:.0%}"})
+        # The first and last labels lean inwards, off the axis labels and the edge.
+        anchor = "start" if k == 1 and last > 1 else "end" if k == last and last > 1 else "middle"
+        chart.points.append(
+            {"x": round(x, 1), "y": round(y, 1), "k": k, "label": f"{share:.0%}", "anchor": anchor}
+        )
         chart.x_ticks.append({"x": round(x, 1), "label": str(k)})
     chart.line = "M" + " L".join(f"{p['x']},{p['y']}" for p in chart.points)
     parts = [f"by iteration {p['k']}: {p['label']}" for p in chart.points]
