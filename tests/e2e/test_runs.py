@@ -12,15 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
 from playwright.sync_api import expect
 
-from codedistiller_site.roles import CURATOR
 from distill import services
 from distill.models import Run
 from distill.profiles import load_profile
-from tests.conftest import make_user
 from tests.factories import make_git_repo
 from tests.replies import cassette, program, ratings, verdict
 
@@ -39,15 +36,6 @@ SURVEY = [
     ("rate", ratings("README.md", "minilib/__init__.py", "setup.py")),
 ]
 SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\n"
-
-
-@pytest.fixture
-def curator(django_user_model):
-    # Transactional tests flush the database, and with it the role groups that a data migration made.
-    group, _ = Group.objects.get_or_create(name=CURATOR)
-    user = make_user(django_user_model, "cora")
-    user.groups.add(group)
-    return user
 
 
 @pytest.fixture
