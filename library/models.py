@@ -1,0 +1,149 @@
+"""The example library: approved iterations copied out of their runs, with their provenance.
+
+An example is a copy, not a link: the run may be deleted or re-run, the example stays as approved.
+Approving a newer run of the same source makes a new version of the same lineage (`source_url`); the
+newest approved version is the one shown by default.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Tag(models.Model):
+    name = models.SlugField(max_length=60, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class ExampleQuerySet(models.QuerySet):
+    def approved(self):
+        """In the library: approved and not retracted."""
+        return self.filter(status=Example.Status.APPROVED)
+
+    def latest_versions(self):
+        return self.filter(is_latest=True)
+
+    def listed(self):
+        """What browsing, search and the API show by default: the newest approved version of each source."""
+        return self.approved().latest_versions()
+
+    def versions_of(self, source_url: str):
+        return self.filter(source_url=source_url).order_by("-version")
+
+
+class Example(models.Model):
+    class Status(models.TextChoices):
+        APPROVED = "approved", "Approved"
+        RETRACTED = "retracted", "Retracted"
+
+    class SourceKind(models.TextChoices):
+        REPOSITORY = "repository", "Repository"
+        PAPER = "paper", "Paper"
+
+    title = models.CharField(max_length=300)
+    summary = models.TextField()
+    tags = models.ManyToManyField(Tag, blank=True, related_name="examples")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.APPROVED, db_index=True)
+
+    # Provenance.
+    source_kind = models.CharField(max_length=20, choices=SourceKind.choices, default=SourceKind.REPOSITORY)
+    source_url = models.CharField(max_length=2000, db_index=True)
+    source_title = models.CharField(max_length=500, blank=True)
+    commit_sha = models.CharField(max_length=64, blank=True)
+    paper_title = models.CharField(max_length=500, blank=True)
+    paper_authors = models.CharField(max_length=1000, blank=True)
+    paper_url = models.CharField(max_length=2000, blank=True)
+    run = models.ForeignKey(
+        "distill.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="examples"
+    )
+    iteration = models.ForeignKey(
+        "distill.Iteration", null=True, blank=True, on_delete=models.SET_NULL, related_name="examples"
+    )
+    iteration_number = models.PositiveIntegerField()
+    profile = models.CharField(max_length=100, blank=True)
+    model_code = models.CharField(max_length=200, blank=True)
+    model_fast = models.CharField(max_length=200, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="approved_examples"
+    )
+    approved_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Set when a curator approved an iteration that did not pass: why it is worth keeping anyway.
+    override_reason = models.TextField(blank=True)
+
+    # Versions of one source.
+    version = models.PositiveIntegerField(default=1)
+    is_latest = models.BooleanField(default=True, db_index=True)
+
+    # Retraction: the example leaves search and the API; its page says so.
+    retracted_reason = models.TextField(blank=True)
+    retracted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    retracted_at = models.DateTimeField(null=True, blank=True)
+
+    # The example itself, copied from the iteration.
+    files = models.JSONField(default=dict)  # name -> text: main.py, requirements.txt, runscript.sh, ...
+    metadata = models.JSONField(default=dict)
+    description = models.TextField(blank=True)
+    inclusion_criteria = models.TextField(blank=True)
+    exclusion_criteria = models.TextField(blank=True)
+    example_type = models.CharField(max_length=100, blank=True, db_index=True)
+    language = models.CharField(max_length=40, default="python", db_index=True)
+    gpu_required = models.BooleanField(default=False, db_index=True)
+    python_version = models.CharField(max_length=20, blank=True)
+    results = models.JSONField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    saved_files = models.JSONField(default=list)  # [{"name", "size"}], copied under `files_dir`
+    measured = models.JSONField(null=True, blank=True)
+    judgement = models.JSONField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True)  # how much of the repository the program exercised
+
+    # Kept in step by the review app (a later issue): the mean expert score, for sorting and facets.
+    score = models.FloatField(null=True, blank=True, db_index=True)
+    score_count = models.PositiveIntegerField(default=0)
+
+    objects = ExampleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-approved_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["source_url", "version"], name="unique_version_per_source"),
+        ]
+
+    def __str__(self):
+        return f"{self.title} (v{self.version})"
+
+    @property
+    def is_retracted(self) -> bool:
+        return self.status == self.Status.RETRACTED
+
+    @property
+    def files_dir(self):
+        return settings.DATA_DIR / "library" / str(self.pk)
+
+    @property
+    def requirements(self) -> list[str]:
+        text = self.files.get("requirements.txt", "")
+        return [
+            line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+
+class Rejection(models.Model):
+    """A curator's decision that a run's result does not belong in the library, and why."""
+
+    run = models.ForeignKey("distill.Run", on_delete=models.CASCADE, related_name="rejections")
+    reason = models.TextField()
+    rejected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rejected_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-rejected_at"]
