@@ -11,5 +11,6 @@ urlpatterns = [
     path("runs/", include("distill.urls")),
     path("library/", include("library.urls")),
     path("reviews/", include("library.review_urls")),
+    path("api/", include("library.api_urls")),
     path("admin/", admin.site.urls),
 ]
