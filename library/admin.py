@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from library.models import Example, Rejection, Tag
+from library.models import ApiToken, Example, Rejection, Tag
 
 
 @admin.register(Example)
@@ -13,3 +13,16 @@ class ExampleAdmin(admin.ModelAdmin):
 
 admin.site.register(Tag)
 admin.site.register(Rejection)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    # Tokens are made with `manage.py api_token create`, which shows the key once; here they are only
+    # looked at and revoked (set "revoked at").
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "prefix")
+    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at")
+
+    def has_add_permission(self, request):
+        return False

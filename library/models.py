@@ -147,3 +147,30 @@ class Rejection(models.Model):
 
     class Meta:
         ordering = ["-rejected_at"]
+
+
+class ApiToken(models.Model):
+    """A key for the JSON API, for agents of deployments whose library is not public.
+
+    Only the key's sha256 is kept: the key itself is shown once, when it is made
+    (`manage.py api_token create USER`), and a leaked database does not leak working keys.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. the agent that uses it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # The first characters of the key, enough to tell tokens apart in the admin; not enough to use one.
+    prefix = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
