@@ -1,0 +1,497 @@
+"""The library as data: finding examples by query and facets, their records, and the two export formats.
+
+Nothing here knows of requests or responses: the export views and the JSON API call these builders.
+
+- A ZIP of example folders: `index.json` at the root, and one folder per example with its files,
+  `metadata.json` (fields and provenance), `results.json` and `to_save/`.
+- A CodeScientist codeblock library: one `<name>.py` per example, a header of `# key: value` lines
+  followed by the code, and `codeblock_summaries.json` keyed by name.
+
+An example's name (`export_name`) is the slug of its title and its id: unique, safe as a file name, and
+stable across exports, so an agent can diff two exports of the library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.text import slugify
+
+from library.models import Example
+
+FORMAT_VERSION = 1
+MAX_PAGE_SIZE = 100
+# Files the export writes itself in each example folder; an example file of the same name is renamed.
+RESERVED = ("metadata.json", "results.json", "to_save")
+HEADER_KEYS = ("name", "description", "inclusion_criteria", "exclusion_criteria", "python_version")
+REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+class BadParameter(ValueError):
+    """A query parameter that cannot be understood; the message names it."""
+
+
+# Finding examples ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExampleFilters:
+    """A search and its facets, as the library page, the export and the API take them."""
+
+    q: str = ""
+    tags: tuple[str, ...] = ()
+    language: str = ""
+    example_type: str = ""
+    gpu: bool | None = None
+    model: str = ""
+    source: str = ""
+    min_score: float | None = None
+
+    def as_params(self) -> dict:
+        """The non-empty filters, as query parameters (for links and the export's index)."""
+        params = {
+            "q": self.q,
+            "tag": list(self.tags),
+            "language": self.language,
+            "example_type": self.example_type,
+            "gpu": None if self.gpu is None else str(self.gpu).lower(),
+            "model": self.model,
+            "source": self.source,
+            "min_score": self.min_score,
+        }
+        return {key: value for key, value in params.items() if value not in ("", None, [])}
+
+
+def parse_filters(params: Mapping) -> ExampleFilters:
+    """Filters from query parameters (a QueryDict or a plain dict); BadParameter names a bad one."""
+    tags = params.getlist("tag") if hasattr(params, "getlist") else _as_list(params.get("tag"))
+    gpu = _text(params, "gpu").lower()
+    if gpu not in ("", "true", "false", "1", "0", "yes", "no"):
+        raise BadParameter(f"gpu must be true or false, not {params.get('gpu')!r}")
+    min_score = _text(params, "min_score")
+    try:
+        min_score = float(min_score) if min_score else None
+    except ValueError:
+        raise BadParameter(f"min_score must be a number, not {min_score!r}") from None
+    return ExampleFilters(
+        q=_text(params, "q")[:500],
+        tags=tuple(sorted({slugify(tag) for tag in tags if slugify(tag)})),
+        language=_text(params, "language"),
+        example_type=_text(params, "example_type"),
+        gpu=None if not gpu else gpu in ("true", "1", "yes"),
+        model=_text(params, "model"),
+        source=_text(params, "source"),
+        min_score=min_score,
+    )
+
+
+def find_examples(filters: ExampleFilters) -> Iterable[Example]:
+    """Listed examples (newest approved versions) that match: ranked by relevance when there is a
+    query, newest first otherwise. A QuerySet, or a list when ranked; either one paginates."""
+    queryset = _facets(Example.objects.listed(), filters).prefetch_related("tags")
+    if not filters.q:
+        return queryset
+    return search_examples(queryset, filters.q)
+
+
+def search_examples(queryset, q: str) -> list[Example]:
+    """Rank `queryset` by `q` through the library's search (full text plus semantic) when it is there.
+
+    Until `library.search` offers one, a plain word match stands in: every word must appear in the
+    title, summary, description, code, repository or tags; newest first.
+    """
+    search = _library_search()
+    if search is not None:
+        return list(search(queryset, q))
+    for word in q.split()[:20]:
+        queryset = queryset.filter(
+            Q(title__icontains=word)
+            | Q(summary__icontains=word)
+            | Q(description__icontains=word)
+            | Q(source_url__icontains=word)
+            | Q(files__icontains=word)
+            | Q(tags__name__iexact=word)
+        )
+    return list(queryset.distinct())
+
+
+def _library_search():
+    try:
+        from library import search
+    except ImportError:
+        return None
+    return getattr(search, "search_queryset", None)
+
+
+def _facets(queryset, filters: ExampleFilters):
+    for tag in filters.tags:
+        queryset = queryset.filter(tags__name=tag)
+    if filters.language:
+        queryset = queryset.filter(language__iexact=filters.language)
+    if filters.example_type:
+        queryset = queryset.filter(example_type__iexact=filters.example_type)
+    if filters.gpu is not None:
+        queryset = queryset.filter(gpu_required=filters.gpu)
+    if filters.model:
+        queryset = queryset.filter(Q(model_code=filters.model) | Q(model_fast=filters.model))
+    if filters.source:
+        queryset = queryset.filter(source_url=filters.source)
+    if filters.min_score is not None:
+        queryset = queryset.filter(score__gte=filters.min_score)
+    return queryset
+
+
+def _text(params: Mapping, key: str) -> str:
+    value = params.get(key)
+    return "" if value is None else str(value).strip()
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+# Records ---------------------------------------------------------------------------------------------
+
+
+def export_name(example: Example) -> str:
+    """Unique (the id), safe as a file or module name (lowercase, digits, underscores), and stable."""
+    slug = slugify(example.title).replace("-", "_")[:60].strip("_") or "example"
+    return f"{slug}_{example.pk}"
+
+
+def requirement_names(example: Example) -> list[str]:
+    """The distribution names in requirements.txt, without versions or markers: `numpy==2.1` → numpy."""
+    names = []
+    for line in example.requirements:
+        match = REQUIREMENT_NAME.match(line)
+        if match and not line.lstrip().startswith("-") and match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+def provenance(example: Example) -> dict:
+    return {
+        "source_kind": example.source_kind,
+        "source_url": example.source_url,
+        "source_title": example.source_title,
+        "commit_sha": example.commit_sha,
+        "paper_title": example.paper_title,
+        "paper_authors": example.paper_authors,
+        "paper_url": example.paper_url,
+        "run_id": example.run_id,
+        "iteration_number": example.iteration_number,
+        "profile": example.profile,
+        "model_code": example.model_code,
+        "model_fast": example.model_fast,
+        "cost_usd": float(example.cost_usd),
+        "approved_by": example.approved_by.get_username() if example.approved_by else None,
+        "approved_at": example.approved_at.isoformat(),
+        "override_reason": example.override_reason,
+    }
+
+
+def retraction(example: Example) -> dict | None:
+    if not example.is_retracted:
+        return None
+    return {
+        "reason": example.retracted_reason,
+        "retracted_at": example.retracted_at.isoformat() if example.retracted_at else None,
+    }
+
+
+def metadata_record(example: Example) -> dict:
+    """Everything known about an example but its code and outputs: `metadata.json` in an export."""
+    return {
+        "format": "codedistiller-example",
+        "format_version": FORMAT_VERSION,
+        "id": example.pk,
+        "name": export_name(example),
+        "title": example.title,
+        "summary": example.summary,
+        "description": example.description,
+        "inclusion_criteria": example.inclusion_criteria,
+        "exclusion_criteria": example.exclusion_criteria,
+        "tags": tag_names(example),
+        "example_type": example.example_type,
+        "language": example.language,
+        "gpu_required": example.gpu_required,
+        "python_version": example.python_version,
+        "requirements": example.requirements,
+        "version": example.version,
+        "is_latest": example.is_latest,
+        "status": example.status,
+        "retracted": retraction(example),
+        "score": example.score,
+        "score_count": example.score_count,
+        "files": sorted(example.files),
+        "saved_files": example.saved_files,
+        "metadata": example.metadata,
+        "provenance": provenance(example),
+        "measured": example.measured,
+        "judgement": example.judgement,
+    }
+
+
+def tag_names(example: Example) -> list[str]:
+    return sorted(tag.name for tag in example.tags.all())
+
+
+# The codeblock format ----------------------------------------------------------------------------------
+
+
+def fold(text: str) -> str:
+    """One line: a header value must not break the `# key: value` format."""
+    return " ".join(str(text).split())
+
+
+def codeblock_code(example: Example) -> str:
+    """The example's program: main.py, or its first Python file."""
+    if "main.py" in example.files:
+        return example.files["main.py"]
+    for name in sorted(example.files):
+        if name.endswith(".py"):
+            return example.files[name]
+    return ""
+
+
+def codeblock_text(example: Example) -> str:
+    fields = {
+        "name": export_name(example),
+        "description": f"{example.title}: {example.summary}",
+        "inclusion_criteria": example.inclusion_criteria,
+        "exclusion_criteria": example.exclusion_criteria,
+        "python_version": example.python_version,
+    }
+    lines = [f"# {key}: {fold(value)}".rstrip() for key, value in fields.items()]
+    lines += [f"# pip_requirement: {fold(requirement)}" for requirement in example.requirements]
+    return "\n".join(lines) + "\n\n" + codeblock_code(example)
+
+
+def parse_codeblock(text: str) -> dict:
+    """The header fields and the code of a codeblock file: the inverse of `codeblock_text`."""
+    fields: dict = {"pip_requirements": []}
+    lines = text.split("\n")
+    index = 0
+    while index < len(lines):
+        match = re.match(r"^# ([a-z_]+):(?: (.*))?$", lines[index], re.IGNORECASE)
+        if not match:
+            break
+        key, value = match.group(1).lower(), (match.group(2) or "").strip()
+        if key == "pip_requirement":
+            if value:
+                fields["pip_requirements"].append(value)
+        else:
+            fields[key] = value
+        index += 1
+    if index < len(lines) and lines[index] == "":
+        index += 1
+    fields["code"] = "\n".join(lines[index:])
+    return fields
+
+
+def codeblock_summary(example: Example, *, url: str = "") -> dict:
+    summary = {
+        "name": export_name(example),
+        "description": fold(f"{example.title}: {example.summary}"),
+        "libraries": requirement_names(example),
+        "when_to_use": fold(example.inclusion_criteria or example.summary),
+        "inclusion_criteria": fold(example.inclusion_criteria),
+        "exclusion_criteria": fold(example.exclusion_criteria),
+        # Beyond CodeScientist's fields: where the example came from, for an agent that cites it.
+        "example_id": example.pk,
+        "version": example.version,
+        "source_url": example.source_url,
+        "commit_sha": example.commit_sha,
+    }
+    if url:
+        summary["url"] = url
+    return summary
+
+
+# Archives -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One file of an archive: text/bytes in memory, or a file on disk read as it is written."""
+
+    name: str
+    data: bytes | None = None
+    path: Path | None = None
+    date_time: tuple = field(default_factory=lambda: timezone.now().timetuple()[:6])
+
+
+def library_entries(examples: Iterable[Example], *, filters: ExampleFilters, url_for=None) -> Iterator[Entry]:
+    """The ZIP of example folders, `index.json` last (it lists what was written)."""
+    index = []
+    for example in examples:
+        name = export_name(example)
+        written = []
+        for entry in example_entries(example, folder=name, url_for=url_for):
+            written.append(entry.name.removeprefix(f"{name}/"))
+            yield entry
+        index.append(
+            {
+                "name": name,
+                "folder": f"{name}/",
+                "id": example.pk,
+                "title": example.title,
+                "summary": example.summary,
+                "tags": tag_names(example),
+                "version": example.version,
+                "source_url": example.source_url,
+                "commit_sha": example.commit_sha,
+                "example_type": example.example_type,
+                "language": example.language,
+                "gpu_required": example.gpu_required,
+                "files": written,
+                **({"url": url_for(example)} if url_for else {}),
+            }
+        )
+    yield Entry("index.json", _json(_index(filters, index, "codedistiller-library")))
+
+
+def example_entries(example: Example, *, folder: str, url_for=None) -> Iterator[Entry]:
+    """One example's folder: its files, metadata.json, results.json and its saved to_save/ files."""
+    when = example.approved_at.timetuple()[:6]
+    for name, text in sorted(example.files.items()):
+        safe = _safe_name(name)
+        if safe is None:
+            continue
+        if safe.split("/")[0] in RESERVED:
+            safe = f"example_{safe}"
+        yield Entry(f"{folder}/{safe}", str(text).encode(), date_time=when)
+    record = metadata_record(example)
+    if url_for:
+        record["url"] = url_for(example)
+    yield Entry(f"{folder}/metadata.json", _json(record), date_time=when)
+    if example.results is not None:
+        yield Entry(f"{folder}/results.json", _json(example.results), date_time=when)
+    for saved in saved_file_paths(example):
+        yield Entry(f"{folder}/to_save/{saved.name}", path=saved.path, date_time=when)
+
+
+def codeblock_entries(
+    examples: Iterable[Example], *, filters: ExampleFilters, url_for=None
+) -> Iterator[Entry]:
+    summaries = {}
+    for example in examples:
+        name = export_name(example)
+        yield Entry(
+            f"{name}.py", codeblock_text(example).encode(), date_time=example.approved_at.timetuple()[:6]
+        )
+        summaries[name] = codeblock_summary(example, url=url_for(example) if url_for else "")
+    yield Entry("codeblock_summaries.json", _json(summaries))
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    name: str
+    path: Path
+
+
+def saved_file_paths(example: Example) -> list[SavedFile]:
+    """The example's listed to_save files that are regular files inside its folder: never a link."""
+    folder = example.files_dir / "to_save"
+    found = []
+    for saved in example.saved_files or []:
+        name = _safe_name(str(saved.get("name", ""))) if isinstance(saved, dict) else None
+        if name is None:
+            continue
+        # No step of the path may be a link (lstat each one), and the file must be a regular one.
+        path, modes = folder, []
+        try:
+            modes.append(os.lstat(path).st_mode)
+            for part in PurePosixPath(name).parts:
+                path = path / part
+                modes.append(os.lstat(path).st_mode)
+        except OSError:
+            continue
+        if any(stat.S_ISLNK(mode) for mode in modes) or not stat.S_ISREG(modes[-1]):
+            continue
+        found.append(SavedFile(name, path))
+    return found
+
+
+def zip_stream(entries: Iterable[Entry], *, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+    """A ZIP written as it is sent: memory holds one chunk, never the archive."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        for entry in entries:
+            info = zipfile.ZipInfo(entry.name, date_time=entry.date_time)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            if entry.path is None:
+                with archive.open(info, "w") as target:
+                    target.write(entry.data or b"")
+            else:
+                try:
+                    # O_NOFOLLOW: a file swapped for a link after saved_file_paths looked is still refused.
+                    source = os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+                except OSError:
+                    continue
+                with source, archive.open(info, "w", force_zip64=True) as target:
+                    while chunk := source.read(chunk_size):
+                        target.write(chunk)
+                        yield sink.take()
+            yield sink.take()
+    yield sink.take()
+
+
+class _Sink:
+    """A write-only file for zipfile; what was written is taken by the response as it goes."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self):
+        pass
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _index(filters: ExampleFilters, examples: list[dict], kind: str) -> dict:
+    return {
+        "format": kind,
+        "format_version": FORMAT_VERSION,
+        "exported_at": timezone.now().isoformat(),
+        "query": filters.as_params(),
+        "count": len(examples),
+        "examples": examples,
+    }
+
+
+def _json(value) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def _safe_name(name: str) -> str | None:
+    """A relative path with no `..`, no absolute start and no backslashes, or None."""
+    if not name or "\\" in name or "\x00" in name:
+        return None
+    path = PurePosixPath(name)
+    if path.is_absolute() or any(part in ("..", ".", "") for part in path.parts):
+        return None
+    return path.as_posix()

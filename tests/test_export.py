@@ -1,0 +1,248 @@
+import io
+import json
+import zipfile
+
+import pytest
+from django.urls import reverse
+
+from library.export import codeblock_text, export_name, parse_codeblock
+from library.services import example_approve, example_retract
+from tests.factories import make_iteration, make_run
+
+pytestmark = pytest.mark.django_db
+
+
+def make_example(
+    curator, slug="minilib", *, title="Mean of squares with minilib", tags=("statistics",), **iteration
+):
+    run = make_run(source_url=f"https://github.com/example/{slug}", source_title=f"example/{slug}")
+    iteration.setdefault(
+        "metadata",
+        {
+            "description": f"Shows {slug}.",
+            "inclusion_criteria": f"When you need {slug}.",
+            "exclusion_criteria": f"When you do not use {slug}.",
+            "example_type": "demonstration",
+            "python_version": "3.11",
+        },
+    )
+    make_iteration(run, 1, **iteration)
+    return example_approve(
+        run=run, approved_by=curator, title=title, summary=f"Computes things with {slug}.", tags=list(tags)
+    )
+
+
+def unzip(response) -> zipfile.ZipFile:
+    assert response.status_code == 200, response.content[:300]
+    assert response["Content-Type"] == "application/zip"
+    return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+
+
+def test_the_zip_export_holds_a_folder_per_example_and_an_index(client, curator):
+    first = make_example(curator, "minilib", saved_files=[{"name": "plot.png", "size": 4}])
+    second = make_example(curator, "otherlib", title="Fitting with otherlib", tags=("fitting",))
+    # Saved files are copied at approval; write one where the approval put it.
+    (first.files_dir / "to_save").mkdir(parents=True, exist_ok=True)
+    (first.files_dir / "to_save" / "plot.png").write_bytes(b"\x89PNG")
+    first.saved_files = [{"name": "plot.png", "size": 4}]
+    first.save()
+
+    archive = unzip(client.get(reverse("library_export"), {"format": "zip"}))
+    index = json.loads(archive.read("index.json"))
+
+    assert index["format"] == "codedistiller-library" and index["count"] == 2
+    assert {entry["id"] for entry in index["examples"]} == {first.pk, second.pk}
+    folder = export_name(first)
+    assert archive.read(f"{folder}/main.py").decode() == first.files["main.py"]
+    assert archive.read(f"{folder}/requirements.txt").decode() == "numpy==2.1.0\n"
+    assert archive.read(f"{folder}/to_save/plot.png") == b"\x89PNG"
+    assert json.loads(archive.read(f"{folder}/results.json")) == {"x": 1}
+    metadata = json.loads(archive.read(f"{folder}/metadata.json"))
+    assert metadata["title"] == first.title and metadata["tags"] == ["statistics"]
+    assert metadata["provenance"]["commit_sha"] == first.commit_sha
+    assert metadata["provenance"]["run_id"] == first.run_id and metadata["retracted"] is None
+    entry = next(entry for entry in index["examples"] if entry["id"] == first.pk)
+    assert entry["folder"] == f"{folder}/" and "to_save/plot.png" in entry["files"]
+    for name in entry["files"]:
+        assert f"{folder}/{name}" in archive.namelist()
+
+
+def test_the_codeblock_export_round_trips(client, curator):
+    examples = [
+        make_example(curator, "minilib"),
+        make_example(curator, "otherlib", title="Fitting: with otherlib!", tags=("fitting",)),
+    ]
+    archive = unzip(client.get(reverse("library_export"), {"format": "codeblocks"}))
+    summaries = json.loads(archive.read("codeblock_summaries.json"))
+
+    assert sorted(archive.namelist()) == sorted(
+        [f"{export_name(example)}.py" for example in examples] + ["codeblock_summaries.json"]
+    )
+    for example in examples:
+        name = export_name(example)
+        fields = parse_codeblock(archive.read(f"{name}.py").decode())
+        assert fields["name"] == name
+        assert fields["description"] == f"{example.title}: {example.summary}"
+        assert fields["inclusion_criteria"] == example.inclusion_criteria
+        assert fields["exclusion_criteria"] == example.exclusion_criteria
+        assert fields["python_version"] == "3.11"
+        assert fields["pip_requirements"] == ["numpy==2.1.0"]
+        assert fields["code"] == example.files["main.py"]
+        summary = summaries[name]
+        assert summary["name"] == name and summary["libraries"] == ["numpy"]
+        assert summary["description"] == fields["description"]
+        assert summary["when_to_use"] == example.inclusion_criteria
+        assert summary["inclusion_criteria"] == example.inclusion_criteria
+        assert summary["exclusion_criteria"] == example.exclusion_criteria
+        assert summary["source_url"] == example.source_url
+
+
+def test_multi_line_metadata_does_not_break_the_header(curator):
+    example = make_example(
+        curator,
+        metadata={
+            "description": "d",
+            "inclusion_criteria": "Line one.\n# name: injected\r\nLine two.",
+            "exclusion_criteria": "",
+        },
+        files={
+            "main.py": "# name: not a header\nprint(1)\n",
+            "requirements.txt": "# a comment\nnumpy>=2 ; python_version >= '3.10'\n\nscipy\n",
+        },
+    )
+    text = codeblock_text(example)
+    fields = parse_codeblock(text)
+
+    assert fields["inclusion_criteria"] == "Line one. # name: injected Line two."
+    assert fields["name"] == export_name(example)
+    assert fields["exclusion_criteria"] == ""
+    assert fields["pip_requirements"] == ["numpy>=2 ; python_version >= '3.10'", "scipy"]
+    assert fields["code"] == "# name: not a header\nprint(1)\n"
+    header = text.split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("# ") for line in header)
+
+
+def test_names_are_unique_safe_and_stable(curator):
+    one = make_example(curator, "a", title="Ünïcode / ../ slashes & CAPS")
+    two = make_example(curator, "b", title="Ünïcode / ../ slashes & CAPS")
+    blank = make_example(curator, "c", title="!!!")
+
+    assert export_name(one) == f"unicode_slashes_caps_{one.pk}" and export_name(one) != export_name(two)
+    assert export_name(blank) == f"example_{blank.pk}"
+    one.refresh_from_db()
+    assert export_name(one) == f"unicode_slashes_caps_{one.pk}"
+
+
+def test_a_search_result_export_holds_only_the_matches(client, curator):
+    match = make_example(curator, "spectra", title="Peak fitting of spectra")
+    other = make_example(curator, "graphs", title="Shortest paths in graphs")
+
+    archive = unzip(client.get(reverse("library_export"), {"format": "zip", "q": "spectra"}))
+    index = json.loads(archive.read("index.json"))
+    assert [entry["id"] for entry in index["examples"]] == [match.pk]
+    assert index["query"] == {"q": "spectra"}
+    assert all(name.startswith(export_name(match)) or name == "index.json" for name in archive.namelist())
+
+    response = client.get(
+        reverse("library_export"), {"format": "codeblocks", "q": "graphs", "tag": "statistics"}
+    )
+    assert "-search-" in response["Content-Disposition"]
+    assert list(json.loads(unzip(response).read("codeblock_summaries.json"))) == [export_name(other)]
+
+
+def test_facet_filters_narrow_the_export(client, curator):
+    make_example(curator, "cpu", title="On the CPU")
+    gpu = make_example(curator, "gpu", title="On the GPU", tags=("deep-learning",))
+    type(gpu).objects.filter(pk=gpu.pk).update(gpu_required=True)
+
+    archive = unzip(client.get(reverse("library_export"), {"gpu": "true"}))
+    assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == [gpu.pk]
+    archive = unzip(client.get(reverse("library_export"), {"tag": "deep-learning", "format": "codeblocks"}))
+    assert list(json.loads(archive.read("codeblock_summaries.json"))) == [export_name(gpu)]
+
+
+def test_retracted_examples_and_older_versions_are_not_exported(client, curator):
+    kept = make_example(curator, "kept")
+    gone = make_example(curator, "gone")
+    example_retract(example=gone, retracted_by=curator, reason="Wrong results.")
+    newer = make_example(curator, "kept", title="Mean of squares, v2")
+
+    archive = unzip(client.get(reverse("library_export")))
+    assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == [newer.pk]
+    assert not any(name.startswith((export_name(gone), export_name(kept))) for name in archive.namelist())
+
+
+def test_a_retracted_example_downloads_with_its_retraction_in_the_metadata(client, curator):
+    example = make_example(curator)
+    example_retract(example=example, retracted_by=curator, reason="Wrong results.")
+
+    archive = unzip(client.get(reverse("example_download", args=[example.pk])))
+    metadata = json.loads(archive.read(f"{export_name(example)}/metadata.json"))
+    assert metadata["status"] == "retracted" and metadata["retracted"]["reason"] == "Wrong results."
+
+
+def test_one_example_downloads_as_a_folder(client, curator):
+    example = make_example(curator)
+    response = client.get(reverse("example_download", args=[example.pk]))
+    assert response["Content-Disposition"] == f'attachment; filename="{export_name(example)}.zip"'
+    archive = unzip(response)
+    folder = export_name(example)
+    assert sorted(archive.namelist()) == sorted(
+        f"{folder}/{name}"
+        for name in ["main.py", "requirements.txt", "runscript.sh", "metadata.json", "results.json"]
+    )
+    assert client.get(reverse("example_download", args=[example.pk + 100])).status_code == 404
+
+
+def test_saved_files_that_became_links_or_were_never_listed_are_left_out(client, curator, tmp_path):
+    example = make_example(curator)
+    folder = example.files_dir / "to_save"
+    folder.mkdir(parents=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not ship")
+    (folder / "link.txt").symlink_to(secret)
+    (folder / "unlisted.txt").write_text("not listed")
+    (folder / "sub").symlink_to(tmp_path)
+    example.saved_files = [
+        {"name": "link.txt", "size": 1},
+        {"name": "sub/secret.txt", "size": 1},
+        {"name": "../../../secret.txt", "size": 1},
+        {"name": "missing.png", "size": 1},
+    ]
+    example.save()
+
+    archive = unzip(client.get(reverse("example_download", args=[example.pk])))
+    assert not any("to_save" in name for name in archive.namelist())
+    assert all(b"do not ship" not in archive.read(name) for name in archive.namelist())
+
+
+def test_an_unsafe_file_name_in_an_example_is_left_out_and_a_reserved_one_renamed(client, curator):
+    example = make_example(
+        curator, files={"main.py": "print(1)\n", "../evil.py": "x", "/abs.py": "x", "metadata.json": "{}"}
+    )
+    names = unzip(client.get(reverse("example_download", args=[example.pk]))).namelist()
+    folder = export_name(example)
+    assert sorted(names) == sorted(
+        f"{folder}/{name}" for name in ["main.py", "example_metadata.json", "metadata.json", "results.json"]
+    )
+
+
+def test_export_needs_a_login_when_the_library_is_not_public(client, reader_client, curator, settings):
+    example = make_example(curator)
+    settings.LIBRARY_PUBLIC = False
+    response = client.get(reverse("library_export"))
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    assert client.get(reverse("example_download", args=[example.pk])).status_code == 302
+    assert client.get(reverse("library_export"), HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert unzip(reader_client.get(reverse("library_export"))).namelist()
+
+
+def test_export_refuses_bad_parameters_and_writes(client, curator):
+    assert client.get(reverse("library_export"), {"format": "tar"}).status_code == 400
+    assert client.get(reverse("library_export"), {"gpu": "maybe"}).status_code == 400
+    assert client.post(reverse("library_export")).status_code == 405
+
+
+def test_an_empty_library_exports_an_empty_index(client):
+    index = json.loads(unzip(client.get(reverse("library_export"))).read("index.json"))
+    assert index["count"] == 0 and index["examples"] == []
