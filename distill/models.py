@@ -253,6 +253,14 @@ class Iteration(models.Model):
 
     # Verdicts: measured first, then the LLM judge's; both kept.
     measured = models.JSONField(null=True, blank=True)
+    # What the sandbox recorded of the repository's code while the program ran (distill.pipeline.proof):
+    # verdict, reasons, modules, functions, lines per file. Null when nothing was recorded (a paper's run,
+    # or an iteration from before recording). The figures are columns too, for a library to sort and facet.
+    proof = models.JSONField(null=True, blank=True)
+    repo_modules_imported = models.PositiveIntegerField(null=True, blank=True)
+    repo_functions_executed = models.PositiveIntegerField(null=True, blank=True)
+    repo_lines_executed = models.PositiveIntegerField(null=True, blank=True)
+    repo_share_covered = models.FloatField(null=True, blank=True)  # 0-1, of the packages' executable lines
     judgement = models.JSONField(null=True, blank=True)
     succeeded = models.BooleanField(null=True, blank=True)
 
@@ -270,6 +278,18 @@ class Iteration(models.Model):
     @property
     def output_dir(self):
         return self.run.output_dir / f"iteration_{self.number}"
+
+    # The verdicts of distill.pipeline.proof, in words.
+    PROOF_LABELS = {
+        "proven": "uses the repository",
+        "unused": "does not use the repository",
+        "unproven": "unproven",
+    }
+
+    @property
+    def proof_label(self) -> str:
+        """The proof's verdict in words, or "" when nothing was recorded."""
+        return self.PROOF_LABELS.get((self.proof or {}).get("verdict"), "")
 
 
 class LLMCall(models.Model):

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
-from distill.pipeline import parsing, prompts, sources, survey
+from distill.pipeline import parsing, prompts, proof, sources, survey
 from distill.pipeline.live import LiveOutput
 
 logger = logging.getLogger(__name__)
@@ -262,7 +262,10 @@ def fix(run: Run, previous: Iteration) -> Iteration:
 
 def problems_of(iteration: Iteration) -> list[str]:
     """What the fixer must address: the measured failures first, then the judge's critical issues."""
-    problems = list((iteration.measured or {}).get("reasons", []))
+    measured = iteration.measured or {}
+    problems = [f"critical: {reason}" for reason in measured.get("critical", [])]
+    problems += measured.get("reasons", [])
+    problems += [f"flag: {flag}" for flag in measured.get("flags", [])]
     judgement = iteration.judgement or {}
     problems += [f"critical: {issue}" for issue in judgement.get("critical_issues", [])]
     problems += judgement.get("issues", [])
@@ -346,11 +349,16 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         shutil.rmtree(job)
     job.mkdir(parents=True)
     config = run.config
+    clone = clone_dir(run) if clone_dir(run).is_dir() else None
+    # Only a repository run has code the program must be proven to use; a paper's run has none.
+    packages = proof.repository_packages(clone) if clone is not None else proof.Packages()
+    recording = proof.recording_config(packages) if run.kind == Run.Kind.REPOSITORY else None
     request = ExecutionRequest(
         files=iteration.files,
         job_dir=job,
         env_dir=env_dir(run),
-        repo_dir=clone_dir(run) if clone_dir(run).is_dir() else None,
+        repo_dir=clone,
+        recording=recording,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
             memory_mb=config.get("memory_mb", 4096),
@@ -385,6 +393,10 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
+    _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
+    flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
+    if flag:
+        iteration.measured["flags"] = [flag["message"]]
     iteration.saved_files = _saved_files(job / "to_save")
     iteration.save()
     for name, text in (
@@ -422,7 +434,7 @@ def _read_json(path: Path):
 
 
 def _measure(result, job: Path):
-    """The measured verdict: exit 0 within the limit and a valid results.json. Nothing else counts yet."""
+    """The measured verdict: exit 0 within the limit and a valid results.json (the proof comes after)."""
     reasons = []
     if result.cancelled:
         reasons.append("the run was cancelled")
@@ -447,6 +459,27 @@ def _measure(result, job: Path):
         "passed": exit_ok and results_ok,
         "reasons": reasons,
     }
+
+
+def _prove(iteration: Iteration, evidence: dict | None) -> None:
+    """Adds the proof to the measured verdict: without it, a run that exits 0 with results is not a pass."""
+    iteration.proof = evidence
+    if evidence is None:  # nothing to prove: a paper's run has no repository
+        iteration.repo_modules_imported = iteration.repo_functions_executed = None
+        iteration.repo_lines_executed = iteration.repo_share_covered = None
+        return
+    measured = iteration.measured
+    measured["proof"] = evidence["verdict"]
+    measured["uses_repository"] = evidence["verdict"] == proof.PROVEN
+    if evidence["verdict"] == proof.UNUSED:
+        measured["critical"] = evidence["reasons"]
+    elif evidence["verdict"] == proof.UNPROVEN:
+        measured["reasons"] = [*measured["reasons"], *(f"unproven: {r}" for r in evidence["reasons"])]
+    measured["passed"] = bool(measured["passed"] and measured["uses_repository"])
+    iteration.repo_modules_imported = len(evidence["modules"])
+    iteration.repo_functions_executed = evidence["functions_executed"]
+    iteration.repo_lines_executed = evidence["lines_executed"]
+    iteration.repo_share_covered = evidence["share_covered"]
 
 
 def _saved_files(folder: Path) -> list[dict]:
@@ -487,6 +520,7 @@ def _llm_judgement(run: Run, iteration: Iteration) -> dict:
         stdout=trim_output(iteration.stdout),
         stderr=trim_output(iteration.stderr),
         results=json.dumps(iteration.results, indent=1)[:PROMPT_OUTPUT_CHARS],
+        evidence=evidence_text(iteration),
     )
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)
@@ -520,6 +554,26 @@ def _llm_judgement(run: Run, iteration: Iteration) -> dict:
         "passed": False,
         "unreadable": True,
     }
+
+
+def evidence_text(iteration: Iteration) -> str:
+    """What the recorder saw, for the judge: measured facts it should weigh, not take on trust."""
+    evidence = iteration.proof
+    lines = []
+    if evidence is None:
+        lines.append("No record was made of which code ran.")
+    else:
+        names = sorted({module[0] for module in evidence.get("modules", [])})
+        functions = ", ".join(f"{f[1]} ({f[0]})" for f in evidence.get("functions", [])[:15])
+        share = evidence.get("share_covered")
+        lines.append(
+            f"It imported {len(names)} of the repository's modules ({', '.join(names[:15]) or 'none'}) and ran "
+            f"{evidence.get('functions_executed', 0)} of its functions ({functions or 'none'}), at least "
+            f"{evidence.get('lines_executed', 0)} lines"
+            + (f", {share:.0%} of its code." if share is not None else ".")
+        )
+    lines += [f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", [])]
+    return "\n".join(lines)
 
 
 ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)

@@ -28,6 +28,10 @@ class ExecutionRequest:
     env_dir: Path  # caches Python environments across the iterations of one run
     repo_dir: Path | None = None  # the cloned repository, read-only at /repo
     limits: Limits = field(default_factory=lambda: Limits(wall_secs=3600))
+    # Record which of the repository's code the program runs (distill/sandbox/audit.py): the recorder's
+    # configuration, {"key": hex, "packages": [...], "modules": [...]}; None records nothing. The key must
+    # reach the recorder through a file descriptor or a file the program cannot read, never the environment.
+    recording: dict | None = None
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ExecutionResult:
     stderr: str
     install_log: str
     failure: str  # "" or a one-line reason from the sandbox itself
+    record: bytes | None = None  # the recorder's signed lines, when recording was asked for and done
 
     @property
     def ok(self) -> bool:

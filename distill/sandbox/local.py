@@ -14,6 +14,7 @@ the limits, and starts the real, unprivileged sandbox with its user namespace.
 
 import codecs
 import hashlib
+import json
 import logging
 import os
 import re
@@ -31,6 +32,8 @@ from .base import CancelCheck, ExecutionRequest, ExecutionResult, Limits, Output
 logger = logging.getLogger(__name__)
 
 RUN_SH = Path(__file__).with_name("run.sh")
+AUDIT_PY = Path(__file__).with_name("audit.py")
+RECORD_CAP = 32 * 1024 * 1024  # bytes of record kept; past it the record is incomplete and proves nothing
 REQUIRED_FILES = ("main.py", "requirements.txt", "runscript.sh")
 OUTPUT_CAP = 2_000_000  # characters kept per stream: the end, where errors are
 POLL_SECS = 0.5
@@ -87,6 +90,7 @@ class _Phase:
     secs: float
     stdout: str
     stderr: str
+    record: bytes | None = None
 
 
 class LocalSandbox:
@@ -182,15 +186,19 @@ class LocalSandbox:
             ready.touch()
 
         # Read-only in the run phase, so a program cannot spoil the environment for the next iteration.
+        run_mounts = [*mounts, ("--ro-bind", venv, "/env")]
+        if request.recording is not None:
+            run_mounts.append(("--ro-bind", AUDIT_PY, "/sandbox/record/sitecustomize.py"))
         run = self._run_phase(
             "run",
-            [*mounts, ("--ro-bind", venv, "/env")],
+            run_mounts,
             uid=uid,
             network=limits.network_run,
             timeout=limits.wall_secs,
             limits=limits,
             emit=emit,
             should_cancel=should_cancel,
+            recording=request.recording,
         )
         out_of_memory = run.exit_code not in (0, None) and bool(OUT_OF_MEMORY.search(run.stderr[-5000:]))
         return ExecutionResult(
@@ -205,6 +213,7 @@ class LocalSandbox:
             stderr=run.stderr,
             install_log=install.stdout if install else "",
             failure=_run_failure(run, limits, out_of_memory),
+            record=run.record,
         )
 
     def _run_phase(
@@ -218,9 +227,26 @@ class LocalSandbox:
         limits: Limits,
         emit: "_Emitter",
         should_cancel: CancelCheck | None,
+        recording: dict | None = None,
     ) -> _Phase:
         passwd_fd, group_fd = _data_fd(PASSWD), _data_fd(GROUP)
-        argv = self._argv(phase, mounts, uid=uid, network=network, limits=limits, fds=(passwd_fd, group_fd))
+        # The recorder's key travels in a pipe that the recorder drains and closes before main.py starts;
+        # its record comes back through another pipe, read here, so the program finds no file to edit.
+        record_fds, extra_env = (), {}
+        if recording is not None:
+            record_read, record_write = os.pipe()
+            config_fd = _data_fd(json.dumps(recording))
+            record_fds = (config_fd, record_write)
+            extra_env["DISTILL_RECORD"] = f"{config_fd},{record_write}"
+        argv = self._argv(
+            phase,
+            mounts,
+            uid=uid,
+            network=network,
+            limits=limits,
+            fds=(passwd_fd, group_fd),
+            extra_env=extra_env,
+        )
         merged = phase == "install"
         start = time.monotonic()
         try:
@@ -231,17 +257,24 @@ class LocalSandbox:
                 stderr=subprocess.STDOUT if merged else subprocess.PIPE,
                 # bwrap copies its own environment into the sandbox's pid 1, readable in /proc/1/environ.
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                pass_fds=(passwd_fd, group_fd),
+                pass_fds=(passwd_fd, group_fd, *record_fds),
                 start_new_session=True,
             )
+        except BaseException:
+            if recording is not None:
+                os.close(record_read)
+            raise
         finally:
-            os.close(passwd_fd)
-            os.close(group_fd)
+            for fd in (passwd_fd, group_fd, *record_fds):
+                os.close(fd)
 
         out, err = _Tail(), _Tail()
         readers = [_reader(proc.stdout, "install" if merged else "stdout", out, emit)]
         if not merged:
             readers.append(_reader(proc.stderr, "stderr", err, emit))
+        record = bytearray()
+        if recording is not None:
+            readers.append(_record_reader(record_read, record))
 
         timed_out = cancelled = False
         deadline = start + timeout
@@ -271,6 +304,7 @@ class LocalSandbox:
             secs=secs,
             stdout=out.text(),
             stderr=err.text(),
+            record=bytes(record) if recording is not None and len(record) <= RECORD_CAP else None,
         )
 
     def _argv(
@@ -282,6 +316,7 @@ class LocalSandbox:
         network: bool,
         limits: Limits,
         fds: tuple[int, int],
+        extra_env: dict[str, str] | None = None,
     ) -> list[str]:
         argv: list[str] = []
         sources = [str(source) for _, source, _ in mounts]
@@ -333,7 +368,7 @@ class LocalSandbox:
             argv += [option, source, target]
         # bwrap's own root, which holds the mount points (/etc among them), is writable unless told.
         argv += ["--remount-ro", "/", "--chdir", "/job", "--clearenv"]
-        for name, value in _sandbox_environment(phase).items():
+        for name, value in {**_sandbox_environment(phase), **(extra_env or {})}.items():
             argv += ["--setenv", name, value]
         argv += ["/bin/bash", "/sandbox/run.sh", phase]
         return argv
@@ -421,6 +456,20 @@ def _data_fd(text: str) -> int:
     os.write(write, text.encode())
     os.close(write)
     return read
+
+
+def _record_reader(fd: int, record: bytearray) -> threading.Thread:
+    def read() -> None:
+        try:
+            while chunk := os.read(fd, 65536):
+                if len(record) <= RECORD_CAP:  # past the cap, drain so the program never blocks on it
+                    record.extend(chunk)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=read, name="sandbox-record", daemon=True)
+    thread.start()
+    return thread
 
 
 def _kill_group(pid: int) -> None:

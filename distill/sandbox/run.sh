@@ -20,6 +20,10 @@ install)
 run)
   # shellcheck disable=SC1091
   source /env/bin/activate
+  # The recorder (audit.py, mounted as sitecustomize) starts before main.py when the host asked for it.
+  if [ -n "${DISTILL_RECORD:-}" ]; then
+    export PYTHONPATH=/sandbox/record
+  fi
   exec python main.py
   ;;
 *)
