@@ -86,7 +86,8 @@ def parse_filters(params: Mapping) -> ExampleFilters:
         q=_text(params, "q")[:500],
         tags=tuple(sorted({slugify(tag) for tag in tags if slugify(tag)})),
         language=_text(params, "language"),
-        example_type=_text(params, "example_type"),
+        # `type` and gpu=yes|no are how the library page spells them: its "export these" link passes them on.
+        example_type=_text(params, "example_type") or _text(params, "type"),
         gpu=None if not gpu else gpu in ("true", "1", "yes"),
         model=_text(params, "model"),
         source=_text(params, "source"),
@@ -104,14 +105,17 @@ def find_examples(filters: ExampleFilters) -> Iterable[Example]:
 
 
 def search_examples(queryset, q: str) -> list[Example]:
-    """Rank `queryset` by `q` through the library's search (full text plus semantic) when it is there.
+    """`queryset`'s examples that match q, best first, ranked by the library's search (full text fused
+    with semantic search, `library.search.ranked_ids`).
 
-    Until `library.search` offers one, a plain word match stands in: every word must appear in the
-    title, summary, description, code, repository or tags; newest first.
+    Where that module is not there, a plain word match stands in: every word must appear in the title,
+    summary, description, code, repository or tags; newest first.
     """
-    search = _library_search()
-    if search is not None:
-        return list(search(queryset, q))
+    ranked_ids = _ranked_ids()
+    if ranked_ids is not None:
+        ids = ranked_ids(q, within=queryset)
+        found = queryset.in_bulk(ids)
+        return [found[pk] for pk in ids if pk in found]
     for word in q.split()[:20]:
         queryset = queryset.filter(
             Q(title__icontains=word)
@@ -124,12 +128,12 @@ def search_examples(queryset, q: str) -> list[Example]:
     return list(queryset.distinct())
 
 
-def _library_search():
+def _ranked_ids():
     try:
         from library import search
     except ImportError:
         return None
-    return getattr(search, "search_queryset", None)
+    return getattr(search, "ranked_ids", None)
 
 
 def _facets(queryset, filters: ExampleFilters):
