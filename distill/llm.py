@@ -34,6 +34,7 @@ from django.db import transaction
 from django.db.models import F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from distill import local_model
 from distill.models import LLMCall, Run
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def _litellm():
     litellm.suppress_debug_info = True
     # Token counts here are estimates for the caps; they must never wait on a tokenizer download.
     litellm.disable_hf_tokenizer_download = True
+    local_model.register(litellm)  # `local/...` models: the offline default
     return litellm
 
 
@@ -313,6 +315,11 @@ def _call_provider(
     json_mode: bool,
 ) -> _Answer:
     litellm = _litellm()
+    if model.startswith(f"{local_model.PROVIDER}/"):
+        try:  # one line on how to install it, rather than the error litellm would wrap around it
+            local_model.require_installed()
+        except local_model.LocalModelError as exc:
+            raise LLMRefused(str(exc)) from None
     options = {}
     if max_tokens is not None:
         options["max_tokens"] = max_tokens

