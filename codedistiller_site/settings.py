@@ -245,3 +245,7 @@ DISTILL_STALE_SECS = env_int("DISTILL_STALE_SECS", 180)
 # Record and replay of LLM replies (see tests/cassettes/README.md).
 DISTILL_LLM_REPLAY = env_str("DISTILL_LLM_REPLAY")
 DISTILL_LLM_RECORD = env_str("DISTILL_LLM_RECORD")
+
+# Papers (distill.pipeline.papers): the largest PDF or text a curator may submit, and a PDF's pages.
+DISTILL_MAX_PAPER_MB = env_int("DISTILL_MAX_PAPER_MB", 30)
+DISTILL_MAX_PAPER_PAGES = env_int("DISTILL_MAX_PAPER_PAGES", 100)
