@@ -17,6 +17,18 @@ class ProfileError(Exception):
     pass
 
 
+class ModalSection(BaseModel):
+    """Resources of a Modal sandbox (profiles with `"sandbox": "modal"`); the limits stay the profile's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=2.0, gt=0, le=64)  # cores requested
+    memory_mb: int | None = Field(default=None, ge=256)  # None: the profile's memory_mb
+    python_version: str = Field(default="3.12", pattern=r"^3\.\d+$")
+    apt_packages: list[str] = Field(default_factory=lambda: ["git", "wget", "curl"])
+    app_name: str = Field(default="codedistiller", min_length=1)
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,7 +40,8 @@ class Profile(BaseModel):
     max_runtime_mins: float = Field(default=45, gt=0, le=24 * 60)
     max_cost_usd: float | None = Field(default=None, ge=0)  # None: no cap
     max_total_tokens: int | None = Field(default=None, ge=1)  # None: no cap
-    sandbox: str = "local"
+    sandbox: str = Field(default="local", pattern="^(local|modal)$")
+    modal: ModalSection | None = None  # with "sandbox": "modal"; None: the defaults
     memory_mb: int = Field(default=4096, ge=256)
     max_procs: int = Field(default=256, ge=8)
     network_run: bool = False  # network while main.py runs (always on while dependencies install)

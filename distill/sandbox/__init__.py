@@ -1,4 +1,4 @@
-"""Run a generated program in isolation. `get_sandbox("local")` is the bubblewrap backend."""
+"""Run a generated program in isolation: `get_sandbox("local")` is bubblewrap, `get_sandbox("modal")` Modal."""
 
 from .base import (
     ExecutionRequest,
@@ -18,11 +18,18 @@ __all__ = [
 ]
 
 
-def get_sandbox(name: str) -> Sandbox:
+def get_sandbox(name: str, options: dict | None = None) -> Sandbox:
+    """The backend called name; options are a profile's `modal` section for "modal".
+
+    Instant in every case: "modal" is refused without MODAL_TOKEN_ID and MODAL_TOKEN_SECRET before the
+    Modal client is imported (it would otherwise retry for about a minute before it gives up).
+    """
     if name == "local":
         from .local import LocalSandbox
 
         return LocalSandbox()
     if name == "modal":
-        raise SandboxUnavailable("the modal sandbox backend is not implemented yet; use SANDBOX=local")
+        from .modal import ModalOptions, ModalSandbox
+
+        return ModalSandbox(ModalOptions(**(options or {})))
     raise SandboxUnavailable(f"unknown sandbox backend {name!r}; the choices are 'local' and 'modal'")

@@ -1,0 +1,507 @@
+"""The Modal backend: each phase of an execution runs in a `modal.Sandbox` in Modal's cloud.
+
+The same two phases as the local backend, in two sandboxes so that each has its own network setting:
+
+- install: a sandbox from the base image (Debian slim, Python 3.12, git, wget, curl) with the network
+  on; the iteration's files are written with `sb.filesystem`, the runscript installs the dependencies
+  into a venv at /env, and the sandbox's filesystem is snapshotted into an image;
+- run: a sandbox from that image, with the network as the profile says, runs `python main.py` in /job;
+  results.json, log.json and to_save/ come back into `request.job_dir` as one tar archive.
+
+The snapshot's image id is kept in the run's env_dir, keyed like the local venvs (requirements.txt and
+runscript.sh), so the later iterations of a run that keep their dependencies skip the install phase.
+env_dir goes when the run finishes, and so does the reuse: the images expire on Modal after two days.
+
+Every sandbox is terminated in a `finally`, on success, failure, timeout and cancel; its own Modal
+timeout (the phase's limit plus a margin) also ends it if this worker dies first. Output streams live
+from `sb.exec` through `on_output`. A timed-out or cancelled program brings nothing back: the sandbox
+is terminated at once and only the output already streamed is kept.
+
+All Modal calls go through `ModalClient` and `ModalBox`: the tests replace them with a fake.
+`import modal` (slow: about a second) happens only on the first execution in a process.
+"""
+
+import logging
+import os
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .base import CancelCheck, ExecutionRequest, ExecutionResult, OutputCallback, SandboxUnavailable
+from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _Tail
+
+logger = logging.getLogger(__name__)
+
+CREDENTIALS = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")
+POLL_SECS = 0.5
+READER_GRACE_SECS = 5
+# Added to each phase's limit for the sandbox's own lifetime: our deadline acts first; Modal's ends a
+# sandbox whose worker died before it could terminate it.
+LIFETIME_MARGIN_SECS = 120
+SNAPSHOT_TTL_SECS = 2 * 24 * 3600
+MAX_OUTPUT_ARCHIVE_BYTES = 200 * 1024 * 1024
+REPO_ARCHIVE = "/tmp/repo.tar.gz"
+OUTPUT_ARCHIVE = "/tmp/outputs.tar.gz"
+PHASE_SCRIPT = "/sandbox/phase.sh"
+
+# Runs inside the sandbox as `phase.sh prepare|install|run|pack`. The venv lives at /env in both phases
+# (a venv hard-codes its path). Modal's Debian slim image has its Python in /usr/local/bin.
+PHASE_SH = r"""#!/bin/bash
+set -u
+case "${1:-}" in
+prepare)
+  # A fresh /job for this iteration: a snapshot may hold the files of the one that installed it.
+  rm -rf /job && mkdir -p /job/to_save /repo || exit
+  if [ -f /tmp/repo.tar.gz ]; then
+    tar -xzf /tmp/repo.tar.gz -C /repo && rm -f /tmp/repo.tar.gz && chmod -R a-w /repo || exit
+  fi
+  ;;
+install)
+  if [ ! -x /env/bin/python ]; then
+    python3 -m venv /env || exit
+  fi
+  # shellcheck disable=SC1091
+  source /env/bin/activate
+  set -e
+  # shellcheck disable=SC1091
+  source ./runscript.sh
+  ;;
+run)
+  # shellcheck disable=SC1091
+  source /env/bin/activate
+  exec python main.py
+  ;;
+pack)
+  cd /job || exit
+  names=()
+  for name in results.json log.json to_save; do
+    if [ -e "$name" ] && [ ! -L "$name" ]; then names+=("$name"); fi
+  done
+  if [ ${#names[@]} -eq 0 ]; then
+    tar -czf /tmp/outputs.tar.gz -T /dev/null || exit
+  else
+    tar -czf /tmp/outputs.tar.gz "${names[@]}" || exit
+  fi
+  stat -c %s /tmp/outputs.tar.gz
+  ;;
+*)
+  echo "usage: phase.sh prepare|install|run|pack" >&2
+  exit 2
+  ;;
+esac
+"""
+
+ENVIRONMENT = {
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+    "MPLBACKEND": "Agg",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PIP_NO_INPUT": "1",
+}
+
+
+@dataclass
+class ModalOptions:
+    """A profile's `modal` section; see distill/profiles/__init__.py."""
+
+    cpu: float = 2.0
+    memory_mb: int | None = None  # None: the profile's memory_mb
+    python_version: str = "3.12"
+    apt_packages: list[str] = field(default_factory=lambda: ["git", "wget", "curl"])
+    app_name: str = "codedistiller"
+
+
+def credentials_missing() -> list[str]:
+    return [name for name in CREDENTIALS if not os.environ.get(name)]
+
+
+# The few Modal calls, behind a small client --------------------------------------------------------------
+
+
+class ModalProcess:
+    """A command started with `sb.exec`: text streams to iterate, and its exit code."""
+
+    def __init__(self, process) -> None:
+        self._process = process
+
+    @property
+    def stdout(self) -> Iterable[str]:
+        return self._process.stdout
+
+    @property
+    def stderr(self) -> Iterable[str]:
+        return self._process.stderr
+
+    def wait(self) -> int:
+        return self._process.wait()
+
+
+class ModalBox:
+    """One running `modal.Sandbox`."""
+
+    def __init__(self, sandbox) -> None:
+        self._sandbox = sandbox
+
+    @property
+    def id(self) -> str:
+        return self._sandbox.object_id
+
+    def write_file(self, remote_path: str, data: bytes) -> None:
+        self._sandbox.filesystem.write_bytes(data, remote_path)
+
+    def upload(self, local_path: Path, remote_path: str) -> None:
+        self._sandbox.filesystem.copy_from_local(local_path, remote_path)
+
+    def download(self, remote_path: str, local_path: Path) -> None:
+        self._sandbox.filesystem.copy_to_local(remote_path, local_path)
+
+    def exec(self, *argv: str, workdir: str, env: dict[str, str]) -> ModalProcess:
+        return ModalProcess(self._sandbox.exec(*argv, workdir=workdir, env=env, text=True))
+
+    def snapshot(self) -> str:
+        """The id of an image of the sandbox's whole filesystem."""
+        return self._sandbox.snapshot_filesystem(ttl=SNAPSHOT_TTL_SECS).object_id
+
+    def terminate(self) -> None:
+        self._sandbox.terminate()
+
+
+class ModalClient:
+    """Creates sandboxes in this process's Modal app, looked up once and kept."""
+
+    _lock = threading.Lock()
+    _apps: dict[str, object] = {}
+    _images: dict[tuple, object] = {}
+
+    def __init__(self, options: ModalOptions) -> None:
+        self.options = options
+
+    def create(self, *, image_id: str | None, cpu: float, memory_mb: int, timeout_secs: int, network: bool):
+        import modal
+
+        image = modal.Image.from_id(image_id) if image_id else self._base_image(modal)
+        sandbox = modal.Sandbox.create(
+            app=self._app(modal),
+            image=image,
+            cpu=cpu,
+            memory=(memory_mb, memory_mb),  # request and hard limit: the program dies at the limit
+            timeout=timeout_secs,
+            workdir="/",
+            block_network=not network,
+        )
+        return ModalBox(sandbox)
+
+    def _app(self, modal):
+        name = self.options.app_name
+        with self._lock:
+            if name not in self._apps:
+                self._apps[name] = modal.App.lookup(name, create_if_missing=True)
+            return self._apps[name]
+
+    def _base_image(self, modal):
+        key = (self.options.python_version, tuple(self.options.apt_packages))
+        with self._lock:
+            if key not in self._images:
+                image = modal.Image.debian_slim(python_version=self.options.python_version)
+                if self.options.apt_packages:
+                    image = image.apt_install(*self.options.apt_packages)
+                self._images[key] = image
+            return self._images[key]
+
+
+# The backend ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Phase:
+    exit_code: int | None
+    timed_out: bool
+    cancelled: bool
+    secs: float
+    stdout: str
+    stderr: str
+
+
+class ModalSandbox:
+    """Executes requests in Modal sandboxes; `on_output` and `should_cancel` as in LocalSandbox."""
+
+    def __init__(self, options: ModalOptions | None = None, *, client=None) -> None:
+        missing = credentials_missing()
+        if missing and client is None:
+            raise SandboxUnavailable(
+                f"the modal sandbox needs Modal credentials: set {' and '.join(missing)} "
+                "(from modal.com, Settings → API tokens), or use a profile with the local sandbox"
+            )
+        self.options = options or ModalOptions()
+        self.client = client or ModalClient(self.options)
+
+    def execute(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> ExecutionResult:
+        files = _checked_files(request.files)
+        limits = request.limits
+        memory_mb = self.options.memory_mb or limits.memory_mb
+        request.job_dir.mkdir(parents=True, exist_ok=True)
+        (request.job_dir / "to_save").mkdir(exist_ok=True)
+        emit = _Emitter(on_output)
+        stopped: list = []
+
+        def stop(box) -> None:  # once per sandbox: a timeout stops it early, the finally again
+            if not any(box is done for done in stopped):
+                stopped.append(box)
+                self._terminate(box)
+
+        cache = request.env_dir / "modal"
+        cache.mkdir(parents=True, exist_ok=True)
+        image_file = cache / f"{_env_hash(files)}.image"
+        image_id = image_file.read_text().strip() if image_file.is_file() else ""
+        env_reused = bool(image_id)
+        install = None
+        if not env_reused:
+            box = self._create(None, limits.install_secs, memory_mb, network=limits.network_install)
+            try:
+                self._prepare(box, files, request.repo_dir)
+                install = self._phase(
+                    box, "install", limits.install_secs, emit=emit, should_cancel=should_cancel, stop=stop
+                )
+                failure = _install_failure(install, limits.install_secs)
+                if failure:
+                    return ExecutionResult(
+                        exit_code=install.exit_code,
+                        timed_out=install.timed_out,
+                        cancelled=install.cancelled,
+                        out_of_memory=False,
+                        duration_secs=0.0,
+                        install_secs=install.secs,
+                        env_reused=False,
+                        stdout="",
+                        stderr="",
+                        install_log=install.stdout,
+                        failure=failure,
+                    )
+                image_id = self._call("snapshot the installed environment", box.snapshot)
+                image_file.write_text(image_id)
+            finally:
+                stop(box)
+
+        box = self._create(image_id, limits.wall_secs, memory_mb, network=limits.network_run)
+        try:
+            self._prepare(box, files, None)
+            run = self._phase(box, "run", limits.wall_secs, emit=emit, should_cancel=should_cancel, stop=stop)
+            copy_failure = ""
+            if not (run.timed_out or run.cancelled):
+                copy_failure = self._copy_outputs(box, request.job_dir)
+        finally:
+            stop(box)
+
+        out_of_memory = run.exit_code not in (0, None) and bool(OUT_OF_MEMORY.search(run.stderr[-5000:]))
+        return ExecutionResult(
+            exit_code=run.exit_code,
+            timed_out=run.timed_out,
+            cancelled=run.cancelled,
+            out_of_memory=out_of_memory,
+            duration_secs=run.secs,
+            install_secs=install.secs if install else 0.0,
+            env_reused=env_reused,
+            stdout=run.stdout,
+            stderr=run.stderr,
+            install_log=install.stdout if install else "",
+            failure=_run_failure(run, limits.wall_secs, memory_mb, out_of_memory) or copy_failure,
+        )
+
+    # Steps --------------------------------------------------------------------------------------------
+
+    def _create(self, image_id: str | None, phase_secs: float, memory_mb: int, *, network: bool):
+        return self._call(
+            "create a sandbox",
+            lambda: self.client.create(
+                image_id=image_id,
+                cpu=self.options.cpu,
+                memory_mb=memory_mb,
+                timeout_secs=int(phase_secs) + LIFETIME_MARGIN_SECS,
+                network=network,
+            ),
+        )
+
+    def _prepare(self, box, files: dict[str, str], repo_dir: Path | None) -> None:
+        def prepare():
+            box.write_file(PHASE_SCRIPT, PHASE_SH.encode())
+            if repo_dir is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    archive = Path(tmp) / "repo.tar.gz"
+                    _pack_repository(repo_dir, archive)
+                    box.upload(archive, REPO_ARCHIVE)
+            process = box.exec("bash", PHASE_SCRIPT, "prepare", workdir="/", env=ENVIRONMENT)
+            output = "".join(process.stderr)
+            if process.wait() != 0:
+                raise SandboxUnavailable(f"preparing the sandbox failed: {output.strip()[-300:]}")
+            for name, text in files.items():
+                box.write_file(f"/job/{name}", text.encode())
+
+        self._call("write the files into the sandbox", prepare)
+
+    def _phase(
+        self,
+        box,
+        phase: str,
+        timeout: float,
+        *,
+        emit: _Emitter,
+        should_cancel: CancelCheck | None,
+        stop,
+    ) -> _Phase:
+        merged = phase == "install"  # as locally: one install log, the program's two streams apart
+        start = time.monotonic()
+        env = {**ENVIRONMENT, **({"PYTHONDONTWRITEBYTECODE": "1"} if phase == "run" else {})}
+        process = self._call(
+            f"start the {phase} phase",
+            lambda: box.exec("bash", PHASE_SCRIPT, phase, workdir="/job", env=env),
+        )
+        out, err = _Tail(), _Tail()
+        lock = threading.Lock()  # the install phase's two readers share one tail
+        readers = [
+            _reader(process.stdout, "install" if merged else "stdout", out, emit, lock),
+            _reader(process.stderr, "install" if merged else "stderr", out if merged else err, emit, lock),
+        ]
+        exit_code: list[int | None] = []
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def wait() -> None:
+            try:
+                exit_code.append(process.wait())
+            except BaseException as exc:  # reported below, on the calling thread
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, name=f"modal-{phase}-wait", daemon=True).start()
+        timed_out = cancelled = False
+        deadline = start + timeout
+        while not done.wait(max(0.0, min(POLL_SECS, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                timed_out = True
+            elif should_cancel is not None and should_cancel():
+                cancelled = True
+            if timed_out or cancelled:
+                stop(box)  # ends the process and its streams
+                break
+        secs = time.monotonic() - start
+        for reader in readers:
+            reader.join(READER_GRACE_SECS)
+        if failed and not (timed_out or cancelled):
+            raise SandboxUnavailable(f"the {phase} phase lost its sandbox: {failed[0]}")
+        return _Phase(
+            exit_code=None if timed_out or cancelled else exit_code[0],
+            timed_out=timed_out,
+            cancelled=cancelled,
+            secs=secs,
+            stdout=out.text(),
+            stderr=err.text(),
+        )
+
+    def _copy_outputs(self, box, job_dir: Path) -> str:
+        """Brings results.json, log.json and to_save/ back; returns "" or why they could not come."""
+        try:
+            process = box.exec("bash", PHASE_SCRIPT, "pack", workdir="/job", env=ENVIRONMENT)
+            size = "".join(process.stdout).strip()
+            errors = "".join(process.stderr).strip()
+            if process.wait() != 0:
+                return f"the outputs could not be packed: {errors[-300:]}"
+            if not size.isdigit() or int(size) > MAX_OUTPUT_ARCHIVE_BYTES:
+                return f"the outputs are larger than {MAX_OUTPUT_ARCHIVE_BYTES // 1024 // 1024} MB packed"
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "outputs.tar.gz"
+                box.download(OUTPUT_ARCHIVE, archive)
+                _unpack_outputs(archive, job_dir)
+        except Exception as exc:  # the program ran; its exit code and streams still count
+            logger.warning("modal: could not copy the outputs back: %s", exc)
+            return f"the outputs could not be copied back: {exc}"
+        return ""
+
+    def _call(self, what: str, action):
+        try:
+            return action()
+        except SandboxUnavailable:
+            raise
+        except Exception as exc:  # Modal raises many types (auth, quota, connection, not found)
+            raise SandboxUnavailable(f"Modal: could not {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _terminate(self, box) -> None:
+        try:
+            box.terminate()
+        except Exception:
+            # Its own lifetime still ends it; never let cleanup hide the result.
+            logger.exception("modal: could not terminate sandbox %s", getattr(box, "id", "?"))
+
+
+def _reader(
+    stream: Iterable[str], name: str, tail: _Tail, emit: _Emitter, lock: threading.Lock
+) -> threading.Thread:
+    def read() -> None:
+        try:
+            for chunk in stream:
+                if chunk:
+                    with lock:
+                        tail.add(chunk)
+                    emit(name, chunk)
+        except Exception as exc:  # a terminated sandbox may end its streams with an error
+            logger.debug("modal: %s stream ended: %s", name, exc)
+
+    thread = threading.Thread(target=read, name=f"modal-{name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pack_repository(repo_dir: Path, archive: Path) -> None:
+    """The repository without .git, as the program sees it at /repo; links stay links."""
+
+    def skip_git(info: tarfile.TarInfo):
+        parts = Path(info.name).parts
+        return None if ".git" in parts else info
+
+    with tarfile.open(archive, "w:gz") as tar:
+        for entry in sorted(repo_dir.iterdir()):
+            tar.add(entry, arcname=entry.name, filter=skip_git)
+
+
+def _unpack_outputs(archive: Path, job_dir: Path) -> None:
+    """Regular files and folders only, inside job_dir: a program's archive is not trusted."""
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if not (member.isfile() or member.isdir()):
+                continue
+            try:
+                tar.extract(member, job_dir, filter="data")
+            except tarfile.FilterError as exc:
+                logger.warning("modal: an output was left out: %s", exc)
+
+
+def _install_failure(install: _Phase, limit_secs: float) -> str:
+    if install.cancelled:
+        return "cancelled during the install"
+    if install.timed_out:
+        return f"install timed out after {limit_secs:g} s"
+    if install.exit_code != 0:
+        last = next((line for line in reversed(install.stdout.splitlines()) if line.strip()), "")
+        return f"install failed: exit code {install.exit_code}" + (f": {last.strip()[:200]}" if last else "")
+    return ""
+
+
+def _run_failure(run: _Phase, limit_secs: float, memory_mb: int, out_of_memory: bool) -> str:
+    if run.cancelled:
+        return "cancelled"
+    if run.timed_out:
+        return f"timed out after {limit_secs:g} s"
+    if out_of_memory:
+        return f"out of memory (limit {memory_mb} MB)"
+    return ""
