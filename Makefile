@@ -13,7 +13,7 @@ LOCAL_MODEL ?= $(if $(strip $(foreach key,$(PROVIDER_KEYS),$($(key))$($(key)_FIL
 # A plain CPU build of llama.cpp: no GPU back-end, no BLAS, no curl (the model never downloads anything).
 LLAMA_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: run test lint setup setup-dev setup-local sysdeps sysdeps-test clean
+.PHONY: run test test-postgres lint setup setup-dev setup-local sysdeps sysdeps-test clean
 
 # The secret key is made once and kept; only the site's own commands read it.
 run: export SECRET_KEY_FILE ?= $(abspath $(DATA_DIR))/secret_key
@@ -25,6 +25,10 @@ run: setup sysdeps $(if $(filter yes,$(LOCAL_MODEL)),setup-local) $(DATA_DIR)/se
 
 test: setup-dev sysdeps sysdeps-test
 	$(PY) -m pytest
+
+# The same suite on PostgreSQL: a throwaway cluster from Debian's package on a spare port (.ci/test-postgres).
+test-postgres: setup-dev sysdeps sysdeps-test
+	bash .ci/test-postgres
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

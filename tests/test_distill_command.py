@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,9 +11,10 @@ import pytest
 from django.db import connection
 
 from distill import services
-from distill.models import LLMCall, Run, RunStep
+from distill.models import Iteration, LLMCall, Run, RunStep
 from tests.factories import make_git_repo
 from tests.replies import cassette, program, verdict
+from tests.test_many_workers import database_url
 from tests.test_pipeline import MINILIB, survey_replies
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -27,7 +27,7 @@ def distill(*args, tmp_path, replay: Path | None = None, **env):
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
         "DEBUG": "true",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "DATA_DIR": str(tmp_path / "data"),
         "DISTILL_ALLOW_LOCAL_SOURCES": "true",
         **({"DISTILL_LLM_REPLAY": str(replay)} if replay else {}),
@@ -145,11 +145,11 @@ def test_a_process_killed_mid_run_is_resumed_from_its_last_step(tmp_path):
 
 
 def _iteration_is_running() -> bool:
-    # Read straight from the file: the subprocess writes it, and this test's connection must not hold
-    # a transaction open while it does.
-    with sqlite3.connect(connection.settings_dict["NAME"], timeout=10) as db:
-        row = db.execute("SELECT stdout FROM distill_iteration WHERE state = 'running'").fetchone()
-    return bool(row and "working" in row[0])
+    # The test runs in autocommit (transaction=True), so this read holds no transaction open while the
+    # subprocess writes.
+    assert connection.get_autocommit()
+    stdout = Iteration.objects.filter(state=Iteration.State.RUNNING).values_list("stdout", flat=True).first()
+    return bool(stdout and "working" in stdout)
 
 
 def write_profile(tmp_path, **fields) -> Path:

@@ -79,3 +79,32 @@ def test_the_test_settings_run_tasks_synchronously(settings):
     assert settings.Q_CLUSTER["sync"] is True
     assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]
     assert settings.Q_CLUSTER["max_attempts"] > 0
+
+
+def _q_cluster(tmp_path, **env) -> dict:
+    import json
+
+    result = manage(
+        "shell",
+        "-c",
+        "import json; from django.conf import settings; from django_q.brokers import get_broker; "
+        "print(json.dumps({**settings.Q_CLUSTER, 'broker': type(get_broker()).__name__}))",
+        env={"DEBUG": "true", **env},
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_orm_broker_is_the_default(tmp_path):
+    q_cluster = _q_cluster(tmp_path)
+    assert q_cluster["orm"] == "default" and "redis" not in q_cluster
+    assert q_cluster["broker"] == "ORM"
+
+
+def test_redis_url_switches_the_broker_to_redis(tmp_path):
+    # django-q2 passes a string `redis` to redis.from_url, a dict to redis.StrictRedis(**kwargs).
+    q_cluster = _q_cluster(tmp_path, REDIS_URL="redis://:secret@redis.internal:6380/2", Q_WORKERS="8")
+    assert q_cluster["redis"] == "redis://:secret@redis.internal:6380/2"
+    assert "orm" not in q_cluster, "django-q2 picks the ORM broker whenever `orm` is set"
+    assert q_cluster["broker"] == "Redis" and q_cluster["workers"] == 8
