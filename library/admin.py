@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from library.api_auth import api_token_revoke
 from library.models import ApiToken, Example, Rejection, Tag
 
 
@@ -18,11 +19,21 @@ admin.site.register(Rejection)
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     # Tokens are made with `manage.py api_token create`, which shows the key once; here they are only
-    # looked at and revoked (set "revoked at").
+    # looked at and revoked (the action), never un-revoked.
     list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "user__username", "prefix")
-    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at")
+    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+
+    actions = ["revoke"]
 
     def has_add_permission(self, request):
         return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        revoked = 0
+        for token in queryset.filter(revoked_at=None):
+            api_token_revoke(token=token)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} token(s).")

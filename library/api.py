@@ -67,7 +67,7 @@ def _answer(view, open_to_all, request, *args, **kwargs):
         response = error(405, f"{request.method} is not allowed: this API is read-only.")
         response["Allow"] = METHODS
         return response
-    access = request_access(request)
+    access = request.api_access = request_access(request)
     # A key that was sent must be good even where none is needed: its holder should learn it was revoked.
     if not access.allowed and (not open_to_all or "Authorization" in request.headers):
         response = error(401, access.error)
@@ -83,7 +83,7 @@ def _answer(view, open_to_all, request, *args, **kwargs):
 
 @api_view(open_to_all=True)
 def api_index(request):
-    access = request_access(request)
+    access = request.api_access
     return JsonResponse(
         {
             "name": "CodeDistiller library API",

@@ -98,7 +98,9 @@ def parse_filters(params: Mapping) -> ExampleFilters:
 def find_examples(filters: ExampleFilters) -> Iterable[Example]:
     """Listed examples (newest approved versions) that match: ranked by relevance when there is a
     query, newest first otherwise. A QuerySet, or a list when ranked; either one paginates."""
-    queryset = _facets(Example.objects.listed(), filters).prefetch_related("tags")
+    queryset = (
+        _facets(Example.objects.listed(), filters).select_related("approved_by").prefetch_related("tags")
+    )
     if not filters.q:
         return queryset
     return search_examples(queryset, filters.q)

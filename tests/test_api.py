@@ -422,6 +422,20 @@ def test_the_command_makes_lists_and_revokes_tokens(client, reader, private):
         call_command("api_token", "revoke", str(token.pk), stdout=StringIO())
 
 
+def test_the_admin_revokes_tokens(client, django_user_model, reader):
+    admin = django_user_model.objects.create_superuser("root", password="a-long-test-password-42")
+    token, _key = api_token_create(user=reader, name="agent")
+    client.force_login(admin)
+    response = client.post(
+        reverse("admin:library_apitoken_changelist"),
+        {"action": "revoke", "_selected_action": [token.pk]},
+    )
+    assert response.status_code == 302
+    token.refresh_from_db()
+    assert token.is_revoked
+    assert client.get(reverse("admin:library_apitoken_change", args=[token.pk])).status_code == 200
+
+
 def test_the_command_refuses_an_unknown_user_or_token(reader):
     with pytest.raises(CommandError, match="no user 'nobody'"):
         call_command("api_token", "create", "nobody", "--name", "x", stdout=StringIO())
