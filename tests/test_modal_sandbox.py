@@ -242,6 +242,24 @@ def test_the_environment_is_reused_within_a_run(fake, tmp_path):
     assert result.stdout == "print('second version')\n", "the new files, not the snapshot's"
 
 
+def test_an_expired_snapshot_is_installed_again(fake, tmp_path):
+    execute(fake, tmp_path)
+    del fake.images["im-1"]
+    real_create = fake.create
+
+    def create(*, image_id, **args):
+        if image_id and image_id not in fake.images:
+            raise LookupError(f"Image {image_id} not found")
+        return real_create(image_id=image_id, **args)
+
+    fake.create = create
+    result = execute(fake, tmp_path)
+
+    assert result.ok and not result.env_reused
+    install_box, run_box = fake.boxes[2:]
+    assert install_box.image_id is None and run_box.image_id in fake.images
+
+
 def test_new_requirements_install_again(fake, tmp_path):
     execute(fake, tmp_path)
     result = execute(fake, tmp_path, files={**FILES, "requirements.txt": "scipy\n"})

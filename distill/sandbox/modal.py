@@ -293,7 +293,15 @@ class ModalSandbox:
             finally:
                 stop(box)
 
-        box = self._create(image_id, limits.wall_secs, memory_mb, network=limits.network_run)
+        try:
+            box = self._create(image_id, limits.wall_secs, memory_mb, network=limits.network_run)
+        except SandboxUnavailable:
+            if not env_reused:
+                raise
+            # The snapshot expired or was deleted on Modal: install again, once.
+            logger.warning("modal: snapshot %s is gone; installing again", image_id)
+            image_file.unlink(missing_ok=True)
+            return self.execute(request, on_output=on_output, should_cancel=should_cancel)
         try:
             self._prepare(box, files, None)
             run = self._phase(box, "run", limits.wall_secs, emit=emit, should_cancel=should_cancel, stop=stop)
