@@ -13,7 +13,7 @@ from django.db import connection
 from distill import services
 from distill.models import Iteration, LLMCall, Run, RunStep
 from tests.factories import make_git_repo
-from tests.replies import cassette, program, verdict
+from tests.replies import WORKING_MAIN, cassette, program, verdict
 from tests.test_many_workers import database_url
 from tests.test_pipeline import MINILIB, survey_replies
 
@@ -111,7 +111,9 @@ def test_a_text_file_of_sources_is_read_and_runs_in_parallel(tmp_path):
 
 
 def test_a_process_killed_mid_run_is_resumed_from_its_last_step(tmp_path):
-    slow = "import json, time\nprint('working', flush=True)\ntime.sleep(4)\njson.dump({'x': 1}, open('results.json', 'w'))\n"
+    slow = WORKING_MAIN.replace(
+        "log = [", "import time\nprint('working', flush=True)\ntime.sleep(4)\nlog = ["
+    )
     repo = make_git_repo(tmp_path / "minilib", MINILIB)
     replay = cassette(
         tmp_path / "c.json", [*survey_replies(), ("generate", program(slow)), ("judge", verdict(True))]

@@ -13,7 +13,7 @@ from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
 from distill.pipeline import repository
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
-from tests.replies import BROKEN_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
+from tests.replies import BROKEN_MAIN, FAKE_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -96,6 +96,18 @@ def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
     report = (out / "report.html").read_text()
     assert "minilib" in report and "mean_squared" in report
 
+    # It is proven to have run the repository's code, and the figures say how much of it.
+    assert iteration.measured["uses_repository"] and iteration.proof["verdict"] == "proven"
+    assert iteration.repo_modules_imported == 1 and iteration.repo_functions_executed == 1
+    assert iteration.proof["functions"] == [["minilib/__init__.py", "mean_squared", 1]]
+    assert iteration.repo_lines_executed >= 2 and 0 < iteration.repo_share_covered < 1
+    assert state["iterations"][0]["proof"]["functions_executed"] == 1
+    assert state["execution_result"]["proof"]["verdict"] == "proven"
+    assert "uses the repository" in report and "1 function and at least" in report
+    judge_prompt = LLMCall.objects.get(run=run, stage="judge").prompt[0]["content"]
+    assert "ran 1 of its functions (mean_squared (minilib/__init__.py))" in judge_prompt
+    assert "minilib/extra.py" not in iteration.proof["files"], "unused() never ran"
+
 
 def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
     run = start(
@@ -118,6 +130,37 @@ def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
     fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
     assert "ImportError" in fix_prompt and "mean_squares" in fix_prompt
     assert run.steps.filter(name="execute").count() == 2
+
+
+def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(FAKE_MAIN)),
+         ("fix", program(WORKING_MAIN, changes="Call minilib.mean_squared instead of printing its value.")),
+         ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    fake, real = run.iterations.all()
+    assert fake.exit_code == 0 and fake.results == {"mean_squared": pytest.approx(14 / 3)}
+    assert fake.measured["exit_ok"] and fake.measured["results_ok"]
+    assert not fake.measured["passed"] and fake.measured["uses_repository"] is False
+    assert fake.proof["verdict"] == "unused" and fake.succeeded is False
+    assert (fake.repo_modules_imported, fake.repo_functions_executed) == (0, 0)
+    assert fake.judgement is None, "a program that does not use the repository is not put before the judge"
+    assert "results.json" in fake.measured["flags"][0] and "literal" in fake.measured["flags"][0]
+    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
+    assert (
+        "- critical: the program does not use the repository: it imported none of its modules" in fix_prompt
+    )
+    assert "- flag: every value in results.json" in fix_prompt
+    assert real.succeeded and real.proof["verdict"] == "proven" and "flags" not in real.measured
+    assert LLMCall.objects.filter(run=run, stage="judge").count() == 1
+    state = json.loads((run.output_dir / "current_state.json").read_text())
+    assert [it["proof"]["verdict"] for it in state["iterations"]] == ["unused", "proven"]
+    assert "does not use the repository" in (run.output_dir / "report.html").read_text()
 
 
 def test_exit_zero_without_results_json_is_not_a_success(repo, tmp_path):

@@ -378,3 +378,35 @@ def test_the_recorders_key_is_neither_in_the_environment_nor_in_a_file(sandbox, 
     assert result.exit_code == 0, result.stderr
     assert "PIP_NO_INPUT" in result.stdout, "it did read the environments"
     assert config["key"] not in result.stdout  # the variable DISTILL_RECORD names descriptors, not the key
+
+
+# The figures on the iteration page --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_iteration_page_shows_the_proof_and_its_figures(reader_client):
+    from django.urls import reverse
+
+    from tests.factories import make_iteration, make_run
+
+    run = make_run()
+    evidence = {
+        "verdict": "proven", "reasons": [], "modules": [["minilib", "minilib/__init__.py", "source"]],
+        "functions": [["minilib/core.py", "mean_squared", 4]], "functions_executed": 1, "lines_executed": 9,
+        "executable_lines": 40, "share_covered": 0.25, "files": {},
+    }  # fmt: skip
+    make_iteration(run, 1, proof=evidence, repo_modules_imported=1, repo_functions_executed=1,
+                   repo_lines_executed=9, repo_share_covered=0.25,
+                   measured={"passed": True, "exit_ok": True, "results_ok": True, "reasons": [],
+                             "flags": ["every value in results.json (3) is written as a literal in main.py"]})  # fmt: skip
+    unused = {**evidence, "verdict": "unused", "modules": [], "functions": [], "functions_executed": 0,
+              "reasons": ["the program does not use the repository: it imported none of its modules (minilib)"]}  # fmt: skip
+    make_iteration(run, 2, proof=unused, repo_modules_imported=0, repo_functions_executed=0, succeeded=False)
+
+    page = reader_client.get(reverse("iteration_detail", args=[run.pk, 1])).content.decode()
+    other = reader_client.get(reverse("iteration_detail", args=[run.pk, 2])).content.decode()
+
+    assert "Uses the repository" in page and "<code>minilib</code>" in page
+    assert "25% of 40 lines" in page and "at least 9" in page and "mean_squared" in page
+    assert "written as a literal in main.py" in page
+    assert "Does not use the repository" in other and "imported none of its modules" in other

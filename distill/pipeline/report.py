@@ -91,6 +91,7 @@ def current_state(run: Run, iterations: list[Iteration]) -> dict:
                 "timed_out": it.timed_out,
                 "duration_secs": it.duration_secs,
                 "measured": it.measured,
+                "proof": proof_figures(it),
                 "judgement": it.judgement,
                 "succeeded": it.succeeded,
             }
@@ -111,8 +112,26 @@ def _execution_result(iteration: Iteration | None) -> dict | None:
         "results": iteration.results,
         "log": iteration.log,
         "measured": iteration.measured,
+        "proof": iteration.proof,
         "judgement": iteration.judgement,
         "saved_files": iteration.saved_files,
+    }
+
+
+def proof_figures(iteration: Iteration) -> dict | None:
+    """What the recorder saw of the repository's code, in short; None when nothing was recorded."""
+    if iteration.proof is None:
+        return None
+    return {
+        "verdict": iteration.proof.get("verdict"),
+        "label": iteration.proof_label,
+        "reasons": iteration.proof.get("reasons", []),
+        "modules_imported": iteration.repo_modules_imported,
+        "modules": sorted({module[0] for module in iteration.proof.get("modules", [])}),
+        "functions_executed": iteration.repo_functions_executed,
+        "lines_executed": iteration.repo_lines_executed,
+        "executable_lines": iteration.proof.get("executable_lines"),
+        "share_covered": iteration.repo_share_covered,
     }
 
 
@@ -180,7 +199,8 @@ def _write_iteration_files(iteration: Iteration) -> None:
             path.write_text(content)
     meta = {"number": iteration.number, "change_log": iteration.change_log, "metadata": iteration.metadata,
             "measured": iteration.measured, "judgement": iteration.judgement, "succeeded": iteration.succeeded,
-            "exit_code": iteration.exit_code, "duration_secs": iteration.duration_secs, "sandbox": iteration.sandbox}  # fmt: skip
+            "exit_code": iteration.exit_code, "duration_secs": iteration.duration_secs, "sandbox": iteration.sandbox,
+            "proof": iteration.proof}  # fmt: skip
     _atomic_write(folder / "iteration.json", json.dumps(meta, indent=2, default=str))
 
 
