@@ -14,6 +14,7 @@ time. Nothing here opens a network connection: the weights come from installed p
 template from the GGUF file.
 """
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -40,7 +41,7 @@ EXPECTED_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb
 # The local profile's budgets (distill/profiles/local.json) are sized so that prompt and reply fit here
 # with room to spare; the model was trained for 32k, and the KV cache of 16k tokens is about 0.5 GB.
 N_CTX = 16384
-N_THREADS = int(os.environ.get("DISTILL_LOCAL_MODEL_THREADS", "0")) or min(os.cpu_count() or 2, 4)
+N_THREADS = int(os.environ.get("DISTILL_LOCAL_MODEL_THREADS", "0")) or min(os.cpu_count() or 2, 4)  # 2 here
 # Sampling when the caller sets none: low temperature for code; Qwen's top_p/top_k; a light repeat
 # penalty, because a 1.5B model left alone loops on a line.
 DEFAULT_TEMPERATURE = 0.2
@@ -54,15 +55,21 @@ INSTALL_HINT = "install it with `make run`, or `.venv/bin/pip install -r require
 # root cause before the code. The stage prompts are shared with the large models and stay as they are.
 SYSTEM_PROMPT = """\
 You are a careful Python programmer who writes small, working example programs for scientific code.
-- Reply in exactly the format the user asks for, with nothing before or after it. When JSON is asked for, \
-reply with the JSON only. When files are asked for, start with the line `=== FILE: main.py ===`.
+- Answer in the form the user's message asks for, and nothing else. A program is always given as \
+`=== FILE: name ===` sections (main.py first, then requirements.txt and runscript.sh), then the \
+`=== METADATA ===` section and `=== END ===`; never as one JSON object. Ratings and verdicts are only \
+the JSON asked for, without Markdown fences.
 - Use only modules, classes and functions that you saw in the repository's files, with the arguments \
-they take there. Do not invent APIs. Keep the program short, simple and fast.
-- When a program failed: find the root cause first (read the last error and traceback lines of the \
-output: a missing package, a wrong import, a wrong name or argument), say it in the CHANGES section, \
-fix that cause, and give every file in full again.
-- The program must compute real results with the repository's code, print them, and write results.json \
-with the numbers it computed."""
+they take there. Do not invent APIs. Keep programs short, simple and fast.
+- The expected result of a program: it exits with code 0, prints what it computes, and writes \
+results.json with the numbers it computed with the repository's code.
+- When a program failed, find the root cause first: read the last error and traceback lines of its \
+output (a missing package, a wrong import, a wrong name or argument). Say the root cause in the CHANGES \
+section, fix that cause, and give every file in full again."""
+
+# A reply that must be a program starts with its first section, written here: left to choose, a 1.5B
+# model sometimes answers the format's METADATA example alone, and then repeats itself on every repair.
+PROGRAM_START = "=== FILE: main.py ===\n"
 
 
 class LocalModelError(Exception):
@@ -239,6 +246,9 @@ def get_model():
         with _load_lock:
             if _model is None:
                 require_installed()
+                # Threads that wait for each other sleep instead of spinning: on a machine shared with the
+                # sandbox and the site, spinning OpenMP threads made generation ten times slower.
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 from llama_cpp import Llama
 
                 started = time.monotonic()
@@ -252,6 +262,9 @@ def get_model():
                     verbose=False,
                 )
                 logger.info("loaded the local model in %.1fs", time.monotonic() - started)
+                # Freed while the interpreter is whole: left to __del__ at exit, llama-cpp-python prints a
+                # TypeError from a half-torn-down module.
+                atexit.register(_model.close)
     return _model
 
 
@@ -275,11 +288,15 @@ def generate(
     stop: list[str] | None = None,
     seed: int | None = None,
 ) -> Generation:
-    """One chat completion: the GGUF's chat template, the prompt measured against the context window first."""
+    """One chat completion: the GGUF's chat template, the prompt measured against the context window first.
+
+    When the conversation asks for a program, the reply is begun with its first section marker.
+    """
     model = get_model()
     if not messages or messages[0].get("role") != "system":
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
-    prompt = _chat_prompt(model, messages)
+    start = PROGRAM_START if asks_for_program(messages) else ""
+    prompt = _chat_prompt(model, messages) + start
     tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
     room = N_CTX - len(tokens)
     if room < 64:
@@ -312,7 +329,7 @@ def generate(
     choice = response["choices"][0]
     usage = response.get("usage") or {}
     return Generation(
-        text=choice.get("text") or "",
+        text=start + (choice.get("text") or ""),
         prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
         completion_tokens=int(usage.get("completion_tokens", 0)),
         finish_reason=choice.get("finish_reason") or "stop",
@@ -342,6 +359,14 @@ def _perf_prompt(model) -> tuple[int, float]:
 
 
 STOP = ["<|im_end|>", "<|endoftext|>"]
+
+
+def asks_for_program(messages: list[dict]) -> bool:
+    """The pipeline's program format (distill/pipeline/prompts/program_format.txt) is in the conversation."""
+    return any(
+        message.get("role") == "user" and PROGRAM_START.strip() in (message.get("content") or "").splitlines()
+        for message in messages
+    )
 
 
 def _chat_prompt(model, messages: list[dict]) -> str:
@@ -437,6 +462,8 @@ def register(litellm) -> None:
                 "max_tokens": N_CTX // 2,
                 "input_cost_per_token": 0.0,
                 "output_cost_per_token": 0.0,
+                "cache_creation_input_token_cost": 0.0,
+                "cache_read_input_token_cost": 0.0,
             }
         }
     )

@@ -253,6 +253,24 @@ def test_the_local_model_gets_its_system_message_and_chat_template(fake_model, m
 
 
 @pytest.mark.django_db
+def test_a_reply_that_must_be_a_program_is_begun_with_its_first_section(fake_model, monkeypatch):
+    prompts = []
+    real = local_model._chat_prompt
+    monkeypatch.setattr(
+        local_model, "_chat_prompt", lambda m, msgs: prompts.append(real(m, msgs)) or prompts[-1]
+    )
+    fake_model.reply = "print('hi')\n=== FILE: requirements.txt ===\n"
+    asking = [{"role": "user", "content": "Write it.\n\n=== FILE: main.py ===\n<the complete program>\n"}]
+
+    reply = llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking)
+    llm.complete(run=None, stage="rate", model=local_model.MODEL_STRING, messages=MESSAGES)
+
+    assert reply.text == "=== FILE: main.py ===\nprint('hi')\n=== FILE: requirements.txt ===\n"
+    assert fake_model.calls[0]["prompt_tokens"] == len((prompts[0] + "=== FILE: main.py ===\n").split())
+    assert fake_model.calls[1]["prompt_tokens"] == len(prompts[1].split())  # other stages: no start given
+
+
+@pytest.mark.django_db
 def test_a_system_message_of_the_caller_is_kept(fake_model, monkeypatch):
     prompts = []
     real = local_model._chat_prompt
