@@ -7,7 +7,22 @@ newest approved version is the one shown by default.
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
+
+# Expert scores run from 1 to 5 (the review forms); a band is a facet of the library.
+SCORE_BANDS = {
+    "4+": ("4 and above", Q(score__gte=4)),
+    "3-4": ("3 to 4", Q(score__gte=3, score__lt=4)),
+    "under-3": ("below 3", Q(score__lt=3)),
+    "unscored": ("not scored yet", Q(score__isnull=True)),
+}
+# How much of the repository's code the program exercised (`usage.repo_share_covered`, 0-1).
+USAGE_BANDS = {
+    "half": ("half or more", Q(usage__repo_share_covered__gte=0.5)),
+    "tenth": ("10% to 50%", Q(usage__repo_share_covered__gte=0.1, usage__repo_share_covered__lt=0.5)),
+    "little": ("under 10%", Q(usage__repo_share_covered__lt=0.1)),
+}
 
 
 class Tag(models.Model):
@@ -34,6 +49,21 @@ class ExampleQuerySet(models.QuerySet):
 
     def versions_of(self, source_url: str):
         return self.filter(source_url=source_url).order_by("-version")
+
+    def search(self, q: str):
+        """Examples whose text matches q (full text, plus meaning when the semantic model is installed).
+
+        A filter only: `library.search.ranked_ids` gives the order, best first.
+        """
+        from library import search
+
+        return self.filter(pk__in=search.ranked_ids(q, within=self))
+
+    def score_band(self, band: str):
+        return self.filter(SCORE_BANDS[band][1]) if band in SCORE_BANDS else self
+
+    def usage_band(self, band: str):
+        return self.filter(USAGE_BANDS[band][1]) if band in USAGE_BANDS else self
 
 
 class Example(models.Model):
@@ -108,6 +138,10 @@ class Example(models.Model):
     score = models.FloatField(null=True, blank=True, db_index=True)
     score_count = models.PositiveIntegerField(default=0)
 
+    # all-MiniLM-L6-v2's unit vector of `semantic_text` (384 float32), for semantic search; computed lazily
+    # by library.search, and cleared when the text changes.
+    embedding = models.BinaryField(null=True, blank=True, editable=False)
+
     objects = ExampleQuerySet.as_manager()
 
     class Meta:
@@ -126,6 +160,12 @@ class Example(models.Model):
     @property
     def files_dir(self):
         return settings.DATA_DIR / "library" / str(self.pk)
+
+    @property
+    def semantic_text(self) -> str:
+        """What the embedding represents: the example's meaning in words (code is left to full text)."""
+        tags = ", ".join(tag.name for tag in self.tags.all())
+        return f"{self.title}. {self.summary} {tags}".strip()
 
     @property
     def requirements(self) -> list[str]:

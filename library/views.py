@@ -1,24 +1,315 @@
+"""The library's pages: browse and search, one example, and the curator's approve, reject and retract."""
+
+import json
+import mimetypes
+import os
+import stat
+from pathlib import Path
+
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.shortcuts import render
+from django.core.paginator import Paginator
+from django.db.models import F, Q
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_POST
+
+from codedistiller_site.roles import CURATOR, curator_required, has_role
+from distill.highlight import code_files, pretty_json
+from distill.models import Iteration, Run
+from distill.views.iterations import FILE_CSP, INLINE_IMAGE_TYPES
+from library import search, services
+from library.forms import ApproveForm, ReasonForm
+from library.models import Example
+
+PAGE_SIZE = 20
+SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
+
+
+def _may_read(request) -> bool:
+    return settings.LIBRARY_PUBLIC or request.user.is_authenticated
+
+
+# Browse and search ------------------------------------------------------------------------------------
 
 
 def library_index(request):
-    if not settings.LIBRARY_PUBLIC and not request.user.is_authenticated:
+    if not _may_read(request):
         return redirect_to_login(request.get_full_path())
-    return render(request, "library/index.html", {"q": request.GET.get("q", "")})
+    q = request.GET.get("q", "").strip()[:500]
+    facets = search.facets()
+    chosen = {facet.param: request.GET.get(facet.param, "").strip() for facet in facets}
+    sort = request.GET.get("sort", "")
+    sort = sort if sort in SORTS and (sort != "relevance" or q) else ("relevance" if q else "newest")
+
+    listed = Example.objects.listed()
+    ranked = search.ranked_ids(q, within=listed) if q else None
+    found = listed.filter(pk__in=ranked) if q else listed
+    results = found
+    for facet in facets:
+        results = facet.apply(results, chosen[facet.param])
+    page = Paginator(_ordered(results, sort, ranked), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = _page_rows(page.object_list)
+    context = {
+        "q": q,
+        "sort": sort,
+        "sorts": [(key, label) for key, label in SORTS.items() if key != "relevance" or q],
+        "page": page,
+        "rows": rows,
+        "snippets": search.snippets(q, [row.pk for row in rows]) if q else {},
+        "facets": _facet_panels(facets, found, chosen, request.GET),
+        "chosen": [
+            (f.label, f.label_of(chosen[f.param]), _link(request.GET, **{f.param: ""}))
+            for f in facets
+            if chosen[f.param]
+        ],
+        "total": Example.objects.listed().count(),
+        "keep": [(param, value) for param, value in chosen.items() if value],
+    }
+    for row in rows:
+        row.snippet = context["snippets"].get(row.pk)
+    context["previous_link"] = (
+        _link(request.GET, page=page.previous_page_number()) if page.has_previous() else ""
+    )
+    context["next_link"] = _link(request.GET, page=page.next_page_number()) if page.has_next() else ""
+    context["sort_links"] = [
+        (key, label, _link(request.GET, sort=key, page="")) for key, label in context["sorts"]
+    ]
+    return render(request, "library/index.html", context)
+
+
+def _ordered(results, sort: str, ranked: list[int] | None):
+    if sort == "relevance":
+        allowed = set(results.values_list("pk", flat=True))
+        return [pk for pk in ranked if pk in allowed]
+    if sort == "score":
+        results = results.order_by(F("score").desc(nulls_last=True), "-score_count", "-approved_at", "-pk")
+    return list(results.values_list("pk", flat=True))
+
+
+def _page_rows(ids: list[int]) -> list[Example]:
+    examples = (
+        Example.objects.filter(pk__in=ids).prefetch_related("tags").defer("files", "stdout", "embedding")
+    )
+    by_id = {example.pk: example for example in examples}
+    return [by_id[pk] for pk in ids if pk in by_id]
+
+
+def _facet_panels(facets, found, chosen: dict, params) -> list[dict]:
+    panels = []
+    for facet in facets:
+        # Counted with the other facets applied but not this one, so that each value says what choosing it gives.
+        others = found
+        for other in facets:
+            if other is not facet:
+                others = other.apply(others, chosen[other.param])
+        values = [
+            {
+                "label": label,
+                "count": count,
+                "current": chosen[facet.param] == value,
+                "link": _link(
+                    params, **{facet.param: "" if chosen[facet.param] == value else value, "page": ""}
+                ),
+            }
+            for value, label, count in facet.counts(others)
+        ]
+        if values:
+            panels.append({"param": facet.param, "label": facet.label, "values": values})
+    return panels
+
+
+def _link(params, **changes) -> str:
+    merged = {key: value for key, value in params.items()} | {
+        key: str(value) for key, value in changes.items()
+    }
+    query = urlencode({key: value for key, value in merged.items() if value})
+    return f"{reverse('library')}?{query}" if query else reverse("library")
+
+
+# One example ------------------------------------------------------------------------------------------
+
+
+def example_detail(request, example_id: int):
+    if not _may_read(request):
+        return redirect_to_login(request.get_full_path())
+    example = get_object_or_404(Example.objects.select_related("approved_by", "retracted_by"), pk=example_id)
+    versions = list(
+        Example.objects.versions_of(example.source_url).only(
+            "pk", "version", "status", "approved_at", "title", "is_latest"
+        )
+    )
+    newer = [v for v in versions if v.version > example.version and v.status == Example.Status.APPROVED]
+    context = {
+        "example": example,
+        "tags": list(example.tags.all()),
+        "files": code_files(example.files),
+        "results_json": pretty_json(example.results) if example.results is not None else None,
+        "results_table": _flat_items(example.results),
+        "metadata": _items(example.metadata),
+        "saved_files": _saved_files(example),
+        "versions": versions,
+        "newest": newer[0] if newer else None,
+        "may_see_runs": request.user.is_authenticated,
+        "retract_form": ReasonForm(auto_id="retract_%s") if has_role(request.user, CURATOR) else None,
+    }
+    return render(request, "library/example_detail.html", context)
+
+
+def _items(value) -> list[tuple[str, str]]:
+    """A dict's pairs for a key/value table: strings as written, other values as JSON."""
+    if not isinstance(value, dict):
+        return []
+    return [
+        (str(key), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
+        for key, item in value.items()
+    ]
+
+
+def _flat_items(value) -> list[tuple[str, str]] | None:
+    if not isinstance(value, dict) or any(isinstance(item, dict | list) for item in value.values()):
+        return None
+    return _items(value)
+
+
+def _saved_files(example: Example) -> list[dict]:
+    saved = []
+    for entry in example.saved_files or []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            content_type = mimetypes.guess_type(entry["name"])[0]
+            saved.append(
+                {
+                    "name": entry["name"],
+                    "size": entry.get("size"),
+                    "image": content_type in INLINE_IMAGE_TYPES,
+                    "url": reverse("example_file", args=[example.pk, entry["name"]]),
+                }
+            )
+    return saved
+
+
+def example_file(request, example_id: int, path: str):
+    if not _may_read(request):
+        return redirect_to_login(request.get_full_path())
+    example = get_object_or_404(Example, pk=example_id)
+    handle = _open_saved_file(example, path)
+    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    inline = content_type in INLINE_IMAGE_TYPES
+    response = FileResponse(
+        handle,
+        as_attachment=not inline,
+        filename=path.rsplit("/", 1)[-1],
+        content_type=content_type if inline else "application/octet-stream",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = FILE_CSP
+    return response
+
+
+def _open_saved_file(example: Example, path: str):
+    """The listed file at `path` under the example's to_save/, if it is a regular file there (no links, no `..`)."""
+    if path not in {entry.get("name") for entry in example.saved_files or [] if isinstance(entry, dict)}:
+        raise Http404("The example has no such file.")
+    folder = (example.files_dir / "to_save").resolve()
+    target = (folder / path).resolve()
+    if not target.is_relative_to(folder) or target != Path(os.path.abspath(folder / path)):
+        raise Http404("The file is outside the example's folder.")
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise Http404("The file is gone.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Http404("Not a regular file.")
+    return os.fdopen(fd, "rb")
+
+
+# Curators' actions ------------------------------------------------------------------------------------
+
+
+@curator_required
+def run_approve(request, run_id: int):
+    run = get_object_or_404(Run, pk=run_id)
+    # Only a program that ran can be approved (the service says so too).
+    ran = Q(exit_code__isnull=False) | Q(state=Iteration.State.JUDGED)
+    iterations = list(
+        run.iterations.filter(ran).defer("stdout", "stderr", "install_log", "log").order_by("number")
+    )
+    default = services.default_iteration(run)
+    initial = {
+        "iteration": default.number if default else None,
+        "title": run.source_title or run.source_url,
+        "summary": str((default.metadata or {}).get("description", "")) if default else "",
+    }
+    form = ApproveForm(request.POST or None, run=run, iterations=iterations, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            example = services.example_approve(
+                run=run,
+                approved_by=request.user,
+                iteration=data["iteration"],
+                title=data["title"],
+                summary=data["summary"],
+                tags=data["tags"],
+                override_reason=data["override_reason"],
+            )
+        except services.LibraryRefused as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"“{example.title}” is in the library as version {example.version}.")
+            return redirect("example_detail", example.pk)
+    context = {
+        "run": run,
+        "form": form,
+        "iterations": iterations,
+        "default": default,
+        "versions": list(
+            Example.objects.versions_of(run.source_url).only("pk", "version", "status", "title")
+        ),
+    }
+    return render(request, "library/approve.html", context)
+
+
+@require_POST
+@curator_required
+def run_reject(request, run_id: int):
+    run = get_object_or_404(Run, pk=run_id)
+    form = ReasonForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise services.LibraryRefused("Say why the run is rejected: the reason is kept with it.")
+        services.run_reject(run=run, rejected_by=request.user, reason=form.cleaned_data["reason"])
+    except services.LibraryRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Run {run.pk} is rejected; the reason is kept on its page.")
+    return redirect(reverse("run_detail", args=[run.pk]) + "#library-h")
+
+
+@require_POST
+@curator_required
+def example_retract(request, example_id: int):
+    example = get_object_or_404(Example, pk=example_id)
+    form = ReasonForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise services.LibraryRefused("Say why the example is retracted: its page shows the reason.")
+        services.example_retract(
+            example=example, retracted_by=request.user, reason=form.cleaned_data["reason"]
+        )
+    except services.LibraryRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "The example is retracted: it has left search and the API.")
+    return redirect("example_detail", example.pk)
 
 
 @login_required
 def review_index(request):
+    # Kept until the review app's own views take over its address (library/review_urls.py).
     return render(request, "reviews/index.html")
-
-
-def _todo(request, **kwargs):
-    from django.http import HttpResponse
-
-    return HttpResponse(status=501)
-
-
-run_approve = run_reject = example_detail = example_retract = example_file = _todo

@@ -510,4 +510,5 @@ def test_the_pages_make_as_many_queries_for_30_runs_as_for_3(curator_client, cur
         LLMCall.objects.create(run=last, stage="fix", model="m", status="ok", reply="y" * 9000)
     many = (_queries(curator_client, reverse("runs")), _queries(curator_client, detail(last)))
     assert many == few
-    assert few[0] <= 12 and few[1] <= 14, few
+    # The run page's budget includes the library panel's two queries (its examples and rejections).
+    assert few[0] <= 12 and few[1] <= 16, few
