@@ -43,12 +43,14 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # Reinstall only when the pins change.
-$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+$(VENV)/.installed: requirements.txt requirements-semantic.txt | $(VENV)/bin/python
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-semantic.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-semantic.txt | $(VENV)/bin/python
 	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -r requirements-semantic.txt
 	touch $@ $(VENV)/.installed
 
 # The offline model: compiles llama.cpp (about 6 minutes on 2 cores), downloads 1.1 GB of weights, then
