@@ -1,9 +1,19 @@
 """Papers: reading them (PDF, Markdown, text, arXiv), planning, coding in order, the debug loop, the pages."""
 
-import pytest
+import json
+from unittest import mock
 
-from distill.pipeline import papers
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from distill import llm, services
+from distill.models import LLMCall, Paper, Run
+from distill.pipeline import paper_steps, papers, parsing
+from distill.profiles import load_profile
+from tests.factories import make_iteration, make_run
 from tests.paper_pdfs import corrupt_pdf, encrypted_pdf, image_only_pdf, make_pdf, paper_pdf
+from tests.replies import cassette, program, verdict
 
 MARKDOWN_PAPER = """\
 # Mean Squares for Tiny Lists
@@ -186,3 +196,426 @@ def test_an_arxiv_pdf_is_read_within_the_size_limit(monkeypatch):
         papers.from_arxiv(
             "https://arxiv.org/abs/2504.17192", limits=papers.Limits(max_bytes=1000, max_pages=10)
         )
+
+
+# Planning, coding in order, the debug loop --------------------------------------------------------------
+
+CLASS_DIAGRAM = 'classDiagram\n  class Squares {\n    +mean_squares(values)\n  }\n  note for Squares "<script>alert(1)</script>"'
+SEQUENCE_DIAGRAM = "sequenceDiagram\n  participant M as main\n  M->>Squares: mean_squares(values)"
+
+UTILS_PY = "def square(x):\n    return x * x\n"
+SQUARES_PY = "from utils import square\n\n\ndef mean_squares(values):\n    return sum(square(v) for v in values) / len(values)\n"
+PAPER_MAIN = """\
+import json
+
+from squares import mean_squares
+
+values = json.loads(open("config.yaml").read().split(":", 1)[1].split("#")[0])
+value = mean_squares(values)
+print("mean of squares:", value)
+json.dump({"mean_of_squares": value}, open("results.json", "w"))
+json.dump(["read config", "done"], open("log.json", "w"))
+"""
+PAPER_BROKEN_MAIN = "from squares import mean_of_squares  # the wrong name\n\nprint(mean_of_squares([1]))\n"
+
+
+def planning_replies(task_list=("utils.py", "squares.py", "main.py")):
+    plan = {"summary": "The paper averages the squares of a list; the example computes it for [1, 2, 3].",
+            "methodology": ["square each value", "average"], "experiments": ["the list [1, 2, 3]"],
+            "data": "a list in config.yaml", "evaluation": ["the mean of squares"],
+            "small_configuration": "three values"}  # fmt: skip
+    architecture = {"implementation_approach": "Plain Python, no packages.",
+                    "files": ["utils.py", "squares.py", "main.py", "config.yaml"],
+                    "class_diagram": "```mermaid\n" + CLASS_DIAGRAM + "\n```", "sequence_diagram": SEQUENCE_DIAGRAM,
+                    "open_questions": ["The paper does not say how to round; we do not round."]}  # fmt: skip
+    logic = {"required_packages": [],
+             "files": [{"file": "utils.py", "logic": "square(x)", "depends_on": []},
+                       {"file": "squares.py", "logic": "mean_squares(values) with utils.square", "depends_on": ["utils.py"]},
+                       {"file": "main.py", "logic": "reads config.yaml, writes results", "depends_on": ["squares.py"]}],
+             "task_list": list(task_list), "shared_knowledge": "values is a list of floats"}  # fmt: skip
+    return [
+        ("plan", json.dumps(plan)),
+        ("architecture", json.dumps(architecture)),
+        ("logic", "Here is the design:\n```json\n" + json.dumps(logic) + "\n```"),
+        ("config", "=== FILE: config.yaml ===\nvalues: [1, 2, 3]  # the paper's own list\n=== END ==="),
+    ]
+
+
+def coding_replies(main=PAPER_BROKEN_MAIN):
+    return [
+        ("analysis", "utils.py holds square(x), which returns x times x."),
+        ("analysis", "squares.py holds mean_squares(values), using utils.square."),
+        ("analysis", "main.py reads config.yaml and writes results.json."),
+        ("code", f"=== FILE: utils.py ===\n{UTILS_PY}=== END ==="),
+        ("code", f"=== FILE: squares.py ===\n{SQUARES_PY}=== END ==="),
+        ("entry", program(main)),
+    ]
+
+
+def evaluation_reply(score):
+    return json.dumps({"critiques": [{"file": "squares.py", "severity": "Low", "critique": "No rounding."}],
+                       "score": score})  # fmt: skip
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(llm, "_sleep", lambda secs: None)
+
+
+def submit_paper(tmp_path, entries, text=MARKDOWN_PAPER, **overrides) -> Run:
+    overrides.setdefault("max_debug_iterations", 3)
+    overrides.setdefault("max_runtime_mins", 1)
+    overrides["replay"] = str(cassette(tmp_path / "cassette.json", entries))
+    profile = load_profile("local", overrides)
+    return services.run_submit_paper(
+        paper=papers.from_markdown(text), profile_name="local", profile=profile, enqueue=False
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_markdown_paper_is_planned_coded_in_order_run_fixed_and_scored(tmp_path, no_backoff):
+    run = submit_paper(
+        tmp_path,
+        [*planning_replies(), *coding_replies(),
+         ("fix", program(PAPER_MAIN, changes="Import mean_squares, the function's real name.")),
+         ("judge", verdict(True)),
+         ("evaluate", evaluation_reply(4)), ("evaluate", "not JSON"), ("evaluate", evaluation_reply(3)),
+         ("evaluate", evaluation_reply(5))],
+    )  # fmt: skip
+    assert run.kind == Run.Kind.PAPER and run.source_url.startswith("paper:mean-squares-for-tiny-lists-")
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    paper = run.paper
+    assert paper.title == "Mean Squares for Tiny Lists" and paper.authors == "Ada Lovelace, Alan Turing"
+    plan = paper.plan
+    assert plan["overall_plan"]["small_configuration"] == "three values"
+    assert plan["architecture"]["class_diagram"] == CLASS_DIAGRAM, "the Markdown fence is taken off"
+    assert plan["task_order"] == ["utils.py", "squares.py", "main.py"]
+    assert plan["config_yaml"].startswith("values: [1, 2, 3]")
+    assert run.repository_description.startswith("The paper averages the squares")
+
+    # Planning is one conversation: each stage sees the replies before it.
+    config_call = LLMCall.objects.get(run=run, stage="config")
+    assert [m["role"] for m in config_call.prompt] == ["system", *["user", "assistant"] * 3, "user"]
+    assert "Mean Squares for Tiny Lists" in config_call.prompt[1]["content"]
+
+    # The files are written in the task order, each seeing the ones before it.
+    code_prompts = [
+        c.prompt[-1]["content"] for c in LLMCall.objects.filter(run=run, stage="code").order_by("pk")
+    ]
+    assert ["Write `utils.py`" in code_prompts[0], "Write `squares.py`" in code_prompts[1]] == [True, True]
+    assert UTILS_PY.strip() not in code_prompts[0] and UTILS_PY.strip() in code_prompts[1]
+    assert "square(x)" in code_prompts[0], "the file's analysis is in its prompt"
+    entry_prompt = LLMCall.objects.get(run=run, stage="entry").prompt[0]["content"]
+    assert UTILS_PY.strip() in entry_prompt and SQUARES_PY.strip() in entry_prompt
+    stages = list(LLMCall.objects.filter(run=run).order_by("pk").values_list("stage", flat=True))
+    assert stages[:10] == ["plan", "architecture", "logic", "config", "analysis", "analysis", "analysis",
+                           "code", "code", "entry"]  # fmt: skip
+
+    first, second = run.iterations.all()
+    assert list(first.files) == [
+        "main.py",
+        "utils.py",
+        "squares.py",
+        "config.yaml",
+        "requirements.txt",
+        "runscript.sh",
+    ]
+    assert first.exit_code != 0 and "ImportError" in first.stderr and not first.succeeded
+    assert second.exit_code == 0 and second.succeeded, second.stderr
+    assert second.results == {"mean_of_squares": pytest.approx(14 / 3)}
+    assert second.files["utils.py"] == UTILS_PY, "files the fixer left out are kept"
+    assert second.proof is None, "a paper's program has no repository to prove it uses"
+    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
+    assert "ImportError" in fix_prompt and "mean_of_squares" in fix_prompt and "config.yaml" in fix_prompt
+    judge_prompt = LLMCall.objects.get(run=run, stage="judge").prompt[0]["content"]
+    assert "reproduces a research paper" in judge_prompt and "squares.py" in judge_prompt
+    assert list(run.steps.values_list("name", flat=True)) == [
+        "fetch", "survey", "generate", "execute", "judge", "fix", "execute", "judge"]  # fmt: skip
+
+    # The quality score: three samples (one repaired), averaged, with their critiques.
+    evaluation = paper.evaluation
+    assert evaluation["iteration"] == 2 and evaluation["score"] == 4.0
+    assert [s["score"] for s in evaluation["samples"]] == [4, 3, 5]
+    assert evaluation["samples"][0]["critiques"][0]["severity"] == "low"
+    assert evaluation["severity_counts"] == {"high": 0, "medium": 0, "low": 1}
+    assert "Quality score 4.0 of 5" in run.status_message
+
+    # The output folder, as for repositories.
+    state = json.loads((run.output_dir / "current_state.json").read_text())
+    assert state["status"] == "succeeded" and state["repo_url"] == run.source_url
+    assert (run.output_dir / "iteration_2" / "squares.py").read_text() == SQUARES_PY
+    assert (run.output_dir / "report.html").is_file()
+    assert json.loads((run.output_dir / "paper_plan.json").read_text())["task_order"] == plan["task_order"]
+    assert json.loads((run.output_dir / "paper_evaluation.json").read_text())["score"] == 4.0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_malformed_planning_replies_are_repaired_and_a_hopeless_one_ends_the_run_clearly(
+    tmp_path, no_backoff
+):
+    replies = planning_replies()
+    bad_architecture = json.loads(replies[1][1]) | {"class_diagram": "graph TD; A-->B"}
+    run = submit_paper(
+        tmp_path,
+        [replies[0], ("architecture", json.dumps(bad_architecture)), replies[1],
+         ("logic", "I would write the files in a sensible order."), ("logic", "still no JSON"),
+         ("logic", "nope")],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.ERROR
+    assert "logic reply could not be used after 3 tries" in run.status_message
+    repair = LLMCall.objects.filter(run=run, stage="architecture").last().prompt[-1]["content"]
+    assert "could not be used" in repair and "classDiagram" in repair
+    assert "architecture" in run.paper.plan and "logic_design" not in run.paper.plan
+    assert services.resume_status(run) == Run.Status.SURVEYING
+
+
+@pytest.mark.django_db
+def test_a_resumed_planning_step_does_not_ask_again():
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(MARKDOWN_PAPER),
+        profile_name="local",
+        profile=load_profile("local"),
+        enqueue=False,
+    )
+    replies = planning_replies()
+    paper = run.paper
+    paper.plan = {"replies": {"plan": replies[0][1]}, "overall_plan": json.loads(replies[0][1])}
+    paper.save()
+    calls = []
+
+    def fake_complete(**kwargs):
+        calls.append(kwargs)
+        text = dict(replies)[kwargs["stage"]]
+        return llm.LLMReply(text=text, tokens_in=1, tokens_out=1, cost_usd=0, call_id=0)
+
+    with mock.patch.object(llm, "complete", fake_complete):
+        paper_steps.plan(run)
+    assert [c["stage"] for c in calls] == ["architecture", "logic", "config"]
+    assert calls[0]["messages"][2] == {"role": "assistant", "content": replies[0][1]}
+    assert paper_steps.is_planned(run)
+
+
+def test_the_task_order_puts_each_file_after_the_files_it_imports():
+    design = {"files": [{"file": "model.py", "logic": "m", "depends_on": ["utils.py"]},
+                        {"file": "train.py", "logic": "t", "depends_on": ["model.py", "data.py"]},
+                        {"file": "data.py", "logic": "d", "depends_on": ["utils.py"]},
+                        {"file": "utils.py", "logic": "u", "depends_on": []}],
+              "task_list": ["model.py", "train.py", "data.py", "utils.py", "main.py"]}  # fmt: skip
+    files = ["utils.py", "data.py", "model.py", "train.py", "main.py"]
+    _, order = paper_steps.parse_logic_design(json.dumps(design), files=files)
+    assert order == ["utils.py", "model.py", "data.py", "train.py", "main.py"]
+
+    cycle = design | {"files": [{"file": "model.py", "logic": "m", "depends_on": ["train.py"]},
+                                {"file": "train.py", "logic": "t", "depends_on": ["model.py"]}]}  # fmt: skip
+    with pytest.raises(parsing.ReplyError, match="cycle: model.py -> train.py -> model.py"):
+        paper_steps.parse_logic_design(json.dumps(cycle), files=files)
+    with pytest.raises(parsing.ReplyError, match="leaves out data.py, model.py, train.py"):
+        paper_steps.parse_logic_design(
+            json.dumps(design | {"task_list": ["utils.py", "main.py"]}), files=files
+        )
+    with pytest.raises(parsing.ReplyError, match="not one of the architecture's files"):
+        paper_steps.parse_logic_design(json.dumps(design | {"task_list": [*files, "extra.py"]}), files=files)
+
+
+def test_code_replies_must_be_the_asked_file_and_valid_python():
+    assert paper_steps.parse_code_file("=== FILE: a.py ===\nx = 1\n=== END ===", "a.py") == "x = 1\n"
+    assert paper_steps.parse_code_file("```python\nx = 1\n```", "a.py") == "x = 1\n"
+    with pytest.raises(parsing.ReplyError, match="gives b.py but not a.py"):
+        paper_steps.parse_code_file("=== FILE: b.py ===\nx = 1\n=== END ===", "a.py")
+    with pytest.raises(parsing.ReplyError, match="not valid Python: line 1"):
+        paper_steps.parse_code_file("=== FILE: a.py ===\ndef broken(:\n=== END ===", "a.py")
+    with pytest.raises(parsing.ReplyError, match="not valid YAML|mapping"):
+        paper_steps.parse_config_yaml("=== FILE: config.yaml ===\n- just\n- a list\n=== END ===")
+
+
+# The submit page and the run page -----------------------------------------------------------------------
+
+
+def htmx(client, url):
+    return client.get(url, headers={"HX-Request": "true"})
+
+
+def post_paper(client, **fields):
+    return client.post(reverse("run_new"), {"kind": "paper", "profile": "local", **fields})
+
+
+@pytest.mark.django_db
+def test_a_curator_submits_a_pasted_markdown_paper(curator_client, curator):
+    response = post_paper(
+        curator_client, paper_text=MARKDOWN_PAPER, paper_link="https://doi.org/10.1/squares"
+    )
+
+    run = Run.objects.get()
+    assert response.status_code == 302 and response.url == reverse("run_detail", args=[run.pk])
+    assert run.kind == Run.Kind.PAPER and run.submitted_by == curator and run.status == Run.Status.QUEUED
+    assert (
+        run.source_url == "https://doi.org/10.1/squares" and run.source_title == "Mean Squares for Tiny Lists"
+    )
+    assert run.paper.source == "markdown" and run.paper.text == MARKDOWN_PAPER
+    assert run.paper.authors == "Ada Lovelace, Alan Turing"
+
+
+@pytest.mark.django_db
+def test_a_curator_uploads_a_pdf_and_may_correct_its_title(curator_client):
+    upload = SimpleUploadedFile("squares.pdf", paper_pdf(), content_type="application/pdf")
+    post_paper(curator_client, paper_file=upload, paper_title="Mean Squares, Revisited")
+
+    paper = Run.objects.get(kind=Run.Kind.PAPER).paper
+    assert paper.source == "pdf" and paper.pages == 2 and paper.filename == "squares.pdf"
+    assert paper.title == "Mean Squares, Revisited" and paper.authors == "Ada Lovelace, Alan Turing"
+    assert [s["title"] for s in paper.sections][:2] == ["1 Introduction", "2 Method"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "data, message",
+    [(encrypted_pdf(), "encrypted with a password"), (corrupt_pdf(), "it may be damaged"),
+     (image_only_pdf(), "no text layer")],
+    ids=["encrypted", "corrupt", "image-only"],
+)  # fmt: skip
+def test_an_unreadable_pdf_is_refused_on_the_form_and_nothing_is_made(curator_client, data, message):
+    upload = SimpleUploadedFile("paper.pdf", data, content_type="application/pdf")
+    response = post_paper(curator_client, paper_file=upload)
+
+    assert response.status_code == 200
+    assert "This paper cannot be used" in response.content.decode() and message in response.content.decode()
+    assert not Run.objects.exists() and not Paper.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_paper_too_large_or_given_twice_or_not_at_all_is_refused(curator_client, settings):
+    settings.DISTILL_MAX_PAPER_MB = 0
+    response = post_paper(curator_client, paper_text=MARKDOWN_PAPER)
+    assert "larger than" in response.content.decode()
+    settings.DISTILL_MAX_PAPER_MB = 30
+    both = post_paper(
+        curator_client, paper_text=MARKDOWN_PAPER, paper_arxiv="https://arxiv.org/abs/2504.17192"
+    )
+    assert "one way only" in both.content.decode()
+    assert "Upload the paper, paste its text" in post_paper(curator_client).content.decode()
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_unreachable_arxiv_is_a_clear_error_on_the_form(curator_client, monkeypatch):
+    import urllib.error
+
+    def unreachable(self, request, timeout=None):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(papers.urllib.request.OpenerDirector, "open", unreachable)
+    response = post_paper(curator_client, paper_arxiv="https://arxiv.org/abs/2504.17192")
+    assert "arXiv could not be reached from this server" in response.content.decode()
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_reader_may_not_submit_a_paper(reader_client):
+    assert post_paper(reader_client, paper_text=MARKDOWN_PAPER).status_code == 403
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_same_paper_twice_while_one_runs_is_refused(curator_client):
+    post_paper(curator_client, paper_text=MARKDOWN_PAPER)
+    response = post_paper(curator_client, paper_text=MARKDOWN_PAPER)
+    assert "already has a run in progress" in response.content.decode()
+    assert Run.objects.count() == 1
+
+
+def planned_run(**fields) -> Run:
+    replies = dict(planning_replies())
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(MARKDOWN_PAPER),
+        profile_name="local",
+        profile=load_profile("local"),
+        enqueue=False,
+    )
+    architecture = json.loads(replies["architecture"]) | {"class_diagram": CLASS_DIAGRAM}
+    logic = json.loads(replies["logic"].split("```json\n")[1].split("\n```")[0])
+    Paper.objects.filter(run=run).update(
+        plan={
+            "overall_plan": json.loads(replies["plan"]),
+            "architecture": architecture,
+            "logic_design": logic,
+            "task_order": logic["task_list"],
+            "config_yaml": "values: [1, 2, 3]\n",
+            "code": {"utils.py": UTILS_PY},
+        },
+        **fields,
+    )
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.GENERATING)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.django_db
+def test_the_plan_is_on_the_run_page_with_its_diagrams_escaped(reader_client):
+    run = planned_run()
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+    assert "<script>alert(1)</script>" not in html, "the diagram text is never raw HTML"
+    assert '<pre class="mermaid" data-testid="class-diagram">classDiagram' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "vendor/mermaid/mermaid.min.js" in html and "js/paper-plan.js" in html
+    tasks = html[html.index('data-testid="task-list"') :]
+    assert tasks.index("utils.py") < tasks.index("squares.py") < tasks.index("main.py")
+    assert '<span class="badge badge--ok">written</span>' in tasks.split("squares.py")[0]
+    assert 'class="code hl"' in html and "values" in html, "config.yaml is highlighted"
+
+    # The live part is rendered again every two seconds: the diagrams are kept, the scripts not reloaded.
+    live = htmx(reader_client, reverse("run_detail", args=[run.pk])).content.decode()
+    assert 'id="paper-diagrams" hx-preserve="true"' in live and "mermaid.min.js" not in live
+
+
+@pytest.mark.django_db
+def test_a_repository_run_page_does_not_load_mermaid(reader_client):
+    run = make_run()
+    assert "mermaid" not in reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_quality_score_is_shown_with_its_critiques(reader_client):
+    evaluation = {"iteration": 2, "score": 3.5, "asked": 3, "errors": ["the evaluate reply could not be used"],
+                  "severity_counts": {"high": 1, "medium": 0, "low": 0.5},
+                  "samples": [{"score": 3, "critiques": [{"file": "squares.py", "severity": "high", "critique": "<b>no</b> rounding"}]},
+                              {"score": 4, "critiques": []}]}  # fmt: skip
+    run = planned_run(evaluation=evaluation)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert '<span class="score" data-testid="quality-score">3.5</span>' in html
+    assert "the mean of 2 samples, for iteration 2" in html
+    assert "&lt;b&gt;no&lt;/b&gt; rounding" in html and "1 sample could not be used" in html
+
+
+@pytest.mark.django_db
+def test_an_approved_paper_example_carries_the_papers_title_authors_and_link(curator):
+    from library.services import example_approve
+
+    run = planned_run()
+    Paper.objects.filter(run=run).update(url="https://arxiv.org/abs/2504.17192")
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.SUCCEEDED)
+    make_iteration(run, 1)
+    example = example_approve(run=run, approved_by=curator, title="Mean squares", summary="From the paper.")
+
+    assert example.source_kind == "paper"
+    assert example.paper_title == "Mean Squares for Tiny Lists"
+    assert example.paper_authors == "Ada Lovelace, Alan Turing"
+    assert example.paper_url == "https://arxiv.org/abs/2504.17192"
+
+
+@pytest.mark.django_db
+def test_a_paper_run_is_run_again_from_its_paper(curator):
+    run = planned_run()
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
+    again = services.run_rerun(
+        run=run, profile_name="local", profile=load_profile("local"), submitted_by=curator
+    )
+
+    assert again.pk != run.pk and again.kind == Run.Kind.PAPER and again.source_url == run.source_url
+    assert again.paper.text == MARKDOWN_PAPER and again.paper.plan == {}

@@ -1,0 +1,739 @@
+"""The steps of distilling a paper: PaperCoder's method, then the same run → judge → fix loop as repositories.
+
+A paper's run goes through the statuses of a repository's run, each doing the paper's work:
+
+- fetching: the paper was read when it was submitted (`distill.pipeline.papers`); this step checks it;
+- surveying: planning, in one conversation with the code model: the overall plan, the architecture (file
+  list, class and sequence diagrams), the logic design (each file's logic, the task list in dependency
+  order, shared knowledge), then config.yaml;
+- generating: an analysis per file, then the code file by file in the task list's order, each file seeing
+  the ones before it, then main.py, requirements.txt and a runscript that run a small configuration:
+  iteration 1;
+- executing, judging, fixing: the repository's sandbox step as it is, and a judge and a fixer that speak
+  of the paper instead of a repository. When the run ends, PaperCoder's reference-free evaluation scores
+  the final code (several samples of per-file critiques and a 1-5 score, averaged).
+
+Every reply has a strict schema (pydantic for the planning stages), a malformed one is repaired a bounded
+number of times, and every stage's result is saved as it is made, so a resumed step goes on where it
+stopped and never asks twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distill import llm
+from distill.models import Iteration, Paper, Run
+from distill.pipeline import papers, parsing, prompts, repository, survey
+from distill.pipeline.repository import StepFailed
+
+logger = logging.getLogger(__name__)
+
+S = Run.Status
+MAX_PLAN_FILES = 20
+# Written by the planning and entry stages, not one by one.
+NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
+PAPER_EVAL_SAMPLES = 3  # PaperCoder's reference-free evaluation, averaged; a run's config may say otherwise
+ANALYSIS_MAX_CHARS = 8000
+PLANNING_STAGES = ("plan", "architecture", "logic", "config")
+
+
+# Reply schemas -----------------------------------------------------------------------------------------
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class OverallPlan(_Reply):
+    summary: str = Field(min_length=1)
+    methodology: list[str] = []
+    experiments: list[str] = []
+    data: str = ""
+    evaluation: list[str] = []
+    small_configuration: str = ""
+
+
+class Architecture(_Reply):
+    implementation_approach: str = Field(min_length=1)
+    files: list[str] = Field(min_length=1)
+    class_diagram: str
+    sequence_diagram: str
+    open_questions: list[str] = []
+
+    @field_validator("files")
+    @classmethod
+    def _plain_names(cls, files):
+        if len(files) > MAX_PLAN_FILES:
+            raise ValueError(f"at most {MAX_PLAN_FILES} files")
+        for name in files:
+            _check_name(name)
+        if len(set(files)) != len(files):
+            raise ValueError("a file is listed twice")
+        return files
+
+    @field_validator("class_diagram", "sequence_diagram")
+    @classmethod
+    def _mermaid(cls, text, info):
+        text = parsing._strip_outer_fence(text.strip()).strip()
+        keyword = "classDiagram" if info.field_name == "class_diagram" else "sequenceDiagram"
+        first = next(
+            (
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("%%")
+            ),
+            "",
+        )
+        if not first.startswith(keyword):
+            raise ValueError(f"must be a Mermaid diagram that starts with {keyword}")
+        if len(text) > 20_000:
+            raise ValueError("is longer than 20,000 characters")
+        return text
+
+
+class FileLogic(_Reply):
+    file: str
+    logic: str = Field(min_length=1)
+    depends_on: list[str] = []
+
+
+class LogicDesign(_Reply):
+    required_packages: list[str] = []
+    files: list[FileLogic] = Field(min_length=1)
+    task_list: list[str] = Field(min_length=1)
+    shared_knowledge: str = ""
+
+
+class Critique(_Reply):
+    file: str = ""
+    severity: Literal["high", "medium", "low"]
+    critique: str = Field(min_length=1)
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return str(value).strip().lower()
+
+
+class EvaluationReply(_Reply):
+    critiques: list[Critique] = []
+    score: float = Field(ge=1, le=5)
+
+
+def _check_name(name: str) -> None:
+    if not parsing.SAFE_NAME.match(name) or ".." in name.split("/"):
+        raise ValueError(f"file name {name!r} is not a plain relative path")
+
+
+def _validated(schema: type[BaseModel], data) -> BaseModel:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise parsing.ReplyError(parsing._first_error(exc)) from None
+
+
+def parse_overall_plan(text: str) -> OverallPlan:
+    return _validated(OverallPlan, parsing.extract_json(text, expect=dict))
+
+
+def parse_architecture(text: str) -> Architecture:
+    architecture = _validated(Architecture, parsing.extract_json(text, expect=dict))
+    if "main.py" not in architecture.files:
+        raise parsing.ReplyError("files: the architecture needs main.py, the entry point")
+    return architecture
+
+
+def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
+    """The logic design and the order to write the files in: the task list, each file after its imports."""
+    design = _validated(LogicDesign, parsing.extract_json(text, expect=dict))
+    known = set(files)
+    for name in design.task_list:
+        if name not in known:
+            raise parsing.ReplyError(f"task_list: {name} is not one of the architecture's files")
+    if len(set(design.task_list)) != len(design.task_list):
+        raise parsing.ReplyError("task_list: a file is listed twice")
+    missing = [name for name in files if name not in design.task_list and name not in NOT_CODED[1:]]
+    if missing:
+        raise parsing.ReplyError(f"task_list: it leaves out {', '.join(missing)}")
+    depends_on = {}
+    for entry in design.files:
+        unknown = [d for d in entry.depends_on if d not in known]
+        if unknown:
+            raise parsing.ReplyError(f"files: {entry.file} depends on unknown files: {', '.join(unknown)}")
+        depends_on[entry.file] = entry.depends_on
+    return design, dependency_order(design.task_list, depends_on)
+
+
+def dependency_order(task_list: list[str], depends_on: dict[str, list[str]]) -> list[str]:
+    """The task list with each file moved after the files it depends on; otherwise in the list's order.
+
+    The model's order is kept where it is right; where it is wrong the stated imports win, so a file is
+    never written before a file it imports. A cycle cannot be ordered and is sent back for repair.
+    """
+    wanted = set(task_list)
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise parsing.ReplyError(
+                "the files depend on each other in a cycle: " + " -> ".join([*path, name])
+            )
+        state[name] = "visiting"
+        for dependency in depends_on.get(name, []):
+            if dependency in wanted and dependency != name:
+                visit(dependency, [*path, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in task_list:
+        visit(name, [])
+    return order
+
+
+def parse_config_yaml(text: str) -> str:
+    import yaml
+
+    body = _single_file(text, "config.yaml")
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        raise parsing.ReplyError(f"config.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        raise parsing.ReplyError("config.yaml must hold a mapping of settings")
+    return body
+
+
+def parse_code_file(text: str, name: str) -> str:
+    body = _single_file(text, name)
+    if name.endswith(".py"):
+        try:
+            compile(body, name, "exec")
+        except SyntaxError as exc:
+            raise parsing.ReplyError(f"{name} is not valid Python: line {exc.lineno}: {exc.msg}") from None
+    return body
+
+
+def _single_file(text: str, name: str) -> str:
+    """The body of the `=== FILE: name ===` section; a reply that is only one fenced block is taken too."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        match = parsing.SECTION.match(line.strip())
+        if match:
+            current = (match.group(2) or "").strip() if match.group(1) == "FILE" else None
+            if current is not None:
+                sections[current] = []
+            continue
+        if current is not None:
+            sections[current].append(line)
+    if name in sections:
+        body = parsing._strip_outer_fence("\n".join(sections[name]).strip("\n"))
+    elif not sections and text.strip().startswith("```") and text.strip().endswith("```"):
+        body = parsing._strip_outer_fence(text.strip())
+    elif sections:
+        raise parsing.ReplyError(f"the reply gives {', '.join(sections)} but not {name}")
+    else:
+        raise parsing.ReplyError(
+            f"missing the section: a line '=== FILE: {name} ===', the file, then '=== END ==='"
+        )
+    if not body.strip():
+        raise parsing.ReplyError(f"{name} is empty")
+    return body.rstrip("\n") + "\n"
+
+
+def parse_evaluation(text: str) -> EvaluationReply:
+    return _validated(EvaluationReply, parsing.extract_json(text, expect=dict))
+
+
+# The steps ---------------------------------------------------------------------------------------------
+
+
+def do_step(run: Run, latest: Iteration | None, *, should_cancel: Callable[[], bool]) -> tuple[str, str]:
+    """Does the step of the paper run's status; returns the next status and a message for people."""
+    status = run.status
+    if status == S.FETCHING:
+        paper = _paper(run)
+        if not paper.text.strip():
+            raise StepFailed("the paper has no text; submit it again")
+        pages = f"{paper.pages} pages, " if paper.pages else ""
+        return S.SURVEYING, f"Read the paper: {pages}{len(paper.sections)} sections."
+    if status == S.SURVEYING:
+        plan(run)
+        return S.GENERATING, f"Planned {len(_paper(run).plan['architecture']['files'])} files."
+    if status == S.GENERATING:
+        iteration = generate(run)
+        return S.EXECUTING, f"Wrote iteration 1: {len(iteration.files)} files."
+    if status == S.FIXING:
+        iteration = fix(run, latest)
+        return S.EXECUTING, f"Wrote iteration {iteration.number}."
+    if status == S.EXECUTING:
+        if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING):
+            repository.execute(run, latest, should_cancel=should_cancel)
+            latest.refresh_from_db()
+        if (latest.sandbox or {}).get("cancelled"):
+            return S.CANCELLED, "Cancelled by a curator while the program ran."
+        return S.JUDGING, f"Iteration {latest.number} exited with code {latest.exit_code}."
+    if status == S.JUDGING:
+        if judge(run, latest):
+            next_status, message = S.SUCCEEDED, f"Iteration {latest.number} ran and passed the judge."
+        elif latest.number >= run.max_iterations:
+            next_status, message = S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
+        else:
+            return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
+        evaluation = evaluate(run, latest)
+        if evaluation and evaluation.get("score") is not None:
+            message += f" Quality score {evaluation['score']:.1f} of 5."
+        return next_status, message
+    raise AssertionError(f"no step for status {status}")
+
+
+def is_planned(run: Run) -> bool:
+    plan = Paper.objects.filter(run=run).values_list("plan", flat=True).first() or {}
+    return bool(plan.get("config_yaml") and plan.get("task_order") is not None)
+
+
+def _paper(run: Run) -> Paper:
+    try:
+        return Paper.objects.get(run=run)
+    except Paper.DoesNotExist:
+        raise StepFailed("the run has no paper; submit the paper again") from None
+
+
+def _save_plan(paper: Paper) -> None:
+    Paper.objects.filter(pk=paper.pk).update(plan=paper.plan)
+
+
+# Planning ---------------------------------------------------------------------------------------------
+
+
+def plan(run: Run) -> Paper:
+    """The four planning stages in one conversation; stages already done are skipped, not asked again."""
+    paper = _paper(run)
+    data = paper.plan
+    replies = data.setdefault("replies", {})
+    messages = [{"role": "system", "content": prompts.render("paper_system")}]
+    files: list[str] = data.get("architecture", {}).get("files", [])
+    for stage in PLANNING_STAGES:
+        prompt = _planning_prompt(run, paper, stage)
+        if stage in replies:
+            messages += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": replies[stage]},
+            ]
+            continue
+        if stage == "plan":
+            parse = parse_overall_plan
+        elif stage == "architecture":
+            parse = parse_architecture
+        elif stage == "logic":
+            parse = partial(parse_logic_design, files=files)
+        else:
+            parse = parse_config_yaml
+        value, text = _ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
+                           max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
+        if stage == "plan":
+            data["overall_plan"] = value.model_dump()
+        elif stage == "architecture":
+            data["architecture"] = value.model_dump()
+            files = value.files
+        elif stage == "logic":
+            design, order = value
+            data["logic_design"] = design.model_dump()
+            data["task_order"] = order
+        else:
+            data["config_yaml"] = value
+        replies[stage] = text
+        _save_plan(paper)
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+        if stage == "plan" and not run.repository_description:
+            # The run page's "purpose", and what the judge holds the program to.
+            run.repository_description = value.summary
+            run.save(update_fields=["repository_description"])
+    _write_artefact(run, "paper_plan.json", {k: v for k, v in data.items() if k != "replies"})
+    return paper
+
+
+def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
+    runtime = _rules(run)["runtime_mins"]
+    if stage == "plan":
+        return prompts.render(
+            "paper_plan",
+            title=paper.title or "(untitled)",
+            paper=_paper_text(run, paper, share=0.45),
+            runtime_mins=runtime,
+        )
+    if stage == "architecture":
+        return prompts.render("paper_architecture", max_files=MAX_PLAN_FILES)
+    if stage == "logic":
+        return prompts.render("paper_logic")
+    return prompts.render("paper_config", runtime_mins=runtime)
+
+
+# Analysis, code and the entry point: iteration 1 -------------------------------------------------------
+
+
+def generate(run: Run) -> Iteration:
+    existing = run.iterations.filter(number=1).first()
+    if existing:
+        return existing
+    paper = _paper(run)
+    data = paper.plan
+    if not is_planned(run):
+        raise StepFailed("the paper has no plan yet; retry the run from the planning step")
+    to_code = [name for name in data["task_order"] if name not in NOT_CODED]
+    analyses = data.setdefault("analyses", {})
+    for name in [*to_code, "main.py"]:
+        if name not in analyses:
+            analyses[name] = _analyse(run, paper, name)
+            _save_plan(paper)
+    code = data.setdefault("code", {})
+    for name in to_code:
+        if name not in code:
+            code[name] = _write_file(run, paper, name, written={n: code[n] for n in to_code if n in code})
+            _save_plan(paper)
+
+    written = {name: code[name] for name in to_code}
+    written["config.yaml"] = data["config_yaml"]
+    prompt = prompts.render(
+        "paper_entry",
+        title=paper.title or "(untitled)",
+        paper=_paper_text(run, paper, share=0.15),
+        plan=_plan_digest(run, data, share=0.2),
+        written=_files_text(written, budget=_budget(run, 0.3)),
+        analysis=analyses.get("main.py", ""),
+        format=prompts.render("program_format", changes_section=""),
+        **_rules(run),
+    )
+    program = repository._ask_for_program(
+        run, stage="entry", prompt=prompt, iteration=1, require_change_log=False
+    )
+    files = {**written, **program.files}
+    files = {name: files[name] for name in _ordered_names(files, data["task_order"])}
+    program = parsing.Program(files=files, metadata=program.metadata, change_log=program.change_log)
+    return repository._save_iteration(
+        run, 1, program, change_log=program.change_log or "First version, written from the paper's plan."
+    )
+
+
+def _analyse(run: Run, paper: Paper, name: str) -> str:
+    prompt = prompts.render(
+        "paper_analysis",
+        title=paper.title or "(untitled)",
+        paper=_paper_text(run, paper, share=0.35),
+        plan=_plan_digest(run, paper.plan, share=0.3),
+        file=name,
+    )
+
+    def parse(text: str) -> str:
+        if len(text.strip()) < 20:
+            raise parsing.ReplyError(f"the analysis of {name} is empty")
+        return text.strip()[:ANALYSIS_MAX_CHARS]
+
+    value, _ = _ask(run, stage="analysis", messages=_conversation(prompt), parse=parse,
+                    max_tokens=min(4000, run.config.get("code_max_output_tokens", 16000)))  # fmt: skip
+    return value
+
+
+def _write_file(run: Run, paper: Paper, name: str, *, written: dict[str, str]) -> str:
+    prompt = prompts.render(
+        "paper_code",
+        title=paper.title or "(untitled)",
+        paper=_paper_text(run, paper, share=0.2),
+        plan=_plan_digest(run, paper.plan, share=0.2),
+        written=_files_text({**written, "config.yaml": paper.plan["config_yaml"]}, budget=_budget(run, 0.3)),
+        analysis=paper.plan["analyses"].get(name, "(none)"),
+        file=name,
+    )
+    value, _ = _ask(run, stage="code", messages=_conversation(prompt), parse=lambda text: parse_code_file(text, name),
+                    max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
+    return value
+
+
+def _ordered_names(files: dict, task_order: list[str]) -> list[str]:
+    """main.py first (it is what people read first), then the task order, then the rest."""
+    first = ["main.py", *task_order, "config.yaml", "requirements.txt", "runscript.sh"]
+    names = [name for name in dict.fromkeys(first) if name in files]
+    return names + [name for name in files if name not in names]
+
+
+# Judge, fix -------------------------------------------------------------------------------------------
+
+
+def judge(run: Run, iteration: Iteration) -> bool:
+    """As for repositories: measured first; only a program that passed it is put before the LLM judge."""
+    if iteration.state == Iteration.State.JUDGED:
+        return bool(iteration.succeeded)
+    measured = iteration.measured or {"passed": False, "reasons": ["the program did not run"]}
+    judgement = _llm_judgement(run, iteration) if measured.get("passed") else None
+    iteration.judgement = judgement
+    iteration.succeeded = bool(measured.get("passed") and judgement and judgement.get("passed"))
+    iteration.state = Iteration.State.JUDGED
+    iteration.save(update_fields=["judgement", "succeeded", "state"])
+    return iteration.succeeded
+
+
+def _llm_judgement(run: Run, iteration: Iteration) -> dict:
+    flags = "\n".join(f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", []))
+    prompt = prompts.render(
+        "paper_judge",
+        title=run.source_title or "(untitled)",
+        purpose=run.repository_description,
+        code=_files_text(_code_files(iteration.files), budget=_budget(run, 0.4)),
+        exit_code=iteration.exit_code,
+        duration=f"{iteration.duration_secs or 0:.1f}",
+        stdout=repository.trim_output(iteration.stdout),
+        stderr=repository.trim_output(iteration.stderr),
+        results=json.dumps(iteration.results, indent=1)[: repository.PROMPT_OUTPUT_CHARS],
+        evidence=flags,
+    )
+    try:
+        verdict, _ = _ask(run, stage="judge", messages=[{"role": "user", "content": prompt}],
+                          parse=parsing.parse_judgement, max_tokens=1200, iteration=iteration.number)  # fmt: skip
+    except StepFailed as exc:
+        # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
+        return {"faithful": False, "accurate": False, "complete": False, "issues": [],
+                "critical_issues": [f"the judge's reply could not be read: {exc}"], "explanation": "",
+                "passed": False, "unreadable": True}  # fmt: skip
+    return {**verdict.model_dump(), "passed": verdict.passed}
+
+
+def fix(run: Run, previous: Iteration) -> Iteration:
+    number = previous.number + 1
+    existing = run.iterations.filter(number=number).first()
+    if existing:
+        return existing
+    change_log = "\n".join(
+        f"Iteration {it.number}: {it.change_log}" for it in run.iterations.filter(number__lte=previous.number)
+    )
+    prompt = prompts.render(
+        "paper_fix",
+        title=run.source_title or "(untitled)",
+        purpose=run.repository_description,
+        iteration=previous.number,
+        current=repository._program_text(previous.files),
+        change_log=change_log or "(none)",
+        problems="\n".join(f"- {p}" for p in repository.problems_of(previous)) or "- (none recorded)",
+        exit_code=previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
+        stdout=repository.trim_output(previous.stdout),
+        stderr=repository.trim_output(previous.stderr),
+        install_log=repository.trim_output(previous.install_log, limit=2000) or "(environment reused)",
+        format=prompts.render(
+            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
+        ),
+        **_rules(run),
+    )
+    program = repository._ask_for_program(
+        run, stage="fix", prompt=prompt, iteration=number, require_change_log=True
+    )
+    # A paper's program has many files, and models leave out the ones they did not change even when told
+    # not to: those are kept as they were.
+    files = {**previous.files, **program.files}
+    program = parsing.Program(files=files, metadata=program.metadata, change_log=program.change_log)
+    return repository._save_iteration(run, number, program, change_log=program.change_log)
+
+
+# Reference-free evaluation ----------------------------------------------------------------------------
+
+
+def evaluate(run: Run, iteration: Iteration) -> dict | None:
+    """PaperCoder's reference-free evaluation of an iteration's code: samples of critiques and scores.
+
+    It informs, it does not gate: a failure (the budget, the provider, unreadable replies) is recorded
+    on the evaluation and the run ends as it would have.
+    """
+    paper = Paper.objects.filter(run=run).first()
+    if paper is None:
+        return None
+    if paper.evaluation and paper.evaluation.get("iteration") == iteration.number:
+        return paper.evaluation
+    count = int(run.config.get("paper_eval_samples", PAPER_EVAL_SAMPLES))
+    prompt = prompts.render(
+        "paper_evaluate",
+        title=paper.title or "(untitled)",
+        paper=_paper_text(run, paper, share=0.4),
+        code=_files_text(_code_files(iteration.files), budget=_budget(run, 0.4)),
+    )
+    samples, errors = [], []
+    for _sample in range(count):
+        try:
+            reply, _ = _ask(run, stage="evaluate", messages=[{"role": "user", "content": prompt}],
+                            parse=parse_evaluation, max_tokens=2000, iteration=iteration.number)  # fmt: skip
+        except (StepFailed, llm.LLMError) as exc:
+            errors.append(str(exc))
+            if isinstance(exc, llm.BudgetExceeded | llm.LLMRefused):
+                break  # the next sample would fail the same way
+            continue
+        samples.append(reply.model_dump())
+    scores = [sample["score"] for sample in samples]
+    evaluation = {
+        "iteration": iteration.number,
+        "samples": samples,
+        "score": round(sum(scores) / len(scores), 2) if scores else None,
+        "asked": count,
+        "errors": errors,
+        "severity_counts": _severity_counts(samples),
+    }
+    Paper.objects.filter(pk=paper.pk).update(evaluation=evaluation)
+    _write_artefact(run, "paper_evaluation.json", evaluation)
+    return evaluation
+
+
+def _severity_counts(samples: list[dict]) -> dict[str, float]:
+    """Critiques per severity, averaged over the samples."""
+    if not samples:
+        return {}
+    return {
+        level: round(
+            sum(1 for s in samples for c in s["critiques"] if c["severity"] == level) / len(samples), 1
+        )
+        for level in ("high", "medium", "low")
+    }
+
+
+# Resume -----------------------------------------------------------------------------------------------
+
+
+def resume_status(run: Run) -> str | None:
+    """Where a stopped paper run goes on from, derived from what it has already made."""
+    if not is_planned(run):
+        return S.SURVEYING
+    latest = run.iterations.order_by("-number").first()
+    if latest is None:
+        return S.GENERATING
+    if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING) or (latest.sandbox or {}).get(
+        "cancelled"
+    ):
+        return S.EXECUTING
+    if latest.state == Iteration.State.RAN:
+        return S.JUDGING
+    if latest.succeeded or latest.number >= run.max_iterations:
+        return None
+    return S.FIXING
+
+
+def paper_text_of(run: Run) -> papers.PaperText:
+    """The paper of a run, as read at submission: to run it again."""
+    paper = _paper(run)
+    return papers.PaperText(
+        source=paper.source, text=paper.text, title=paper.title, authors=paper.authors, url=paper.url,
+        filename=paper.filename, pages=paper.pages, sections=paper.sections,
+    )  # fmt: skip
+
+
+# Helpers ----------------------------------------------------------------------------------------------
+
+
+def _ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
+    """(parsed value, reply text). A malformed reply is sent back for repair a bounded number of times."""
+    repairs = run.config.get("max_reply_repairs", 2)
+    error = None
+    for attempt in range(repairs + 1):
+        reply = llm.complete(
+            run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
+            max_tokens=max_tokens,
+        )  # fmt: skip
+        try:
+            return parse(reply.text), reply.text
+        except parsing.ReplyError as exc:
+            logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
+            error = exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": prompts.render("repair", error=exc)},
+            ]
+    raise StepFailed(f"the code model's {stage} reply could not be used after {repairs + 1} tries: {error}")
+
+
+def _write_artefact(run: Run, name: str, data: dict) -> None:
+    """A copy for the run's output folder, beside report.html; the database holds the original."""
+    try:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        (run.output_dir / name).write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    except OSError:
+        logger.exception("run %s: could not write %s", run.pk, name)
+
+
+def _conversation(prompt: str) -> list[dict]:
+    return [
+        {"role": "system", "content": prompts.render("paper_system")},
+        {"role": "user", "content": prompt},
+    ]
+
+
+def _rules(run: Run) -> dict:
+    return repository._rules(run)
+
+
+def _budget(run: Run, share: float) -> int:
+    """Tokens for one part of a prompt: a share of the context left after the reply."""
+    config = run.config
+    room = config.get("context_tokens", 128000) - config.get("code_max_output_tokens", 16000)
+    return max(300, int(room * share))
+
+
+def _paper_text(run: Run, paper: Paper, *, share: float) -> str:
+    return survey.truncate_to_tokens(papers.without_references(paper.text), _budget(run, share))
+
+
+def _plan_digest(run: Run, data: dict, *, share: float) -> str:
+    """The planning artefacts as the later stages see them: plan, architecture, logic, config.yaml."""
+    overall, architecture, logic = data["overall_plan"], data["architecture"], data["logic_design"]
+    parts = [
+        f"Summary: {overall['summary']}",
+        "Methodology:\n" + "\n".join(f"- {m}" for m in overall.get("methodology", [])),
+        f"Small configuration: {overall.get('small_configuration', '')}",
+        f"Implementation approach: {architecture['implementation_approach']}",
+        "Files, in the order they are written: " + ", ".join([*data["task_order"], "main.py"]),
+        "Class diagram:\n" + architecture["class_diagram"],
+        "Each file's logic:\n"
+        + "\n".join(
+            f"- {f['file']}: {f['logic']}"
+            + (f" (imports {', '.join(f['depends_on'])})" if f.get("depends_on") else "")
+            for f in logic["files"]
+        ),
+        "Required packages: " + (", ".join(logic.get("required_packages", [])) or "(none)"),
+        f"Shared knowledge: {logic.get('shared_knowledge', '')}",
+        "Open questions and assumptions:\n"
+        + "\n".join(f"- {q}" for q in architecture.get("open_questions", [])),
+        "config.yaml:\n" + data["config_yaml"],
+    ]
+    return survey.truncate_to_tokens("\n\n".join(parts), _budget(run, share))
+
+
+def _files_text(files: dict[str, str], *, budget: int) -> str:
+    """Files in full while they fit the budget; the rest cut, never silently: the marker says so."""
+    if not files:
+        return "(none yet)"
+    share = max(100, budget // len(files))
+    return "\n".join(
+        f"=== FILE: {name} ===\n{survey.truncate_to_tokens(text, max(share, budget - used)).rstrip()}"
+        for used, (name, text) in _running_sizes(files)
+    )
+
+
+def _running_sizes(files: dict[str, str]):
+    used = 0
+    for name, text in files.items():
+        yield used, (name, text)
+        used += survey.count_tokens(text)
+
+
+def _code_files(files: dict[str, str]) -> dict[str, str]:
+    """What a reviewer reads: the code and config, not the install scripts."""
+    return {
+        name: text
+        for name, text in files.items()
+        if not re.match(r"^(requirements\.txt|runscript\.sh)$", name)
+    }
