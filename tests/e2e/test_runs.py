@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from playwright.sync_api import expect
 
 from distill import services
@@ -20,6 +19,7 @@ from distill.models import Run
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
 from tests.replies import cassette, program, ratings, verdict
+from tests.test_many_workers import database_url
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def worker(live_server, data_dir, tmp_path, monkeypatch):
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
         "DEBUG": "true",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "DATA_DIR": str(data_dir),
         "DISTILL_ALLOW_LOCAL_SOURCES": "true",
         "DISTILL_LLM_REPLAY": str(replay),
