@@ -619,3 +619,26 @@ def test_a_paper_run_is_run_again_from_its_paper(curator):
 
     assert again.pk != run.pk and again.kind == Run.Kind.PAPER and again.source_url == run.source_url
     assert again.paper.text == MARKDOWN_PAPER and again.paper.plan == {}
+
+
+@pytest.mark.django_db
+def test_a_cancel_stops_the_coding_between_two_calls_and_a_retry_goes_on_from_there():
+    run = planned_run()
+    stages = []
+
+    def fake_complete(**kwargs):
+        stages.append(kwargs["stage"])
+        if len(stages) == 2:
+            Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+        return llm.LLMReply(
+            text="An analysis, long enough to be kept.", tokens_in=1, tokens_out=1, cost_usd=0, call_id=0
+        )
+
+    with mock.patch.object(llm, "complete", fake_complete):
+        services.run_advance(run_id=run.pk, enqueue_next=False)
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED and "between two calls" in run.status_message
+    assert stages == ["analysis", "analysis"]
+    assert list(run.paper.plan["analyses"]) == ["utils.py", "squares.py"], "what was made is kept"
+    assert services.resume_status(run) == Run.Status.GENERATING

@@ -268,12 +268,16 @@ def do_step(run: Run, latest: Iteration | None, *, should_cancel: Callable[[], b
             raise StepFailed("the paper has no text; submit it again")
         pages = f"{paper.pages} pages, " if paper.pages else ""
         return S.SURVEYING, f"Read the paper: {pages}{len(paper.sections)} sections."
-    if status == S.SURVEYING:
-        plan(run)
-        return S.GENERATING, f"Planned {len(_paper(run).plan['architecture']['files'])} files."
-    if status == S.GENERATING:
-        iteration = generate(run)
-        return S.EXECUTING, f"Wrote iteration 1: {len(iteration.files)} files."
+    try:
+        if status == S.SURVEYING:
+            plan(run, should_cancel=should_cancel)
+            return S.GENERATING, f"Planned {len(_paper(run).plan['architecture']['files'])} files."
+        if status == S.GENERATING:
+            iteration = generate(run, should_cancel=should_cancel)
+            return S.EXECUTING, f"Wrote iteration 1: {len(iteration.files)} files."
+    except _Cancelled:
+        # What was made so far is saved: a retry goes on from there.
+        return S.CANCELLED, "Cancelled by a curator between two calls of the code model."
     if status == S.FIXING:
         iteration = fix(run, latest)
         return S.EXECUTING, f"Wrote iteration {iteration.number}."
@@ -291,7 +295,11 @@ def do_step(run: Run, latest: Iteration | None, *, should_cancel: Callable[[], b
             next_status, message = S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
         else:
             return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
-        evaluation = evaluate(run, latest)
+        try:
+            evaluation = evaluate(run, latest)
+        except Exception:  # the score informs; it must never change how the run ends
+            logger.exception("run %s: the quality score failed", run.pk)
+            evaluation = None
         if evaluation and evaluation.get("score") is not None:
             message += f" Quality score {evaluation['score']:.1f} of 5."
         return next_status, message
@@ -317,7 +325,16 @@ def _save_plan(paper: Paper) -> None:
 # Planning ---------------------------------------------------------------------------------------------
 
 
-def plan(run: Run) -> Paper:
+class _Cancelled(Exception):
+    pass
+
+
+def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise _Cancelled
+
+
+def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     """The four planning stages in one conversation; stages already done are skipped, not asked again."""
     paper = _paper(run)
     data = paper.plan
@@ -332,6 +349,7 @@ def plan(run: Run) -> Paper:
                 {"role": "assistant", "content": replies[stage]},
             ]
             continue
+        _check_cancel(should_cancel)
         if stage == "plan":
             parse = parse_overall_plan
         elif stage == "architecture":
@@ -383,7 +401,7 @@ def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
 # Analysis, code and the entry point: iteration 1 -------------------------------------------------------
 
 
-def generate(run: Run) -> Iteration:
+def generate(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Iteration:
     existing = run.iterations.filter(number=1).first()
     if existing:
         return existing
@@ -395,11 +413,13 @@ def generate(run: Run) -> Iteration:
     analyses = data.setdefault("analyses", {})
     for name in [*to_code, "main.py"]:
         if name not in analyses:
+            _check_cancel(should_cancel)
             analyses[name] = _analyse(run, paper, name)
             _save_plan(paper)
     code = data.setdefault("code", {})
     for name in to_code:
         if name not in code:
+            _check_cancel(should_cancel)
             code[name] = _write_file(run, paper, name, written={n: code[n] for n in to_code if n in code})
             _save_plan(paper)
 
