@@ -6,7 +6,7 @@ from django import forms
 from django.conf import settings
 
 from distill import services
-from distill.pipeline import sources
+from distill.pipeline import papers, sources
 from distill.profiles import Profile, ProfileError, list_profiles, load_profile
 
 MAX_SOURCES = 100
@@ -81,9 +81,11 @@ class ProfileFields(forms.Form):
 
 
 class SubmitForm(ProfileFields):
-    """Repositories to distill. `kind` leaves room for a paper section beside the repositories one."""
+    """Repositories to distill, or one paper (`kind` says which section was used)."""
 
-    kind = forms.ChoiceField(choices=[("repository", "Repositories")], initial="repository", required=False)
+    kind = forms.ChoiceField(
+        choices=[("repository", "Repositories"), ("paper", "Paper")], initial="repository", required=False
+    )
     urls = forms.CharField(
         required=False,
         widget=forms.Textarea(
@@ -93,11 +95,25 @@ class SubmitForm(ProfileFields):
     )
     urls_file = forms.FileField(required=False, label="Or upload a .txt file of URLs")
 
+    paper_file = forms.FileField(required=False, label="Upload the paper (PDF, Markdown or text)")
+    paper_text = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+        label="Or paste it (Markdown or plain text)",
+    )
+    paper_arxiv = forms.CharField(required=False, max_length=200, label="Or an arXiv link")
+    paper_title = forms.CharField(required=False, max_length=500, label="Title")
+    paper_authors = forms.CharField(required=False, max_length=1000, label="Authors")
+    paper_link = forms.URLField(required=False, max_length=2000, assume_scheme="https", label="Link")
+
     field_order = ["kind", "urls", "urls_file", "profile"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.refused: list[RefusedLine] = []
+        limits = papers.Limits.from_settings()
+        self.paper_limits = {"max_mb": limits.max_bytes // (1024 * 1024), "max_pages": limits.max_pages}
 
     def clean_urls_file(self):
         upload = self.cleaned_data.get("urls_file")
@@ -114,6 +130,9 @@ class SubmitForm(ProfileFields):
 
     def clean(self):
         data = super().clean()
+        if data.get("kind") == "paper":
+            self._clean_paper(data)
+            return data
         lines = [
             line.strip()
             for line in (data.get("urls", "") + "\n" + (data.get("urls_file") or "")).splitlines()
@@ -155,3 +174,62 @@ class SubmitForm(ProfileFields):
             )
         data["sources"] = accepted
         return data
+
+    def _clean_paper(self, data) -> None:
+        """Reads the paper now, so that an unreadable one is refused here and no run is made."""
+        upload, text, arxiv = (
+            data.get("paper_file"),
+            data.get("paper_text") or "",
+            data.get("paper_arxiv") or "",
+        )
+        given = [name for name, value in (("paper_file", upload), ("paper_text", text.strip()), ("paper_arxiv", arxiv))
+                 if value]  # fmt: skip
+        if not given:
+            self.add_error("paper_file", "Upload the paper, paste its text, or give its arXiv link.")
+            return
+        if len(given) > 1:
+            self.add_error(
+                given[1], "Give the paper one way only: an upload, a pasted text or an arXiv link."
+            )
+            return
+        limits = papers.Limits.from_settings()
+        try:
+            if upload:
+                if upload.size > limits.max_bytes:
+                    raise papers.PaperRefused(
+                        f"the file is larger than {limits.max_bytes // (1024 * 1024)} MB"
+                    )
+                paper = _read_upload(upload, limits)
+            elif arxiv:
+                paper = papers.from_arxiv(arxiv, limits=limits)
+            else:
+                reader = papers.from_markdown if papers.looks_like_markdown(text) else papers.from_text
+                paper = reader(text, limits=limits)
+        except papers.PaperRefused as exc:
+            self.add_error(given[0], f"This paper cannot be used: {exc}.")
+            return
+        paper.title = data.get("paper_title", "").strip() or paper.title
+        paper.authors = data.get("paper_authors", "").strip() or paper.authors
+        paper.url = data.get("paper_link") or paper.url
+        if not paper.title:
+            self.add_error("paper_title", "No title was found in the paper: give it here.")
+            return
+        data["paper"] = paper
+
+
+def _read_upload(upload, limits: papers.Limits) -> papers.PaperText:
+    name = upload.name or "paper"
+    data = upload.read(limits.max_bytes + 1)
+    if name.lower().endswith(".pdf") or data[:5] == b"%PDF-":
+        return papers.from_pdf(data, filename=name, limits=limits)
+    if not name.lower().endswith((".md", ".markdown", ".txt", ".text")):
+        raise papers.PaperRefused("upload a PDF, a Markdown (.md) or a text (.txt) file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise papers.PaperRefused("the file is not UTF-8 text") from None
+    if name.lower().endswith((".md", ".markdown")) or papers.looks_like_markdown(text):
+        paper = papers.from_markdown(text, filename=name, limits=limits)
+    else:
+        paper = papers.from_text(text, filename=name, limits=limits)
+    return paper

@@ -318,3 +318,38 @@ class LLMCall(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+
+
+class Paper(models.Model):
+    """The paper a run of kind "paper" distils, and what planning made of it (PaperCoder's artefacts).
+
+    A table of its own, so that lists of runs never load a paper's text.
+    """
+
+    class Source(models.TextChoices):
+        PDF = "pdf", "PDF upload"
+        MARKDOWN = "markdown", "Markdown"
+        TEXT = "text", "Plain text"
+        ARXIV = "arxiv", "arXiv"
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="paper")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    title = models.CharField(max_length=500, blank=True)
+    authors = models.CharField(max_length=1000, blank=True)
+    url = models.CharField(max_length=2000, blank=True)  # where people can read it (arXiv, DOI); may be ""
+    filename = models.CharField(max_length=255, blank=True)
+    pages = models.PositiveIntegerField(null=True, blank=True)
+    text = models.TextField()  # Markdown, headings as `#` lines
+    sections = models.JSONField(default=list)  # [{"title", "level", "page"?}]
+    # Each planning stage's validated reply, then the analyses and the code per file, saved as each is
+    # made so that a resumed step goes on where it stopped (distill.pipeline.paper_steps).
+    plan = models.JSONField(default=dict)
+    # PaperCoder's reference-free evaluation of the final code: samples of per-file critiques and a 1-5 score.
+    evaluation = models.JSONField(null=True, blank=True)
+
+    def __str__(self):
+        return self.title or f"Paper of run {self.run_id}"
+
+    @property
+    def task_order(self) -> list[str]:
+        return list(self.plan.get("task_order", []))

@@ -15,14 +15,16 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from hashlib import sha256
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
 from distill import llm
-from distill.models import Iteration, Run, RunStep
-from distill.pipeline import repository, sources
+from distill.models import Iteration, Paper, Run, RunStep
+from distill.pipeline import paper_steps, papers, repository, sources
 from distill.profiles import Profile
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,42 @@ def run_submit(
             config=profile.model_dump(),
             submitted_by=submitted_by,
         )
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(run.pk))
+    return run
+
+
+def run_submit_paper(
+    *, paper: papers.PaperText, profile_name: str, profile: Profile, submitted_by=None, enqueue: bool = True
+) -> Run:
+    """A run of a paper that was read at submission (distill.pipeline.papers): the run and its paper, or nothing."""
+    source = (
+        paper.url
+        or f"paper:{slugify(paper.title)[:60] or 'untitled'}-{sha256(paper.text.encode()).hexdigest()[:10]}"
+    )
+    running = in_progress_for(source)
+    if running:
+        raise RunRefused(f"This paper already has a run in progress: run {running.pk}.")
+    if profile.sandbox != "local":
+        from distill.sandbox import SandboxUnavailable, get_sandbox
+
+        try:
+            get_sandbox(profile.sandbox)
+        except SandboxUnavailable as exc:
+            raise RunRefused(str(exc)) from None
+    with transaction.atomic():
+        run = Run.objects.create(
+            kind=Run.Kind.PAPER,
+            source_url=source,
+            source_title=paper.title[:500],
+            profile=profile_name,
+            config=profile.model_dump(),
+            submitted_by=submitted_by,
+        )
+        Paper.objects.create(
+            run=run, source=paper.source, title=paper.title[:500], authors=paper.authors[:1000], url=paper.url,
+            filename=paper.filename[:255], pages=paper.pages, text=paper.text, sections=paper.sections,
+        )  # fmt: skip
         if enqueue:
             transaction.on_commit(lambda: _enqueue(run.pk))
     return run
@@ -149,6 +187,8 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
 
 def _do_step(run: Run, token: str, latest: Iteration | None) -> tuple[str, str]:
     """Does the step of the run's status; returns the next status and a message for people."""
+    if run.kind == Run.Kind.PAPER:
+        return paper_steps.do_step(run, latest, should_cancel=lambda: _cancel_requested(run.pk))
     status = run.status
     if status == S.FETCHING:
         repository.fetch(run)
@@ -312,6 +352,8 @@ def run_until_finished(*, run_id: int, on_step: Callable[[Run], None] | None = N
 
 def resume_status(run: Run) -> str | None:
     """Where a stopped run would go on from, derived from what it has already made."""
+    if run.kind == Run.Kind.PAPER:
+        return paper_steps.resume_status(run)
     if not run.commit_sha and not run.source_title:
         return S.FETCHING
     if not run.repository_description or not run.file_ratings.exists():
@@ -361,6 +403,11 @@ def run_rerun(*, run: Run, profile_name: str, profile: Profile, submitted_by=Non
     """A new run of the same source, e.g. with another profile; the old run stays as it is."""
     if in_progress_for(run.source_url):
         raise RunRefused(f"{run.source_url} already has a run in progress.")
+    if run.kind == Run.Kind.PAPER:
+        paper = paper_steps.paper_text_of(run)
+        return run_submit_paper(
+            paper=paper, profile_name=profile_name, profile=profile, submitted_by=submitted_by
+        )
     return run_submit(
         source=run.source_url, profile_name=profile_name, profile=profile, submitted_by=submitted_by
     )

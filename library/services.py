@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from distill.models import Iteration, Run
+from distill.models import Iteration, Paper, Run
 from library.models import Example, Rejection, Tag
 
 
@@ -89,6 +89,7 @@ def example_approve(
             measured=iteration.measured,
             judgement=iteration.judgement,
             usage=getattr(iteration, "usage", None),
+            **_paper_fields(run),
         )
         example.tags.set(_tags(tags or []))
         _refresh_latest(run.source_url)
@@ -131,6 +132,16 @@ def _refresh_latest(source_url: str) -> None:
     newest = Example.objects.approved().filter(source_url=source_url).order_by("-version").first()
     if newest:
         Example.objects.filter(pk=newest.pk).update(is_latest=True)
+
+
+def _paper_fields(run: Run) -> dict:
+    """An example from a paper carries the paper's title, authors and link."""
+    if run.kind != Run.Kind.PAPER:
+        return {}
+    paper = Paper.objects.filter(run=run).only("title", "authors", "url").first()
+    if paper is None:
+        return {}
+    return {"paper_title": paper.title, "paper_authors": paper.authors, "paper_url": paper.url}
 
 
 def _tags(names: list[str]) -> list[Tag]:

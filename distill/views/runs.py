@@ -21,7 +21,8 @@ from django.views.decorators.http import require_POST
 from codedistiller_site.roles import CURATOR, curator_required, has_role
 from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
-from distill.models import Iteration, LLMCall, Run
+from distill.highlight import CodeFile
+from distill.models import Iteration, LLMCall, Paper, Run
 from distill.pipeline import report
 from distill.profiles import default_profile_name, list_profiles, load_profile
 
@@ -90,6 +91,8 @@ def run_new(request):
     form = SubmitForm(
         request.POST or None, request.FILES or None, initial={"profile": default_profile_name()}
     )
+    if request.method == "POST" and form.is_valid() and form.cleaned_data.get("kind") == "paper":
+        return _submit_paper(request, form)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -112,6 +115,22 @@ def run_new(request):
             messages.success(request, f"{len(started)} runs are queued. The list below shows only them.")
             return redirect(f"{reverse('runs')}?{urlencode({'ids': ','.join(str(r.pk) for r in started)})}")
     return render(request, "distill/run_new.html", {"form": form, "profiles": _profile_cards()})
+
+
+def _submit_paper(request, form):
+    data = form.cleaned_data
+    try:
+        run = services.run_submit_paper(
+            paper=data["paper"],
+            profile_name=data["profile"],
+            profile=data["profile_obj"],
+            submitted_by=request.user,
+        )
+    except services.RunRefused as exc:
+        form.add_error(None, f"Nothing was started: {exc}")
+        return render(request, "distill/run_new.html", {"form": form, "profiles": _profile_cards()})
+    messages.success(request, f"Run {run.pk} is queued; this page follows it live.")
+    return redirect("run_detail", run.pk)
 
 
 def _profile_cards() -> list[dict]:
@@ -182,6 +201,7 @@ def _live_context(request, run: Run) -> dict:
     retry_from = services.resume_status(run) if is_curator and run.status in _STOPPED else None
     other_active = services.in_progress_for(run.source_url) if is_curator and run.is_finished else None
     return {
+        **_paper_context(run),
         "run": run,
         "duration_text": human_duration(run.duration_secs),
         "steps": steps,
@@ -209,7 +229,38 @@ def _ratings_context(run: Run) -> dict:
         "run": run,
         "ratings": list(run.file_ratings.defer("excerpt")),
         # The ratings arrive with the survey; until then their section asks again.
-        "ratings_pending": run.status in (Run.Status.QUEUED, Run.Status.FETCHING, Run.Status.SURVEYING),
+        "ratings_pending": run.kind == Run.Kind.REPOSITORY
+        and run.status in (Run.Status.QUEUED, Run.Status.FETCHING, Run.Status.SURVEYING),
+    }
+
+
+def _paper_context(run: Run) -> dict:
+    """A paper run's plan as its page shows it (templates/distill/_paper_plan.html); nothing for others."""
+    if run.kind != Run.Kind.PAPER:
+        return {"paper": None}
+    paper = Paper.objects.filter(run=run).defer("text").first()
+    if paper is None:
+        return {"paper": None}
+    plan = paper.plan or {}
+    logic = {entry["file"]: entry for entry in (plan.get("logic_design") or {}).get("files", [])}
+    written, analysed = plan.get("code", {}), plan.get("analyses", {})
+    tasks = [
+        {
+            "file": name,
+            "logic": logic.get(name, {}).get("logic", ""),
+            "depends_on": logic.get(name, {}).get("depends_on", []),
+            "written": name in written or (name == "main.py" and run.iteration_count > 0),
+            "analysed": name in analysed,
+        }
+        for name in plan.get("task_order", [])
+    ]
+    return {
+        "paper": paper,
+        "plan": plan,
+        "tasks": tasks,
+        "config_file": CodeFile("config.yaml", plan["config_yaml"]) if plan.get("config_yaml") else None,
+        "plan_pending": not run.is_finished and not plan.get("config_yaml"),
+        "evaluation": paper.evaluation,
     }
 
 
