@@ -214,3 +214,6 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+from library.review_models import *  # noqa: E402,F401,F403  (the review app's models, in their own module)

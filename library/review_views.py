@@ -1,0 +1,176 @@
+"""The review pages (/reviews/): queues for curators, scoring and blind A/B for experts."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
+from distill.highlight import code_files, pretty_json
+from library import reviews
+from library.models import Example
+from library.review_forms import ComparisonForm, QueueForm, ScoreForm
+from library.review_models import Review, ReviewItem, ReviewQueue
+
+
+@login_required
+def review_index(request):
+    context = {"queues": [], "my_queues": []}
+    if has_role(request.user, CURATOR):
+        context["queues"] = ReviewQueue.objects.select_related("form").prefetch_related("experts")
+        for queue in context["queues"]:
+            queue.progress = _progress(queue)
+    if has_role(request.user, EXPERT):
+        for queue in ReviewQueue.objects.filter(experts=request.user).select_related("form"):
+            queue.mine = Review.objects.filter(item__queue=queue, expert=request.user).count()
+            queue.open = reviews._open_items(queue, request.user).exists()
+            context["my_queues"].append(queue)
+    return render(request, "reviews/index.html", context)
+
+
+def _progress(queue: ReviewQueue) -> dict:
+    items = list(queue.items.with_counts().values_list("scored", flat=True))
+    done = sum(1 for scored in items if scored >= queue.scores_needed)
+    return {"done": done, "total": len(items), "percent": round(100 * done / len(items)) if items else 0}
+
+
+@curator_required
+def queue_new(request):
+    form = QueueForm(request.POST or None, initial={"search": request.GET.get("search", "")})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        examples = list(data["examples"])
+        if data["search"]:
+            examples += reviews.search_examples(data["search"])
+        try:
+            queue = reviews.queue_create(
+                name=data["name"], form=data["form"], examples=examples, experts=data["experts"],
+                created_by=request.user, scores_needed=data["scores_needed"], saved_search=data["search"],
+            )  # fmt: skip
+        except reviews.ReviewRefused as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Queue “{queue.name}” is ready: {queue.items.count()} examples.")
+            return redirect("review_queue", queue.pk)
+    return render(request, "reviews/queue_new.html", {"form": form})
+
+
+@curator_required
+def queue_detail(request, queue_id: int):
+    queue = get_object_or_404(ReviewQueue.objects.select_related("form"), pk=queue_id)
+    context = {"queue": queue, "results": reviews.queue_results(queue), "experts": queue.experts.all()}
+    return render(request, "reviews/queue_detail.html", context)
+
+
+@curator_required
+def queue_csv(request, queue_id: int):
+    queue = get_object_or_404(ReviewQueue, pk=queue_id)
+    response = HttpResponse(reviews.answers_csv(queue), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="queue-{queue.pk}-answers.csv"'
+    return response
+
+
+@require_POST
+@expert_required
+def queue_next(request, queue_id: int):
+    queue = get_object_or_404(ReviewQueue, pk=queue_id)
+    try:
+        item = reviews.item_next(queue=queue, expert=request.user)
+    except reviews.ReviewRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("reviews")
+    if item is None:
+        messages.info(request, f"Nothing left for you in “{queue.name}”: thank you.")
+        return redirect("reviews")
+    return redirect("review_item", item.pk)
+
+
+@expert_required
+def item_score(request, item_id: int):
+    item = get_object_or_404(ReviewItem.objects.select_related("queue__form", "example"), pk=item_id)
+    refusal = reviews.item_may_score(item=item, expert=request.user)
+    if refusal is None and not reviews.item_lock(item=item, expert=request.user):
+        refusal = "Another expert is scoring this example; take the next one."
+    if refusal:
+        messages.error(request, refusal)
+        return redirect("reviews")
+    item.refresh_from_db(fields=["locked_by", "locked_until"])
+    questions = list(item.queue.form.questions.all())
+    form = ScoreForm(request.POST or None, questions=questions, example=item.example)
+    if request.method == "POST" and form.is_valid():
+        try:
+            reviews.answer_submit(item=item, expert=request.user, values=form.values())
+        except reviews.ReviewRefused as exc:
+            messages.error(request, str(exc))
+            return redirect("reviews")
+        messages.success(request, f"Scored “{item.example.title}”.")
+        following = reviews.item_next(queue=item.queue, expert=request.user)
+        return redirect("review_item", following.pk) if following else redirect("reviews")
+    context = {"item": item, "example": item.example, "form": form, **_example_context(item.example)}
+    context["lock_minutes"] = max(0, int((item.locked_until - timezone.now()).total_seconds() // 60))
+    return render(request, "reviews/item_score.html", context)
+
+
+def _example_context(example: Example) -> dict:
+    return {
+        "files": code_files(example.files or {}),
+        "results_lines": pretty_json(example.results) if example.results is not None else [],
+    }
+
+
+@require_POST
+@expert_required
+def item_skip(request, item_id: int):
+    item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
+    try:
+        reviews.item_skip(item=item, expert=request.user)
+    except reviews.ReviewRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("reviews")
+    messages.info(request, "Skipped: it will not be offered to you again.")
+    following = reviews.item_next(queue=item.queue, expert=request.user)
+    return redirect("review_item", following.pk) if following else redirect("reviews")
+
+
+@expert_required
+def ab_compare(request):
+    form = ComparisonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        pair = Example.objects.in_bulk([data["left"], data["right"]])
+        try:
+            if len(pair) != 2:
+                raise reviews.ReviewRefused("One of these examples no longer exists.")
+            reviews.ab_submit(
+                expert=request.user, left=pair[data["left"]], right=pair[data["right"]],
+                picked=data["picked"], reason=data["reason"],
+            )  # fmt: skip
+        except reviews.ReviewRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Comparison recorded.")
+        return redirect("review_ab")
+    if request.method == "POST":
+        ids = [form.cleaned_data.get("left"), form.cleaned_data.get("right")]
+        found = Example.objects.in_bulk([pk for pk in ids if pk])
+        if len(found) != 2:
+            return redirect("review_ab")
+        left, right = found[ids[0]], found[ids[1]]
+    else:
+        pair = reviews.ab_next(expert=request.user)
+        if pair is None:
+            return render(request, "reviews/ab.html", {"pair": None})
+        left, right = pair
+        form = ComparisonForm(initial={"left": left.pk, "right": right.pk})
+    sides = [
+        (label, example, code_files(example.files or {}))
+        for label, example in [("Left", left), ("Right", right)]
+    ]
+    return render(request, "reviews/ab.html", {"pair": True, "sides": sides, "form": form})
+
+
+@curator_required
+def ab_results(request):
+    return render(request, "reviews/ab_results.html", {"rows": reviews.ab_results()})

@@ -1,0 +1,54 @@
+import os
+import re
+
+from playwright.sync_api import expect
+
+from library import reviews
+from library.review_models import Review, ScoringForm
+from tests.test_reviews import CODEDISTILLER, make_example, shipped_forms
+
+# REVIEW_SHOTS=folder keeps screenshots of the scoring and results pages, to look at them.
+SHOTS = os.environ.get("REVIEW_SHOTS")
+
+
+def test_an_expert_scores_two_items_and_the_curator_sees_the_results(page, login, expert, curator):
+    shipped_forms()
+    examples = [
+        make_example(1, main="import numpy as np\nprint(np.mean([1, 2, 3]))\n"),
+        make_example(2, judgement={"faithful": False, "accurate": True, "complete": True}),
+    ]
+    queue = reviews.queue_create(
+        name="Materials batch", form=ScoringForm.objects.get(name=CODEDISTILLER), examples=examples,
+        experts=[expert], created_by=curator, scores_needed=1,
+    )  # fmt: skip
+    login(expert, next_path="/reviews/")
+    expect(page.get_by_role("heading", name="Your queues")).to_be_visible()
+    page.get_by_role("button", name="Score the next example in Materials batch").click()
+
+    for number in (1, 2):
+        expect(page).to_have_url(re.compile(r"/reviews/items/\d+/$"))
+        expect(page.get_by_role("heading", name="Guidelines")).to_have_count(0)  # a <summary>, not a heading
+        expect(page.locator(".guidelines")).to_contain_text("Read the repository's README")
+        expect(page.locator(".codefile__name").first).to_have_text("main.py")
+        # The judge's verdicts are already chosen: the expert only answers the rest.
+        faithful = page.get_by_role("group", name="Is it faithful to the repository's core purpose?")
+        expect(faithful.get_by_label("Yes" if number == 1 else "No")).to_be_checked()
+        if SHOTS and number == 1:
+            page.screenshot(path=f"{SHOTS}/scoring.png", full_page=True)
+        page.get_by_role("group", name="Would it help a coding agent").get_by_label(str(3 + number)).check()
+        page.get_by_role("group", name="how long would a fix take").get_by_label("under 1 hour").check()
+        page.get_by_role("button", name="Submit scores").click()
+        expect(page.locator(".message--success")).to_contain_text("Scored")
+
+    expect(page).to_have_url(re.compile(r"/reviews/$"))
+    expect(page.get_by_text("Nothing left for you")).to_be_visible()
+    assert Review.objects.filter(expert=expert).count() == 2
+
+    page.get_by_role("button", name="Log out").click()
+    login(curator, next_path=f"/reviews/queues/{queue.pk}/")
+    expect(page.get_by_role("heading", name="Materials batch")).to_be_visible()
+    expect(page.get_by_text("2 of 2")).to_be_visible()
+    helps = page.locator(".question-result", has_text="Would it help a coding agent")
+    expect(helps.locator(".score")).to_contain_text("4.50")
+    if SHOTS:
+        page.screenshot(path=f"{SHOTS}/results.png", full_page=True)

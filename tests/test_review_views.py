@@ -1,0 +1,179 @@
+import pytest
+from django.urls import reverse
+
+from library import reviews
+from library.review_models import Review, ReviewQueue, ScoringForm
+from tests.conftest import logged_in, make_user
+from tests.test_reviews import CODEDISTILLER, answers, make_example, shipped_forms
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def form():
+    shipped_forms()
+    return ScoringForm.objects.get(name=CODEDISTILLER)
+
+
+@pytest.fixture
+def queue(form, expert, curator):
+    examples = [make_example(1), make_example(2)]
+    return reviews.queue_create(
+        name="Batch", form=form, examples=examples, experts=[expert], created_by=curator, scores_needed=1
+    )
+
+
+def post_answers(**overrides):
+    values = {
+        "q_runs": "yes", "q_faithful": "yes", "q_accurate": "no", "q_complete": "yes", "q_helps_agent": "4",
+        "q_fix_time": "under 1 hour", "q_notes": "Needs a seed.",
+    }  # fmt: skip
+    values.update(overrides)
+    return values
+
+
+def test_anonymous_visitors_are_sent_to_log_in(client, queue):
+    for url in [reverse("reviews"), reverse("review_queue_new"), reverse("review_queue", args=[queue.pk])]:
+        response = client.get(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_only_curators_manage_queues_and_see_results(expert_client, reader_client, curator_client, queue):
+    for client in (expert_client, reader_client):
+        assert client.get(reverse("review_queue_new")).status_code == 403
+        assert client.get(reverse("review_queue", args=[queue.pk])).status_code == 403
+        assert client.get(reverse("review_queue_csv", args=[queue.pk])).status_code == 403
+        assert client.get(reverse("review_ab_results")).status_code == 403
+    assert curator_client.get(reverse("review_queue", args=[queue.pk])).status_code == 200
+
+
+def test_only_experts_score(curator_client, reader_client, queue):
+    item = queue.items.first()
+    for client in (curator_client, reader_client):
+        assert client.post(reverse("review_next", args=[queue.pk])).status_code == 403
+        assert client.get(reverse("review_item", args=[item.pk])).status_code == 403
+        assert client.post(reverse("review_item", args=[item.pk]), post_answers()).status_code == 403
+        assert client.get(reverse("review_ab")).status_code == 403
+    assert not Review.objects.exists()
+
+
+def test_a_curator_makes_a_queue_from_picked_examples_and_a_saved_search(curator_client, form, expert):
+    picked, other = make_example(1), make_example(2)
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        {"name": "Round 1", "form": form.pk, "scores_needed": 1, "experts": [expert.pk],
+         "examples": [picked.pk], "search": "/library/?q=&type=demonstration"},
+    )  # fmt: skip
+    queue = ReviewQueue.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("review_queue", args=[queue.pk])
+    assert set(queue.items.values_list("example_id", flat=True)) == {picked.pk, other.pk}
+    assert list(queue.experts.all()) == [expert] and queue.saved_search == {"type": "demonstration"}
+
+
+def test_a_queue_form_refuses_too_many_scores_and_no_examples(curator_client, form, expert):
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        {"name": "R", "form": form.pk, "scores_needed": 1, "experts": [expert.pk]},
+    )
+    assert response.status_code == 200 and "Pick examples" in response.content.decode()
+    example = make_example()
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        {"name": "R", "form": form.pk, "scores_needed": 2, "experts": [expert.pk], "examples": [example.pk]},
+    )
+    assert "1 to 1 scores" in response.content.decode() and not ReviewQueue.objects.exists()
+
+
+def test_an_expert_scores_the_next_item_beside_its_code_and_moves_on(expert_client, expert, queue):
+    response = expert_client.post(reverse("review_next", args=[queue.pk]))
+    first = queue.items.get(locked_by=expert)
+    assert response["Location"] == reverse("review_item", args=[first.pk])
+    page = expert_client.get(response["Location"]).content.decode()
+    assert first.example.title in page and "print" in page and "Guidelines" in page
+    assert "The automatic judge says <strong>yes</strong>" in page
+
+    response = expert_client.post(reverse("review_item", args=[first.pk]), post_answers())
+    second = queue.items.exclude(pk=first.pk).get()
+    assert response["Location"] == reverse("review_item", args=[second.pk])
+    review = Review.objects.get(item=first, expert=expert)
+    got = {a.question.key: (a.value, a.changed) for a in review.answers.select_related("question")}
+    assert got["accurate"] == (False, True) and got["helps_agent"] == (4, False)
+    assert got["fix_time"] == ("under 1 hour", False) and got["notes"] == ("Needs a seed.", False)
+    # Scoring it again is refused.
+    response = expert_client.post(reverse("review_item", args=[first.pk]), post_answers())
+    assert response["Location"] == reverse("reviews") and Review.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("q_helps_agent", "6", "Rate from 1 to 5."),
+        ("q_runs", "perhaps", "Answer yes or no."),
+        ("q_fix_time", "next year", "next year is not one of the choices."),
+        ("q_faithful", "", "This field is required."),
+        ("q_fix_time", ["under 1 hour", "under 1 day"], "Pick one answer only."),
+    ],
+)
+def test_the_scoring_form_shows_an_error_per_question_type(expert_client, expert, queue, field, value, error):
+    item = reviews.item_next(queue=queue, expert=expert)
+    response = expert_client.post(reverse("review_item", args=[item.pk]), post_answers(**{field: value}))
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert not Review.objects.exists()
+
+
+def test_an_item_held_by_another_expert_is_refused(django_user_model, expert, form):
+    other = make_user(django_user_model, "olga", "expert")
+    queue = reviews.queue_create(
+        name="Q",
+        form=form,
+        examples=[make_example()],
+        experts=[expert, other],
+        created_by=None,
+        scores_needed=2,
+    )
+    item = reviews.item_next(queue=queue, expert=other)
+    response = logged_in(expert).get(reverse("review_item", args=[item.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("reviews")
+
+
+def test_skipping_moves_on(expert_client, expert, queue):
+    item = reviews.item_next(queue=queue, expert=expert)
+    response = expert_client.post(reverse("review_skip", args=[item.pk]))
+    other = queue.items.exclude(pk=item.pk).get()
+    assert response["Location"] == reverse("review_item", args=[other.pk])
+    assert item.skips.filter(expert=expert).exists()
+
+
+def test_the_results_page_and_the_csv(curator_client, expert, queue):
+    for item in queue.items.all():
+        reviews.answer_submit(item=item, expert=expert, values=answers(notes="=cmd|' /C calc'!A0"))
+    page = curator_client.get(reverse("review_queue", args=[queue.pk])).content.decode()
+    assert "2 of 2" in page and "Would it help a coding agent" in page
+    response = curator_client.get(reverse("review_queue_csv", args=[queue.pk]))
+    assert response["Content-Type"].startswith("text/csv")
+    text = response.content.decode()
+    assert text.count("\n") == 1 + 2 * 7 and "'=cmd" in text
+
+
+def test_the_index_lists_queues_per_role(curator_client, expert_client, reader_client, queue):
+    assert "Batch" in curator_client.get(reverse("reviews")).content.decode()
+    expert_page = expert_client.get(reverse("reviews")).content.decode()
+    assert "Batch" in expert_page and "Score next" in expert_page
+    assert "Batch" not in reader_client.get(reverse("reviews")).content.decode()
+
+
+def test_blind_ab_hides_the_models_and_records_the_verdict(expert_client, curator_client, expert):
+    source = "https://github.com/example/shared"
+    a = make_example(1, source=source, profile="local")
+    b = make_example(2, source=source, profile="frontier-secret")
+    page = expert_client.get(reverse("review_ab")).content.decode()
+    assert "Does thing 1." in page and "Does thing 2." in page and "frontier-secret" not in page
+    response = expert_client.post(
+        reverse("review_ab"),
+        {"left": b.pk, "right": a.pk, "picked": "left", "reason": "It runs the real model."},
+    )
+    assert response.status_code == 302
+    assert "No pair left" in expert_client.get(reverse("review_ab")).content.decode()
+    results = curator_client.get(reverse("review_ab_results")).content.decode()
+    assert "frontier-secret" in results and "100%" in results
