@@ -306,9 +306,3 @@ def example_retract(request, example_id: int):
     else:
         messages.success(request, "The example is retracted: it has left search and the API.")
     return redirect("example_detail", example.pk)
-
-
-@login_required
-def review_index(request):
-    # Kept until the review app's own views take over its address (library/review_urls.py).
-    return render(request, "reviews/index.html")
