@@ -165,7 +165,7 @@ class Example(models.Model):
     def semantic_text(self) -> str:
         """What the embedding represents: the example's meaning in words (code is left to full text)."""
         tags = ", ".join(tag.name for tag in self.tags.all())
-        return f"{self.title}. {self.summary} {tags}".strip()
+        return f"{self.title}. {tags}. {self.summary}" if tags else f"{self.title}. {self.summary}"
 
     @property
     def requirements(self) -> list[str]:

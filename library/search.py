@@ -25,7 +25,7 @@ SEMANTIC_LIMIT = 100
 # Cosine similarity below this says little about meaning with MiniLM: such neighbours are not results.
 SEMANTIC_MIN = 0.35
 RRF_K = 60  # reciprocal rank fusion: score = Σ 1 / (k + rank)
-EMBED_PER_SEARCH = 64  # examples embedded lazily per search; `python manage.py shell` can do the rest
+EMBED_PER_SEARCH = 8  # stragglers embedded lazily per search; `manage.py embed_examples` does a backlog
 
 # Column weights for bm25, in the order of the FTS5 table's columns.
 WEIGHTS = {"title": 10.0, "summary": 5.0, "description": 3.0, "code": 1.0, "repository": 4.0, "tags": 6.0}
@@ -90,7 +90,8 @@ def _full_text_ids(words, within) -> list[int]:
     for any_word in (False, True):  # every word first; if nothing has them all, any of them
         sql = (
             f"SELECT library_example_fts.rowid FROM library_example_fts "
-            f"WHERE library_example_fts MATCH %s AND library_example_fts.rowid IN ({allowed[0]}) "
+            # The unary + keeps the IN out of FTS5's plan: given it, FTS5 runs the whole match once per id.
+            f"WHERE library_example_fts MATCH %s AND +library_example_fts.rowid IN ({allowed[0]}) "
             f"ORDER BY bm25(library_example_fts, {', '.join(str(w) for w in WEIGHTS.values())}) "
             f"LIMIT {FTS_LIMIT}"
         )
@@ -146,7 +147,7 @@ def snippets(q: str, ids: list[int]) -> dict[int, SafeString]:
     placeholders = ", ".join(["%s"] * len(ids))
     sql = (
         f"SELECT rowid, snippet(library_example_fts, -1, %s, %s, '…', {SNIPPET_TOKENS}) "
-        f"FROM library_example_fts WHERE library_example_fts MATCH %s AND rowid IN ({placeholders})"
+        f"FROM library_example_fts WHERE library_example_fts MATCH %s AND +rowid IN ({placeholders})"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [_OPEN, _CLOSE, fts_query(words, any_word=True), *ids])

@@ -21,7 +21,7 @@ from codedistiller_site.roles import CURATOR, curator_required, has_role
 from distill.highlight import code_files, pretty_json
 from distill.models import Iteration, Run
 from distill.views.iterations import FILE_CSP, INLINE_IMAGE_TYPES
-from library import search, services
+from library import search, semantic, services
 from library.forms import ApproveForm, ReasonForm
 from library.models import Example
 
@@ -260,6 +260,7 @@ def run_approve(request, run_id: int):
         except services.LibraryRefused as exc:
             form.add_error(None, str(exc))
         else:
+            _embed(example)
             messages.success(request, f"“{example.title}” is in the library as version {example.version}.")
             return redirect("example_detail", example.pk)
     context = {
@@ -272,6 +273,12 @@ def run_approve(request, run_id: int):
         ),
     }
     return render(request, "library/approve.html", context)
+
+
+def _embed(example: Example) -> None:
+    """Embed a new example now (tens of ms), so that semantic search finds it at once; search catches up if not."""
+    if semantic.available():
+        search.embed_missing(Example.objects.filter(pk=example.pk))
 
 
 @require_POST
