@@ -179,6 +179,11 @@ def answer_submit(*, item: ReviewItem, expert, values: dict[str, object]) -> Rev
     cleaned = {q.key: answer_check(q, values.get(q.key)) for q in questions}
     now = timezone.now()
     with transaction.atomic():
+        # Row lock (Postgres; SQLite serialises writers anyway), then the count again: two experts
+        # submitting the last score at once cannot both pass it.
+        ReviewItem.objects.select_for_update().filter(pk=item.pk).first()
+        if item.reviews.count() >= item.queue.scores_needed:
+            raise ReviewRefused("This example has all the scores it needs.")
         # Held by someone else (and not expired): they are scoring it; do not pass them by.
         taken = (
             ReviewItem.objects.filter(pk=item.pk, locked_until__gte=now)

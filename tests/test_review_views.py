@@ -177,3 +177,25 @@ def test_blind_ab_hides_the_models_and_records_the_verdict(expert_client, curato
     assert "No pair left" in expert_client.get(reverse("review_ab")).content.decode()
     results = curator_client.get(reverse("review_ab_results")).content.decode()
     assert "frontier-secret" in results and "100%" in results
+
+
+def test_admins_write_forms_with_inline_questions(admin_client, form):
+    assert admin_client.get(reverse("admin:library_scoringform_change", args=[form.pk])).status_code == 200
+    data = {
+        "name": "Quick check", "description": "", "guidelines": "Be brief.", "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "questions-TOTAL_FORMS": "2", "questions-INITIAL_FORMS": "0",
+        "questions-MIN_NUM_FORMS": "0", "questions-MAX_NUM_FORMS": "1000",
+        "questions-0-order": "0", "questions-0-key": "useful", "questions-0-kind": "rating",
+        "questions-0-required": "on", "questions-0-text": "Useful?", "questions-0-choices": "[]",
+        "questions-1-order": "1", "questions-1-key": "kind", "questions-1-kind": "single",
+        "questions-1-text": "Which kind?", "questions-1-choices": '["only one"]',
+    }  # fmt: skip
+    response = admin_client.post(reverse("admin:library_scoringform_add"), data)
+    assert response.status_code == 200 and "two or more choices" in response.content.decode()
+    assert not ScoringForm.objects.filter(name="Quick check").exists()
+    data["questions-1-choices"] = '["demo", "tutorial"]'
+    response = admin_client.post(reverse("admin:library_scoringform_add"), data)
+    assert response.status_code == 302
+    created = ScoringForm.objects.get(name="Quick check")
+    assert list(created.questions.values_list("key", "kind")) == [("useful", "rating"), ("kind", "single")]
