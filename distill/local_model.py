@@ -67,9 +67,14 @@ results.json with the numbers it computed with the repository's code.
 output (a missing package, a wrong import, a wrong name or argument). Say the root cause in the CHANGES \
 section, fix that cause, and give every file in full again."""
 
-# A reply that must be a program starts with its first section, written here: left to choose, a 1.5B
-# model sometimes answers the format's METADATA example alone, and then repeats itself on every repair.
+# A reply that must be a program is begun here. Left to choose, a 1.5B model sometimes answers the
+# format's METADATA example alone; and in a fix, begun with the file it is shown, it copies the prompt on.
+# So a first version starts with main.py, and a fix with its root cause (CHANGES may come first).
 PROGRAM_START = "=== FILE: main.py ===\n"
+FIX_START = "=== CHANGES ===\nRoot cause:"
+PROGRAM_STOP = ["=== END ==="]
+# A repair asks again after an unusable reply: near-greedy sampling would write the same reply again.
+REPAIR_TEMPERATURE = 0.7
 
 
 class LocalModelError(Exception):
@@ -295,8 +300,12 @@ def generate(
     model = get_model()
     if not messages or messages[0].get("role") != "system":
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
-    start = PROGRAM_START if asks_for_program(messages) else ""
+    start = reply_start(messages)
     prompt = _chat_prompt(model, messages) + start
+    if temperature is None and any(message.get("role") == "assistant" for message in messages):
+        temperature = REPAIR_TEMPERATURE
+    if start:
+        stop = [*(stop or []), *PROGRAM_STOP]
     tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
     room = N_CTX - len(tokens)
     if room < 64:
@@ -361,12 +370,14 @@ def _perf_prompt(model) -> tuple[int, float]:
 STOP = ["<|im_end|>", "<|endoftext|>"]
 
 
-def asks_for_program(messages: list[dict]) -> bool:
-    """The pipeline's program format (distill/pipeline/prompts/program_format.txt) is in the conversation."""
-    return any(
-        message.get("role") == "user" and PROGRAM_START.strip() in (message.get("content") or "").splitlines()
-        for message in messages
-    )
+def reply_start(messages: list[dict]) -> str:
+    """How the reply begins, when the conversation asks for a program in the pipeline's sectioned format
+    (distill/pipeline/prompts/program_format.txt): a fix's format has a CHANGES section."""
+    for message in messages:
+        lines = (message.get("content") or "").splitlines() if message.get("role") == "user" else []
+        if PROGRAM_START.strip() in lines:
+            return FIX_START if "=== CHANGES ===" in lines else PROGRAM_START
+    return ""
 
 
 def _chat_prompt(model, messages: list[dict]) -> str:

@@ -271,6 +271,23 @@ def test_a_reply_that_must_be_a_program_is_begun_with_its_first_section(fake_mod
 
 
 @pytest.mark.django_db
+def test_a_fix_is_begun_with_its_root_cause_and_a_repair_is_sampled_warmer(fake_model):
+    fake_model.reply = " a wrong path.\n=== FILE: main.py ===\nprint('hi')\n"
+    fix_format = "=== FILE: main.py ===\n<the complete program>\n=== CHANGES ===\n<what changes>\n=== END ==="
+    asking = [{"role": "user", "content": f"Fix it.\n\n{fix_format}\n"}]
+
+    reply = llm.complete(run=None, stage="fix", model=local_model.MODEL_STRING, messages=asking)
+    repair = [*asking, {"role": "assistant", "content": reply.text}, {"role": "user", "content": "Again."}]
+    llm.complete(run=None, stage="fix", model=local_model.MODEL_STRING, messages=repair)
+
+    assert reply.text.startswith("=== CHANGES ===\nRoot cause: a wrong path.\n=== FILE: main.py ===")
+    first, second = fake_model.calls
+    assert "=== END ===" in first["stop"]
+    assert first["temperature"] == local_model.DEFAULT_TEMPERATURE
+    assert second["temperature"] == local_model.REPAIR_TEMPERATURE
+
+
+@pytest.mark.django_db
 def test_a_system_message_of_the_caller_is_kept(fake_model, monkeypatch):
     prompts = []
     real = local_model._chat_prompt
@@ -342,6 +359,9 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
         def __init__(self, **kwargs):
             time.sleep(0.05)
             loads.append(kwargs)
+
+        def close(self):
+            pass
 
     fake_llama_cpp = type(sys)("llama_cpp")
     fake_llama_cpp.Llama = Llama
