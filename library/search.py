@@ -25,7 +25,6 @@ SEMANTIC_LIMIT = 100
 # Cosine similarity below this says little about meaning with MiniLM: such neighbours are not results.
 SEMANTIC_MIN = 0.35
 RRF_K = 60  # reciprocal rank fusion: score = Σ 1 / (k + rank)
-EMBED_PER_SEARCH = 8  # stragglers embedded lazily per search; `manage.py embed_examples` does a backlog
 
 # Column weights for bm25, in the order of the FTS5 table's columns.
 WEIGHTS = {"title": 10.0, "summary": 5.0, "description": 3.0, "code": 1.0, "repository": 4.0, "tags": 6.0}
@@ -185,7 +184,8 @@ def mark(text: str) -> SafeString:
 def _semantic_ids(q: str, within) -> list[int]:
     import numpy as np
 
-    embed_missing(within, limit=EMBED_PER_SEARCH)
+    # Examples are embedded when approved (or by `manage.py embed_examples`), never inside a search: one
+    # without an embedding is found by full text only.
     ids, matrix = _vectors(within)
     if not ids:
         return []
@@ -285,14 +285,15 @@ class Facet:
         """(value, label, number of examples), the most frequent first; values with none are left out."""
         if self.bands is not None:
             totals = queryset.aggregate(
-                **{key: Count("pk", filter=q, distinct=True) for key, (_label, q) in self.bands.items()}
+                **{key: Count("pk", filter=q) for key, (_label, q) in self.bands.items()}
             )
             return [(key, self.bands[key][0], totals[key]) for key in self.bands if totals[key]]
         if self.param != "gpu":
             queryset = queryset.exclude(**{self.field: ""})
         rows = (
             queryset.values_list(self.field)
-            .annotate(n=Count("pk", distinct=True))
+            # Only the tags' join can repeat an example.
+            .annotate(n=Count("pk", distinct=self.param == "tag"))
             .order_by("-n", self.field)[: self.top]
         )
         if self.param == "gpu":
