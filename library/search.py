@@ -109,13 +109,28 @@ def _where(within) -> tuple[str, tuple]:
 
 
 def _postgres_ids(words, within) -> list[int]:
+    from django.contrib.postgres.aggregates import StringAgg
     from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+    from django.db.models import OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce
 
+    from library.models import Tag
+
+    # Tags through a subquery: a join would repeat an example once per tag.
+    tags = Subquery(
+        Tag.objects.filter(examples=OuterRef("pk"))
+        .order_by()
+        .values("examples")
+        .annotate(names=StringAgg("name", " "))
+        .values("names")
+    )
     vector = (
-        SearchVector("title", weight="A")
-        + SearchVector("summary", "tags__name", weight="B")
-        + SearchVector("description", "source_url", "source_title", weight="C")
-        + SearchVector(Cast("files", TextField()), weight="D")
+        SearchVector("title", weight="A", config="english")
+        + SearchVector(
+            "summary", Coalesce(tags, Value(""), output_field=TextField()), weight="B", config="english"
+        )
+        + SearchVector("description", "source_url", "source_title", weight="C", config="english")
+        + SearchVector(Cast("files", TextField()), weight="D", config="english")
     )
     ids = []
     for any_word in (False, True):
@@ -125,11 +140,11 @@ def _postgres_ids(words, within) -> list[int]:
             part = SearchQuery(" ".join(parts), search_type="phrase", config="english")
             query = part if query is None else (query | part if any_word else query & part)
         ids = list(
-            within.annotate(rank=SearchRank(vector, query))
-            .filter(rank__gt=0)
+            within.annotate(document=vector)
+            .filter(document=query)  # @@: ts_rank alone gives non-matches a tiny non-zero rank
+            .annotate(rank=SearchRank(F("document"), query))
             .order_by("-rank", "-pk")
-            .values_list("pk", flat=True)
-            .distinct()[:FTS_LIMIT]
+            .values_list("pk", flat=True)[:FTS_LIMIT]
         )
         if ids or len(words) == 1:
             break
@@ -155,6 +170,8 @@ def snippets(q: str, ids: list[int]) -> dict[int, SafeString]:
 
 def _postgres_snippets(words, ids) -> dict[int, SafeString]:
     from django.contrib.postgres.search import SearchHeadline, SearchQuery
+    from django.db.models import Value
+    from django.db.models.functions import Concat
 
     from library.models import Example
 
@@ -165,7 +182,16 @@ def _postgres_snippets(words, ids) -> dict[int, SafeString]:
     options = {"start_sel": _OPEN, "stop_sel": _CLOSE, "max_words": SNIPPET_TOKENS, "config": "english"}
     rows = Example.objects.filter(pk__in=ids).annotate(
         text=SearchHeadline(
-            F("summary") + " " + F("description") + " " + Cast("files", TextField()), query, **options
+            Concat(
+                "summary",
+                Value(" "),
+                "description",
+                Value(" "),
+                Cast("files", TextField()),
+                output_field=TextField(),
+            ),
+            query,
+            **options,
         )
     )
     return {pk: mark(text) for pk, text in rows.values_list("pk", "text")}

@@ -176,7 +176,9 @@ def test_snippets_mark_the_words_and_escape_the_code(curator, client):
     page = response.content.decode()
     snippet = response.context["rows"][0].snippet
     assert response.context["rows"][0].pk == example.pk
-    assert "<mark>quokka</mark>" in snippet and "&lt;script&gt;" in snippet
+    assert "<mark>quokka</mark>" in snippet and "<script" not in snippet
+    if connection.vendor == "sqlite":  # Postgres' ts_headline drops what looks like a tag instead
+        assert "&lt;script&gt;" in snippet
     assert "<script>alert" not in page
 
 
