@@ -242,6 +242,8 @@ DISTILL_MAX_REPO_FILES = env_int("DISTILL_MAX_REPO_FILES", 100_000)
 DISTILL_CLONE_TIMEOUT_SECS = env_int("DISTILL_CLONE_TIMEOUT_SECS", 300)
 # A run whose worker has not renewed its heartbeat for this long is resumed by the sweeper.
 DISTILL_STALE_SECS = env_int("DISTILL_STALE_SECS", 180)
+# A queued run nobody picked up is re-enqueued only after this long (its task may be waiting in a backlog).
+DISTILL_LOST_TASK_SECS = env_int("DISTILL_LOST_TASK_SECS", Q_TIMEOUT + 600)
 # Record and replay of LLM replies (see tests/cassettes/README.md).
 DISTILL_LLM_REPLAY = env_str("DISTILL_LLM_REPLAY")
 DISTILL_LLM_RECORD = env_str("DISTILL_LLM_RECORD")

@@ -19,9 +19,11 @@ class RunQuerySet(models.QuerySet):
     def for_source(self, url: str):
         return self.filter(source_url=url)
 
-    def stale(self, *, older_than):
-        """Active runs whose worker stopped sending heartbeats: it died, or its task was lost."""
-        return self.active().filter(Q(heartbeat_at__lt=older_than) | Q(heartbeat_at__isnull=True))
+    def stale(self, *, claimed_before, unclaimed_before):
+        """Active runs whose worker stopped sending heartbeats (it died), or that nobody picked up."""
+        claimed = ~Q(lease="") & Q(heartbeat_at__lt=claimed_before)
+        unclaimed = Q(lease="") & (Q(heartbeat_at__lt=unclaimed_before) | Q(heartbeat_at__isnull=True))
+        return self.active().filter(claimed | unclaimed)
 
     def search(self, q: str):
         """Runs whose source URL or title contains q (the runs list's search box)."""

@@ -70,23 +70,29 @@ def run_submit(
         )
     except sources.SourceRefused as exc:
         raise RunRefused(str(exc)) from None
-    if profile.sandbox != "local":
-        from distill.sandbox import SandboxUnavailable, get_sandbox
-
-        try:
-            get_sandbox(profile.sandbox)
-        except SandboxUnavailable as exc:
-            raise RunRefused(str(exc)) from None
+    _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
             source_url=normalised,
             profile=profile_name,
             config=profile.model_dump(),
             submitted_by=submitted_by,
+            heartbeat_at=timezone.now(),
         )
         if enqueue:
             transaction.on_commit(lambda: _enqueue(run.pk))
     return run
+
+
+def _check_sandbox(profile: Profile) -> None:
+    """A profile whose sandbox cannot run here is refused at once, before a run is made."""
+    if profile.sandbox != "local":
+        from distill.sandbox import SandboxUnavailable, get_sandbox
+
+        try:
+            get_sandbox(profile.sandbox, profile.model_dump().get("modal"))
+        except SandboxUnavailable as exc:
+            raise RunRefused(str(exc)) from None
 
 
 def run_submit_paper(
@@ -100,13 +106,7 @@ def run_submit_paper(
     running = in_progress_for(source)
     if running:
         raise RunRefused(f"This paper already has a run in progress: run {running.pk}.")
-    if profile.sandbox != "local":
-        from distill.sandbox import SandboxUnavailable, get_sandbox
-
-        try:
-            get_sandbox(profile.sandbox)
-        except SandboxUnavailable as exc:
-            raise RunRefused(str(exc)) from None
+    _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
             kind=Run.Kind.PAPER,
@@ -115,6 +115,7 @@ def run_submit_paper(
             profile=profile_name,
             config=profile.model_dump(),
             submitted_by=submitted_by,
+            heartbeat_at=timezone.now(),
         )
         Paper.objects.create(
             run=run, source=paper.source, title=paper.title[:500], authors=paper.authors[:1000], url=paper.url,
@@ -315,24 +316,34 @@ def run_cancel(*, run: Run) -> Run:
 
 
 def sweep_stale_runs(*, stale_after: timedelta | None = None) -> list[int]:
-    """Re-enqueue active runs whose worker stopped beating: killed, or its task lost with the broker."""
+    """Re-enqueue active runs whose worker stopped beating (killed), or whose task was lost.
+
+    A claimed run is stale once its heartbeat is older than `stale_after`. An unclaimed one may simply
+    be waiting behind a backlog, and the ORM broker hands out an unacknowledged task again by itself, so
+    it is re-enqueued only after DISTILL_LOST_TASK_SECS: re-enqueuing it sooner would start a second
+    chain of tasks for the run (harmless, the claim holds, but wasteful).
+    """
     if stale_after is None:
         stale_after = timedelta(seconds=settings.DISTILL_STALE_SECS)
-    cutoff = timezone.now() - stale_after
+    now = timezone.now()
+    candidates = Run.objects.stale(
+        claimed_before=now - stale_after,
+        unclaimed_before=now - max(stale_after, timedelta(seconds=settings.DISTILL_LOST_TASK_SECS)),
+    )
     revived = []
-    for run in Run.objects.stale(older_than=cutoff).only("pk", "lease", "heartbeat_at"):
+    for run in candidates.only("pk", "lease", "heartbeat_at"):
         # Clear the claim only if it is still the stale one we saw.
         cleared = Run.objects.filter(pk=run.pk, lease=run.lease, heartbeat_at=run.heartbeat_at).update(
-            lease="", heartbeat_at=timezone.now()
+            lease="", heartbeat_at=now
         )
-        if cleared:
+        if not cleared:
+            continue
+        if run.lease:
             RunStep.objects.filter(run_id=run.pk, outcome=RunStep.Outcome.RUNNING).update(
-                outcome=RunStep.Outcome.INTERRUPTED,
-                finished_at=timezone.now(),
-                message="The worker stopped; resumed.",
+                outcome=RunStep.Outcome.INTERRUPTED, finished_at=now, message="The worker stopped; resumed."
             )
-            revived.append(run.pk)
-            transaction.on_commit(lambda pk=run.pk: _enqueue(pk))
+        revived.append(run.pk)
+        transaction.on_commit(lambda pk=run.pk: _enqueue(pk))
     return revived
 
 

@@ -361,3 +361,20 @@ def test_the_sweeper_leaves_runs_with_a_fresh_heartbeat_alone(repo, tmp_path):
         lease="busy-worker", heartbeat_at=run.created_at.__class__.now(run.created_at.tzinfo)
     )
     assert services.sweep_stale_runs() == []
+
+
+def test_the_sweeper_waits_longer_for_a_queued_run_that_nobody_picked_up(repo, tmp_path, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = start(repo, tmp_path, [])
+    ten_minutes_ago = timezone.now() - timedelta(minutes=10)
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=ten_minutes_ago)
+    assert services.sweep_stale_runs() == [], "its task may still be waiting behind others"
+    step = RunStep.objects.create(run=run, name="fetch")  # e.g. a step another worker has just started
+
+    settings.DISTILL_LOST_TASK_SECS = 300
+    assert services.sweep_stale_runs() == [run.pk]
+    step.refresh_from_db()
+    assert step.outcome == RunStep.Outcome.RUNNING, "an unclaimed run had no step to interrupt"

@@ -370,7 +370,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         state=Iteration.State.RUNNING, started_at=timezone.now(), stdout="", stderr="", exit_code=None
     )
     live = LiveOutput(iteration_id=iteration.pk, should_cancel=should_cancel)
-    result = get_sandbox(config.get("sandbox", "local")).execute(
+    result = get_sandbox(config.get("sandbox", "local"), config.get("modal")).execute(
         request, on_output=live.on_output, should_cancel=live.should_cancel
     )
     live.close()
