@@ -88,7 +88,7 @@ def example_approve(
             stdout=iteration.stdout[-20000:],
             measured=iteration.measured,
             judgement=iteration.judgement,
-            usage=getattr(iteration, "usage", None),
+            usage=_usage(iteration),
             **_paper_fields(run),
         )
         example.tags.set(_tags(tags or []))
@@ -124,6 +124,19 @@ def example_retract(*, example: Example, retracted_by, reason: str) -> Example:
         _refresh_latest(example.source_url)
     example.refresh_from_db()
     return example
+
+
+def _usage(iteration: Iteration) -> dict | None:
+    """How much of the repository the program exercised, as the proof recorded it (None: not recorded)."""
+    if not iteration.proof:
+        return None
+    return {
+        "verdict": iteration.proof.get("verdict"),
+        "repo_modules_imported": iteration.repo_modules_imported,
+        "repo_functions_executed": iteration.repo_functions_executed,
+        "repo_lines_executed": iteration.repo_lines_executed,
+        "repo_share_covered": iteration.repo_share_covered,
+    }
 
 
 def _refresh_latest(source_url: str) -> None:

@@ -104,3 +104,18 @@ def test_saved_files_are_copied_but_links_are_not(curator, tmp_path):
     assert example.saved_files == [{"name": "plot.png", "size": 4}]
     assert (example.files_dir / "to_save" / "plot.png").read_bytes() == b"\x89PNG"
     assert not (example.files_dir / "to_save" / "link").exists()
+
+
+def test_the_proof_figures_go_with_the_example_for_the_usage_facet(curator):
+    run = make_run()
+    make_iteration(
+        run, 1, proof={"verdict": "proven"}, repo_modules_imported=2, repo_functions_executed=5,
+        repo_lines_executed=40, repo_share_covered=0.25,
+    )  # fmt: skip
+    example = approve(run, curator)
+
+    assert example.usage == {
+        "verdict": "proven", "repo_modules_imported": 2, "repo_functions_executed": 5,
+        "repo_lines_executed": 40, "repo_share_covered": 0.25,
+    }  # fmt: skip
+    assert list(Example.objects.usage_band("tenth")) == [example]
