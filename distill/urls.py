@@ -12,6 +12,10 @@ urlpatterns = [
     path("<int:run_id>/download/", runs.run_download, name="run_download"),
     path("<int:run_id>/report/", runs.run_report, name="run_report"),
     path("<int:run_id>/iterations/<int:number>/", iterations.iteration_detail, name="iteration_detail"),
-    path("<int:run_id>/iterations/<int:number>/files/<path:path>", iterations.iteration_file, name="iteration_file"),
+    path(
+        "<int:run_id>/iterations/<int:number>/files/<path:path>",
+        iterations.iteration_file,
+        name="iteration_file",
+    ),
     path("<int:run_id>/diff/", iterations.run_diff, name="run_diff"),
 ]
