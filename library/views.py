@@ -2,25 +2,21 @@
 
 import json
 import mimetypes
-import os
-import stat
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.db.models import F, Q
-from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, curator_required, has_role
+from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
 from distill.highlight import code_files, pretty_json
 from distill.models import Iteration, Run
-from distill.views.iterations import FILE_CSP, INLINE_IMAGE_TYPES
 from library import search, semantic, services
 from library.forms import ApproveForm, ReasonForm
 from library.models import Example
@@ -195,36 +191,7 @@ def example_file(request, example_id: int, path: str):
     if not _may_read(request):
         return redirect_to_login(request.get_full_path())
     example = get_object_or_404(Example, pk=example_id)
-    handle = _open_saved_file(example, path)
-    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    inline = content_type in INLINE_IMAGE_TYPES
-    response = FileResponse(
-        handle,
-        as_attachment=not inline,
-        filename=path.rsplit("/", 1)[-1],
-        content_type=content_type if inline else "application/octet-stream",
-    )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = FILE_CSP
-    return response
-
-
-def _open_saved_file(example: Example, path: str):
-    """The listed file at `path` under the example's to_save/, if it is a regular file there (no links, no `..`)."""
-    if path not in {entry.get("name") for entry in example.saved_files or [] if isinstance(entry, dict)}:
-        raise Http404("The example has no such file.")
-    folder = (example.files_dir / "to_save").resolve()
-    target = (folder / path).resolve()
-    if not target.is_relative_to(folder) or target != Path(os.path.abspath(folder / path)):
-        raise Http404("The file is outside the example's folder.")
-    try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise Http404("The file is gone.") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise Http404("Not a regular file.")
-    return os.fdopen(fd, "rb")
+    return saved_file_response(example.files_dir / "to_save", example.saved_files, path)
 
 
 # Curators' actions ------------------------------------------------------------------------------------

@@ -1,24 +1,16 @@
 import json
 import mimetypes
-import os
-import stat
-from pathlib import Path
 from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 
+from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
 from distill.diffing import choose_pair, diff_files
 from distill.highlight import code_files, pretty_json
 from distill.models import Iteration, Run
-
-# Shown inline (an <img> on the page, or opened in a tab); everything else is a download.
-INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml"}
-# No script, no plugin, no form, no frame, whatever the file is: an SVG opened in a tab stays a picture.
-FILE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
 
 def _iteration(run_id: int, number: int) -> Iteration:
@@ -47,37 +39,8 @@ def iteration_detail(request, run_id: int, number: int):
 
 @login_required
 def iteration_file(request, run_id: int, number: int, path: str):
-    handle = _open_saved_file(_iteration(run_id, number), path)
-    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    inline = content_type in INLINE_IMAGE_TYPES
-    response = FileResponse(
-        handle,
-        as_attachment=not inline,
-        filename=path.rsplit("/", 1)[-1],
-        content_type=content_type if inline else "application/octet-stream",
-    )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = FILE_CSP
-    return response
-
-
-def _open_saved_file(iteration: Iteration, path: str):
-    """The file at `path` under to_save/, opened, if the iteration listed it and it is a regular file there."""
-    if path not in {entry.get("name") for entry in iteration.saved_files if isinstance(entry, dict)}:
-        raise Http404("The iteration saved no such file.")
-    folder = (iteration.output_dir / "to_save").resolve()
-    target = (folder / path).resolve()
-    if not target.is_relative_to(folder) or target != Path(os.path.abspath(folder / path)):
-        raise Http404("The file is outside the iteration's to_save folder.")  # `..` or a symlink
-    try:
-        # O_NOFOLLOW: a file swapped for a symlink after the check above is still refused.
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise Http404("The file is gone.") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a fifo, a device
-        os.close(fd)
-        raise Http404("Not a regular file.")
-    return os.fdopen(fd, "rb")
+    iteration = _iteration(run_id, number)
+    return saved_file_response(iteration.output_dir / "to_save", iteration.saved_files, path)
 
 
 @login_required
