@@ -130,3 +130,20 @@ def code_files(files: dict[str, str]) -> list[CodeFile]:
     return [
         CodeFile(name, files[name] if isinstance(files[name], str) else str(files[name])) for name in names
     ]
+
+
+def key_value_items(value) -> list[tuple[str, str]]:
+    """A dict's pairs for a key/value table: strings as written, other values as JSON."""
+    if not isinstance(value, dict):
+        return []
+    return [
+        (str(key), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
+        for key, item in value.items()
+    ]
+
+
+def flat_items(value) -> list[tuple[str, str]] | None:
+    """The pairs of a flat dict (no nested dict or list), or None: only those read well as a table."""
+    if not isinstance(value, dict) or any(isinstance(item, dict | list) for item in value.values()):
+        return None
+    return key_value_items(value)

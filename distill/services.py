@@ -364,10 +364,11 @@ def run_until_finished(*, run_id: int, on_step: Callable[[Run], None] | None = N
 def resume_status(run: Run) -> str | None:
     """Where a stopped run would go on from, derived from what it has already made."""
     if run.kind == Run.Kind.PAPER:
-        return paper_steps.resume_status(run)
-    if not run.commit_sha and not run.source_title:
+        if not paper_steps.is_planned(run):
+            return S.SURVEYING
+    elif not run.commit_sha and not run.source_title:
         return S.FETCHING
-    if not run.repository_description or not run.file_ratings.exists():
+    elif not run.repository_description or not run.file_ratings.exists():
         return S.SURVEYING
     latest = run.iterations.order_by("-number").first()
     if latest is None:

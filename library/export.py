@@ -17,15 +17,15 @@ import json
 import os
 import re
 import stat
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
+from codedistiller_site.zipstream import Entry
 from library.models import Example
 
 FORMAT_VERSION = 1
@@ -328,16 +328,6 @@ def codeblock_summary(example: Example, *, url: str = "") -> dict:
 # Archives -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Entry:
-    """One file of an archive: text/bytes in memory, or a file on disk read as it is written."""
-
-    name: str
-    data: bytes | None = None
-    path: Path | None = None
-    date_time: tuple = field(default_factory=lambda: timezone.now().timetuple()[:6])
-
-
 def library_entries(examples: Iterable[Example], *, filters: ExampleFilters, url_for=None) -> Iterator[Entry]:
     """The ZIP of example folders, `index.json` last (it lists what was written)."""
     index = []
@@ -428,54 +418,6 @@ def saved_file_paths(example: Example) -> list[SavedFile]:
             continue
         found.append(SavedFile(name, path))
     return found
-
-
-def zip_stream(entries: Iterable[Entry], *, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
-    """A ZIP written as it is sent: memory holds one chunk, never the archive."""
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
-        for entry in entries:
-            info = zipfile.ZipInfo(entry.name, date_time=entry.date_time)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            if entry.path is None:
-                with archive.open(info, "w") as target:
-                    target.write(entry.data or b"")
-            else:
-                try:
-                    # O_NOFOLLOW: a file swapped for a link after saved_file_paths looked is still refused.
-                    source = os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-                except OSError:
-                    continue
-                with source, archive.open(info, "w", force_zip64=True) as target:
-                    while chunk := source.read(chunk_size):
-                        target.write(chunk)
-                        yield sink.take()
-            yield sink.take()
-    yield sink.take()
-
-
-class _Sink:
-    """A write-only file for zipfile; what was written is taken by the response as it goes."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-        self.offset = 0
-
-    def write(self, data) -> int:
-        self.parts.append(bytes(data))
-        self.offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.offset
-
-    def flush(self):
-        pass
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
 
 
 def _index(filters: ExampleFilters, examples: list[dict], kind: str) -> dict:

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
+from codedistiller_site.zipstream import zip_stream
 from library.api_auth import request_access
 from library.export import (
     BadParameter,
@@ -20,7 +21,6 @@ from library.export import (
     find_examples,
     library_entries,
     parse_filters,
-    zip_stream,
 )
 from library.models import Example
 

@@ -1,6 +1,5 @@
 """The library's pages: browse and search, one example, and the curator's approve, reject and retract."""
 
-import json
 import mimetypes
 
 from django.conf import settings
@@ -15,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, curator_required, has_role
 from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
-from distill.highlight import code_files, pretty_json
+from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
 from library import search, semantic, services
 from library.forms import ApproveForm, ReasonForm
@@ -144,8 +143,8 @@ def example_detail(request, example_id: int):
         "tags": list(example.tags.all()),
         "files": code_files(example.files),
         "results_json": pretty_json(example.results) if example.results is not None else None,
-        "results_table": _flat_items(example.results),
-        "metadata": _items(example.metadata),
+        "results_table": flat_items(example.results),
+        "metadata": key_value_items(example.metadata),
         "saved_files": _saved_files(example),
         "versions": versions,
         "newest": newer[0] if newer else None,
@@ -153,22 +152,6 @@ def example_detail(request, example_id: int):
         "retract_form": ReasonForm(auto_id="retract_%s") if has_role(request.user, CURATOR) else None,
     }
     return render(request, "library/example_detail.html", context)
-
-
-def _items(value) -> list[tuple[str, str]]:
-    """A dict's pairs for a key/value table: strings as written, other values as JSON."""
-    if not isinstance(value, dict):
-        return []
-    return [
-        (str(key), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
-        for key, item in value.items()
-    ]
-
-
-def _flat_items(value) -> list[tuple[str, str]] | None:
-    if not isinstance(value, dict) or any(isinstance(item, dict | list) for item in value.values()):
-        return None
-    return _items(value)
 
 
 def _saved_files(example: Example) -> list[dict]:

@@ -621,25 +621,7 @@ def _severity_counts(samples: list[dict]) -> dict[str, float]:
     }
 
 
-# Resume -----------------------------------------------------------------------------------------------
-
-
-def resume_status(run: Run) -> str | None:
-    """Where a stopped paper run goes on from, derived from what it has already made."""
-    if not is_planned(run):
-        return S.SURVEYING
-    latest = run.iterations.order_by("-number").first()
-    if latest is None:
-        return S.GENERATING
-    if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING) or (latest.sandbox or {}).get(
-        "cancelled"
-    ):
-        return S.EXECUTING
-    if latest.state == Iteration.State.RAN:
-        return S.JUDGING
-    if latest.succeeded or latest.number >= run.max_iterations:
-        return None
-    return S.FIXING
+# Re-running ------------------------------------------------------------------------------------------
 
 
 def paper_text_of(run: Run) -> papers.PaperText:

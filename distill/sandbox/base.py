@@ -53,6 +53,38 @@ class ExecutionResult:
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.failure
 
+    @classmethod
+    def failed_install(cls, install, failure: str) -> "ExecutionResult":
+        """The result when the install phase failed and main.py was never run. `install` is a backend's
+        phase record: exit_code, timed_out, cancelled, secs, stdout."""
+        return cls(
+            exit_code=install.exit_code,
+            timed_out=install.timed_out,
+            cancelled=install.cancelled,
+            out_of_memory=False,
+            duration_secs=0.0,
+            install_secs=install.secs,
+            env_reused=False,
+            stdout="",
+            stderr="",
+            install_log=install.stdout,
+            failure=failure,
+        )
+
+
+def install_failure(install, limit_secs: float, *, tool_error: str = "") -> str:
+    """One line on why an install phase failed, or "" when it did not."""
+    if install.cancelled:
+        return "cancelled during the install"
+    if install.timed_out:
+        return f"install timed out after {limit_secs:g} s"
+    if install.exit_code != 0:
+        if tool_error:
+            return tool_error
+        last = next((line for line in reversed(install.stdout.splitlines()) if line.strip()), "")
+        return f"install failed: exit code {install.exit_code}" + (f": {last.strip()[:200]}" if last else "")
+    return ""
+
 
 OutputCallback = Callable[[str, str], None]
 CancelCheck = Callable[[], bool]

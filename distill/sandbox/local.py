@@ -27,7 +27,15 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .base import CancelCheck, ExecutionRequest, ExecutionResult, Limits, OutputCallback, SandboxUnavailable
+from .base import (
+    CancelCheck,
+    ExecutionRequest,
+    ExecutionResult,
+    Limits,
+    OutputCallback,
+    SandboxUnavailable,
+    install_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,21 +176,9 @@ class LocalSandbox:
                 emit=emit,
                 should_cancel=should_cancel,
             )
-            failure = _install_failure(install, limits)
+            failure = install_failure(install, limits.install_secs, tool_error=_tool_error(install.stdout))
             if failure:
-                return ExecutionResult(
-                    exit_code=install.exit_code,
-                    timed_out=install.timed_out,
-                    cancelled=install.cancelled,
-                    out_of_memory=False,
-                    duration_secs=0.0,
-                    install_secs=install.secs,
-                    env_reused=False,
-                    stdout="",
-                    stderr="",
-                    install_log=install.stdout,
-                    failure=failure,
-                )
+                return ExecutionResult.failed_install(install, failure)
             ready.touch()
 
         # Read-only in the run phase, so a program cannot spoil the environment for the next iteration.
@@ -477,20 +473,6 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _install_failure(install: _Phase, limits: Limits) -> str:
-    if install.cancelled:
-        return "cancelled during the install"
-    if install.timed_out:
-        return f"install timed out after {limits.install_secs:g} s"
-    if install.exit_code != 0:
-        tool_error = _tool_error(install.stdout)
-        if tool_error:
-            return tool_error
-        last = next((line for line in reversed(install.stdout.splitlines()) if line.strip()), "")
-        return f"install failed: exit code {install.exit_code}" + (f": {last.strip()[:200]}" if last else "")
-    return ""
 
 
 def _run_failure(run: _Phase, limits: Limits, out_of_memory: bool) -> str:

@@ -31,7 +31,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import CancelCheck, ExecutionRequest, ExecutionResult, OutputCallback, SandboxUnavailable
+from .base import (
+    CancelCheck,
+    ExecutionRequest,
+    ExecutionResult,
+    OutputCallback,
+    SandboxUnavailable,
+    install_failure,
+)
 from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _Tail
 
 logger = logging.getLogger(__name__)
@@ -273,21 +280,9 @@ class ModalSandbox:
                 install = self._phase(
                     box, "install", limits.install_secs, emit=emit, should_cancel=should_cancel, stop=stop
                 )
-                failure = _install_failure(install, limits.install_secs)
+                failure = install_failure(install, limits.install_secs)
                 if failure:
-                    return ExecutionResult(
-                        exit_code=install.exit_code,
-                        timed_out=install.timed_out,
-                        cancelled=install.cancelled,
-                        out_of_memory=False,
-                        duration_secs=0.0,
-                        install_secs=install.secs,
-                        env_reused=False,
-                        stdout="",
-                        stderr="",
-                        install_log=install.stdout,
-                        failure=failure,
-                    )
+                    return ExecutionResult.failed_install(install, failure)
                 image_id = self._call("snapshot the installed environment", box.snapshot)
                 image_file.write_text(image_id)
             finally:
@@ -492,17 +487,6 @@ def _unpack_outputs(archive: Path, job_dir: Path) -> None:
                 tar.extract(member, job_dir, filter="data")
             except tarfile.FilterError as exc:
                 logger.warning("modal: an output was left out: %s", exc)
-
-
-def _install_failure(install: _Phase, limit_secs: float) -> str:
-    if install.cancelled:
-        return "cancelled during the install"
-    if install.timed_out:
-        return f"install timed out after {limit_secs:g} s"
-    if install.exit_code != 0:
-        last = next((line for line in reversed(install.stdout.splitlines()) if line.strip()), "")
-        return f"install failed: exit code {install.exit_code}" + (f": {last.strip()[:200]}" if last else "")
-    return ""
 
 
 def _run_failure(run: _Phase, limit_secs: float, memory_mb: int, out_of_memory: bool) -> str:

@@ -1,4 +1,3 @@
-import json
 import mimetypes
 from urllib.parse import urlencode
 
@@ -9,7 +8,7 @@ from django.utils.cache import patch_vary_headers
 
 from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
 from distill.diffing import choose_pair, diff_files
-from distill.highlight import code_files, pretty_json
+from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
 
 
@@ -28,8 +27,8 @@ def iteration_detail(request, run_id: int, number: int):
         "previous": numbers[index - 1] if index > 0 else None,
         "next": numbers[index + 1] if index + 1 < len(numbers) else None,
         "files": code_files(iteration.files),
-        "metadata": _items(iteration.metadata),
-        "results_table": _items(iteration.results) if _is_flat(iteration.results) else None,
+        "metadata": key_value_items(iteration.metadata),
+        "results_table": flat_items(iteration.results),
         "results_json": pretty_json(iteration.results) if iteration.results is not None else None,
         "log_json": pretty_json(iteration.log) if iteration.log is not None else None,
         "saved_files": _saved_files(iteration),
@@ -84,20 +83,6 @@ def _diff_links(run: Run, a: int, b: int, view: str, ignore_whitespace: bool) ->
         "whitespace": url(ws="" if ignore_whitespace else "ignore"),
         "swap": url(a=b, b=a),
     }
-
-
-def _is_flat(value) -> bool:
-    return isinstance(value, dict) and all(not isinstance(item, dict | list) for item in value.values())
-
-
-def _items(value) -> list[tuple[str, str]]:
-    """A dict's pairs for a key/value table: strings as written, other values as JSON."""
-    if not isinstance(value, dict):
-        return []
-    return [
-        (str(key), item if isinstance(item, str) else json.dumps(item, ensure_ascii=False))
-        for key, item in value.items()
-    ]
 
 
 def _saved_files(iteration: Iteration) -> list[dict]:

@@ -1,7 +1,6 @@
 """The runs list, the submit page, the live run page and the actions on a run."""
 
 import os
-import zipfile
 from pathlib import Path
 
 from django.contrib import messages
@@ -19,6 +18,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, curator_required, has_role
+from codedistiller_site.zipstream import Entry, zip_stream
 from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
 from distill.highlight import CodeFile
@@ -345,7 +345,12 @@ def run_download(request, run_id: int):
     folder = run.output_dir
     if not folder.is_dir():
         raise Http404("This run has no output folder yet.")
-    response = StreamingHttpResponse(_zip_stream(folder, f"run-{run.pk}"), content_type="application/zip")
+    response = StreamingHttpResponse(
+        zip_stream(
+            Entry(f"run-{run.pk}/{p.relative_to(folder).as_posix()}", path=p) for p in _files_under(folder)
+        ),
+        content_type="application/zip",
+    )
     response["Content-Disposition"] = f'attachment; filename="codedistiller-run-{run.pk}.zip"'
     return response
 
@@ -361,42 +366,6 @@ def run_report(request, run_id: int):
     response["Content-Security-Policy"] = REPORT_CSP
     response["Referrer-Policy"] = "no-referrer"
     return response
-
-
-class _Chunks:
-    """A write-only file for zipfile that hands what was written to the response generator."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-        self.offset = 0
-
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        self.offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.offset
-
-    def flush(self):
-        pass
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
-
-
-def _zip_stream(folder: Path, prefix: str):
-    sink = _Chunks()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in _files_under(folder):
-            name = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            with path.open("rb") as source, archive.open(name, "w", force_zip64=True) as target:
-                while chunk := source.read(256 * 1024):
-                    target.write(chunk)
-                    yield sink.take()
-            yield sink.take()
-    yield sink.take()
 
 
 def _files_under(folder: Path):
