@@ -44,6 +44,8 @@ BACKOFF_BASE_SECS = 2.0
 BACKOFF_MAX_SECS = 60.0
 # A provider's retry-after hint is honoured, but a worker must not sleep for an hour on its word.
 RETRY_AFTER_MAX_SECS = 120.0
+# One attempt of a call without a run (a run's profile says `llm_timeout_secs`).
+DEFAULT_TIMEOUT_SECS = 300.0
 
 REPLAY_SETTING = "DISTILL_LLM_REPLAY"
 RECORD_SETTING = "DISTILL_LLM_RECORD"
@@ -109,14 +111,20 @@ def complete(
     iteration: int | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
-    timeout: float = 300,
+    timeout: float | None = None,
     json_mode: bool = False,
 ) -> LLMReply:
     """One completion, logged, capped and retried. Calls with `run=None` (a smoke test) have no caps.
 
+    `timeout` (seconds per attempt) defaults to the run's profile's `llm_timeout_secs`.
+
     Call it outside a transaction: the ledger rows must survive the caller's failure.
     Raises BudgetExceeded, LLMUnavailable or LLMRefused (all LLMError).
     """
+    if timeout is None:
+        timeout = float(
+            (run.config.get("llm_timeout_secs") if run is not None else None) or DEFAULT_TIMEOUT_SECS
+        )
     cassette = _replay_path(run)
     row = {"run": run, "iteration": iteration, "stage": stage, "model": model, "prompt": messages}
     for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -85,6 +85,10 @@ class ContextTooLong(LocalModelError):
     pass
 
 
+class GenerationTimeout(LocalModelError):
+    """The reply was not finished in time. Not retried: the same prompt on the same CPU would take as long."""
+
+
 # The weights --------------------------------------------------------------------------------------------
 
 
@@ -292,10 +296,13 @@ def generate(
     json_object: bool = False,
     stop: list[str] | None = None,
     seed: int | None = None,
+    timeout: float | None = None,
 ) -> Generation:
     """One chat completion: the GGUF's chat template, the prompt measured against the context window first.
 
-    When the conversation asks for a program, the reply is begun with its first section marker.
+    When the conversation asks for a program, the reply is begun with its first section marker. `timeout`
+    seconds, counted from when the model is free, bound the whole call; it is checked after each token
+    written (llama.cpp reads a prompt in one go), and raises GenerationTimeout.
     """
     model = get_model()
     if not messages or messages[0].get("role") != "system":
@@ -332,9 +339,17 @@ def generate(
         # and a whole conversation when a malformed reply is sent back for repair, come for free.
         _perf_reset(model)
         started = time.monotonic()
-        response = model.create_completion(prompt=tokens, **options)
+        expired = _Deadline(started + timeout if timeout else None)
+        response = model.create_completion(prompt=tokens, stopping_criteria=expired, **options)
         seconds = time.monotonic() - started
         read, read_seconds = _perf_prompt(model)
+    if expired.reached:
+        written = int((response.get("usage") or {}).get("completion_tokens", 0))
+        raise GenerationTimeout(
+            f"the local model did not finish its reply within {timeout:.0f} s ({read} prompt tokens read, "
+            f"{written} written); give it more time with the profile's llm_timeout_secs, or ask for less "
+            "with code_max_output_tokens"
+        )
     choice = response["choices"][0]
     usage = response.get("usage") or {}
     return Generation(
@@ -346,6 +361,23 @@ def generate(
         prompt_read=read,
         prompt_seconds=read_seconds,
     )
+
+
+class _Deadline:
+    """A llama.cpp stopping criterion: true once the clock passes the deadline (and remembered).
+
+    llama.cpp only calls what it is given (a StoppingCriteriaList is a list that calls its members), so
+    one callable does.
+    """
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.reached = False
+
+    def __call__(self, input_ids, logits) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reached = True
+        return self.reached
 
 
 def _perf_reset(model) -> None:
@@ -415,13 +447,13 @@ def _provider_class():
     class LocalProvider(CustomLLM):
         """`local/<model>` for litellm. Errors are CustomLLMError: 400 is permanent, 500 transient."""
 
-        def completion(self, model, messages, api_base, custom_prompt_dict, model_response, *args, **kwargs):
+        def completion(
+            self, model, messages, api_base, custom_prompt_dict, model_response, *args, timeout=None, **kwargs
+        ):
             if model != MODEL:
                 raise CustomLLMError(400, f"unknown local model {model!r}; the local provider serves {MODEL}")
             params = kwargs.get("optional_params") or {}
             response_format = params.get("response_format") or {}
-            # The timeout is not applied: a generation is bounded by max_tokens, and a cut-off reply would
-            # be compute thrown away.
             try:
                 result = generate(
                     messages,
@@ -430,6 +462,7 @@ def _provider_class():
                     json_object=response_format.get("type") in ("json_object", "json_schema"),
                     stop=params.get("stop"),
                     seed=params.get("seed"),
+                    timeout=_seconds(timeout),
                 )
             except LocalModelError as exc:
                 raise CustomLLMError(400, str(exc)) from exc
@@ -453,6 +486,13 @@ def _provider_class():
             return await asyncio.to_thread(self.completion, *args, **kwargs)
 
     return LocalProvider
+
+
+def _seconds(timeout) -> float | None:
+    """litellm hands over a number, None, or an httpx/openai Timeout object (its read timeout counts)."""
+    if timeout is None or isinstance(timeout, int | float):
+        return timeout
+    return getattr(timeout, "read", None)
 
 
 def register(litellm) -> None:

@@ -182,17 +182,22 @@ class FakeLlama:
     def tokenize(self, text: bytes, add_bos=False, special=True):
         return list(range(len(text.split())))
 
-    def create_completion(self, prompt, **options):
+    def create_completion(self, prompt, stopping_criteria=None, **options):
         with self._lock:
             self.active += 1
             self.overlapped |= self.active > 1
-        time.sleep(self.delay)
+        written = self.reply.split()
+        for count in range(1, len(written) + 1):  # one word a token, each after `delay`, as llama.cpp checks
+            time.sleep(self.delay)
+            if stopping_criteria is not None and stopping_criteria([], []):
+                written = written[:count]
+                break
         self.calls.append({"prompt_tokens": len(prompt), **options})
         with self._lock:
             self.active -= 1
         return {
-            "choices": [{"text": self.reply, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(self.reply.split())},
+            "choices": [{"text": " ".join(written), "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(written)},
         }
 
     def reset(self):
@@ -340,6 +345,37 @@ def test_json_mode_constrains_the_reply_with_a_grammar(fake_model, monkeypatch):
     assert fake_model.calls[0]["grammar"] == "root ::= object"
 
 
+@pytest.mark.django_db
+def test_a_reply_not_finished_within_the_profiles_timeout_is_refused_once_not_retried(fake_model):
+    fake_model.reply, fake_model.delay = "word " * 200, 0.01
+    profile = load_profile("local", {"llm_timeout_secs": 0.3})
+    run = services.run_submit(
+        source="https://github.com/acme/x", profile_name="local", profile=profile, enqueue=False
+    )
+
+    started = time.monotonic()
+    with pytest.raises(
+        llm.LLMRefused, match=r"did not finish its reply within 0 s \(\d+ prompt tokens read, (\d+) written\)"
+    ):
+        llm.complete(run=run, stage="generate", model=local_model.MODEL_STRING, messages=MESSAGES)
+
+    assert time.monotonic() - started < 1.5  # stopped at the deadline, not after all 200 tokens (2 s)
+    assert len(fake_model.calls) == 1
+    call = LLMCall.objects.get(run=run)
+    assert call.status == LLMCall.Status.ERROR and "llm_timeout_secs" in call.error
+
+
+@pytest.mark.django_db
+def test_a_reply_finished_in_time_is_whole(fake_model):
+    fake_model.reply, fake_model.delay = "word " * 20, 0.001
+
+    reply = llm.complete(
+        run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES, timeout=30
+    )
+
+    assert reply.text.split() == ["word"] * 20 and reply.tokens_out == 20
+
+
 def test_generations_of_one_process_take_turns(fake_model):
     fake_model.delay = 0.05
     threads = [threading.Thread(target=local_model.generate, args=(MESSAGES,)) for _ in range(4)]
@@ -444,6 +480,20 @@ def test_the_real_model_answers_through_the_one_door():
     assert reply.tokens_in > 20 and 0 < reply.tokens_out <= 64
     assert reply.cost_usd == Decimal(0)
     assert LLMCall.objects.get(pk=reply.call_id).tokens_out == reply.tokens_out
+
+
+@needs_real_model
+def test_the_real_model_stops_writing_at_its_deadline():
+    started = time.monotonic()
+    with pytest.raises(local_model.GenerationTimeout, match="within 2 s"):
+        local_model.generate(
+            [{"role": "user", "content": "Write a long Python module with twenty functions."}],
+            max_tokens=2000,
+            timeout=2,
+        )
+
+    # The model was perhaps loaded first (not counted); then reading the prompt, then two seconds.
+    assert time.monotonic() - started < 60
 
 
 OFFLINE_SCRIPT = """

@@ -206,6 +206,19 @@ def test_a_reply_that_stays_malformed_ends_the_run_with_a_clear_error(repo, tmp_
     assert run.steps.get(name="generate").outcome == RunStep.Outcome.FAILED
 
 
+def test_only_the_profiles_number_of_files_is_rated_most_promising_first(repo, tmp_path):
+    # A CPU model answers a batch of ratings in a minute or more: the local profile rates a few files only.
+    entries = [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
+    run = start(repo, tmp_path, entries, max_rated_files=2)
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    rated = set(run.file_ratings.exclude(rating=None).values_list("path", flat=True))
+    assert rated == {"setup.py", "minilib/__init__.py"}  # top level first; minilib/extra.py sorts after
+    (rate_call,) = LLMCall.objects.filter(run=run, stage="rate")
+    assert "minilib/extra.py" not in rate_call.prompt[-1]["content"]
+
+
 def test_a_rate_limit_is_retried_then_succeeds(repo, tmp_path, no_backoff_sleep):
     run = start(
         repo,

@@ -78,3 +78,28 @@ def test_ctrl_c_stops_the_web_server_and_every_worker(tmp_path):
             os.kill(pid, signal.SIGKILL)
         if serve.poll() is None:
             serve.kill()
+
+
+@pytest.mark.parametrize(
+    "environ, workers, said",
+    [
+        ({}, "1", True),  # no provider key: the local model, one run at a time
+        ({"Q_WORKERS": "3"}, "3", False),  # the user's choice stands
+        ({"ANTHROPIC_API_KEY": "sk-test"}, None, False),  # a provider: the settings' default
+        ({"DISTILL_DEFAULT_PROFILE": "gpt-5"}, None, False),
+    ],
+)
+def test_the_local_model_gets_one_worker_process_unless_told_otherwise(monkeypatch, environ, workers, said):
+    from distill.management.commands.serve import worker_environment
+
+    for name in ("Q_WORKERS", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DISTILL_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    env, line = worker_environment(os.environ)
+
+    assert env.get("Q_WORKERS") == workers
+    assert (line is not None) == said
+    if said:
+        assert "local model" in line and "Q_WORKERS" in line

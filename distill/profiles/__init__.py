@@ -49,8 +49,12 @@ class Profile(BaseModel):
     file_budget_tokens: int = Field(default=60000, ge=500)
     max_tokens_per_file: int = Field(default=12000, ge=100)
     rating_batch_size: int = Field(default=8, ge=1, le=50)
+    # Files rated per run, most promising first (sources before tests, shallow before deep): each batch is
+    # one call, which a CPU model takes a minute or more to answer.
+    max_rated_files: int = Field(default=200, ge=1, le=2000)
     code_max_output_tokens: int = Field(default=16000, ge=256)
     max_reply_repairs: int = Field(default=2, ge=0, le=5)
+    llm_timeout_secs: float = Field(default=300, gt=0, le=6 * 3600)  # one model call, reading and writing
     replay: str | None = None  # a cassette of recorded LLM replies (tests, offline demos)
 
 

@@ -12,7 +12,26 @@ import time
 
 from django.core.management.base import BaseCommand
 
+from distill.profiles import default_profile_name
+
 GRACE_SECS = 5.0
+
+
+def worker_environment(environ) -> tuple[dict, str | None]:
+    """The workers' environment, and a line to say when it was chosen for the user.
+
+    With no provider key, runs use the local model: each worker process would load its own 1.1 GB model
+    and the processes would share two cores, every run slower than one at a time. So one worker process,
+    unless Q_WORKERS says otherwise.
+    """
+    env = dict(environ)
+    if "Q_WORKERS" in env or default_profile_name() != "local":
+        return env, None
+    env["Q_WORKERS"] = "1"
+    return env, (
+        "No provider key is set, so runs use the local model on the CPU: one worker process distills one "
+        "run at a time (set Q_WORKERS to change this)."
+    )
 
 
 class Command(BaseCommand):
@@ -29,7 +48,10 @@ class Command(BaseCommand):
             "--access-logfile", "-", "--graceful-timeout", "3",
         ]  # fmt: skip
         workers = [sys.executable, "manage.py", "qcluster"]
-        children = [self._start(web), self._start(workers)]
+        worker_env, chosen = worker_environment(os.environ)
+        if chosen:
+            self.stdout.write(chosen)
+        children = [self._start(web), self._start(workers, env=worker_env)]
         self.stdout.write(f"CodeDistiller is running at http://{host}:{port}/ (Ctrl-C stops it)")
 
         stopping = False
@@ -52,10 +74,10 @@ class Command(BaseCommand):
         self._stop(children)
         sys.exit(exit_code)
 
-    def _start(self, argv):
+    def _start(self, argv, env=None):
         # A process group of its own: the children's own children (gunicorn and qcluster workers) are
         # reached by one killpg, and the terminal's Ctrl-C does not reach them before we decide.
-        return subprocess.Popen(argv, start_new_session=True)
+        return subprocess.Popen(argv, start_new_session=True, env=env)
 
     def _stop(self, children):
         self.stdout.write("Stopping the web server and the workers...")
