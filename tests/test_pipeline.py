@@ -132,6 +132,39 @@ def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
     assert run.steps.filter(name="execute").count() == 2
 
 
+def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iteration(tmp_path, settings):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    needy = {
+        **MINILIB,
+        "minilib/__init__.py": "import tinystats_dep_xyz\n\ndef mean_squared(xs):\n    return 0\n",
+        "setup.py": "from setuptools import setup\n"
+        "setup(name='minilib', packages=['minilib'], install_requires=['tinystats_dep_xyz>=1.0'])\n",
+    }
+    repo = make_git_repo(tmp_path / "needy", needy)
+    entries = [*survey_replies(), ("generate", program()), ("fix", program(changes="Nothing."))]
+    run = start(repo, tmp_path, entries, max_debug_iterations=2)
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.FAILED
+    first = run.iterations.first()
+    assert "No module named 'tinystats_dep_xyz'" in first.stderr
+    assert first.measured["diagnosis"] == [
+        "the module 'tinystats_dep_xyz' is not installed: add 'tinystats_dep_xyz>=1.0' to requirements.txt"
+        " (the repository declares it)"
+    ]
+    # It crashed inside the import: "does not use the repository" follows from that, and is not critical.
+    assert "critical" not in first.measured
+    assert any(r.endswith("ran none of its functions before it failed") for r in first.measured["reasons"])
+    generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[0]["content"]
+    assert "The repository declares these dependencies: tinystats_dep_xyz>=1.0." in generate_prompt
+    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
+    problems = fix_prompt.split("What went wrong:\n")[1].splitlines()
+    assert problems[0].startswith("- likely root cause, found in its output: the module 'tinystats_dep_xyz'")
+    assert "- critical:" not in fix_prompt
+    assert "/sandbox/record/" not in fix_prompt, "the recorder's own frames are not the program's"
+    assert "tinystats_dep_xyz" in fix_prompt.split("--- stderr ---")[1]
+
+
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
     run = start(
         repo,

@@ -169,7 +169,7 @@ def test_untrusted_text_is_never_markup_on_the_iteration_page(reader_client, run
         results={XSS: XSS},
         log=[XSS],
         judgement={"passed": False, "explanation": XSS, "issues": [XSS], "critical_issues": [XSS]},
-        measured={"passed": False, "reasons": [XSS]},
+        measured={"passed": False, "reasons": [XSS], "diagnosis": [XSS]},
     )
     save_files(iteration, {"x.txt": b"x"})
     iteration.saved_files = [{"name": f"{XSS}.png", "size": 1}]
@@ -397,3 +397,15 @@ def test_untrusted_text_is_never_markup_on_the_diff_page(reader_client, run):
     make_iteration(run, 2, files={"main.py": f"print('{XSS}')\n", f"{XSS}.txt": XSS + "\nb\n"})
     for view in ("unified", "split"):
         assert_no_markup(reader_client.get(diff_url(run, a=1, b=2, view=view)).content.decode())
+
+
+def test_a_failed_iteration_shows_the_likely_cause_read_from_its_output(reader_client, run):
+    finding = "the module 'scipy' is not installed: add 'scipy>=1.0' to requirements.txt"
+    iteration = make_iteration(
+        run, 1, exit_code=1, measured={"passed": False, "reasons": ["the program exited with code 1"],
+                                       "diagnosis": [finding]},
+    )  # fmt: skip
+
+    html = reader_client.get(detail_url(iteration)).content.decode()
+
+    assert "Likely cause" in html and "add &#x27;scipy&gt;=1.0&#x27; to requirements.txt" in html

@@ -289,6 +289,21 @@ def test_a_running_run_shows_the_timeline_the_live_tail_and_a_cancel_button(cura
     assert reverse("run_retry", args=[run.pk]) not in html
 
 
+def test_while_its_dependencies_install_the_live_tail_shows_the_install_output(curator_client):
+    run = make_run(status=Run.Status.EXECUTING, started_at=timezone.now())
+    install = "Collecting numpy\n<b>Downloading</b> numpy-2.1.0.whl\n"
+    make_iteration(run, 1, state=Iteration.State.RUNNING, exit_code=None, stdout="", stderr="",
+                   install_log=install, measured=None, judgement=None, succeeded=None)  # fmt: skip
+
+    html = htmx(curator_client, detail(run)).content.decode()
+    assert "Installing its dependencies" in html and 'data-testid="install-tail"' in html
+    assert "&lt;b&gt;Downloading&lt;/b&gt; numpy-2.1.0.whl" in html
+
+    Iteration.objects.filter(run=run).update(stdout="step 1 of 3\n")  # the program has started
+    html = htmx(curator_client, detail(run)).content.decode()
+    assert 'data-testid="install-tail"' not in html and "step 1 of 3" in html
+
+
 def test_the_live_fragment_stops_polling_when_the_run_ends(curator_client):
     run = make_run(status=Run.Status.JUDGING)
     assert "every 2s" in htmx(curator_client, detail(run)).content.decode()
@@ -464,7 +479,7 @@ def test_text_from_repositories_programs_and_models_is_never_markup(curator_clie
         run, 1, change_log=XSS, exit_code=0,
         judgement={"faithful": False, "accurate": True, "complete": True, "passed": False, "explanation": XSS,
                    "issues": [XSS], "critical_issues": [XSS]},
-        measured={"passed": True, "reasons": [XSS]},
+        measured={"passed": True, "reasons": [XSS], "diagnosis": [XSS]},
     )  # fmt: skip
     make_iteration(run, 2, state=Iteration.State.RUNNING, stdout=XSS, stderr=XSS, exit_code=None)
     FileRating.objects.create(run=run, path=XSS, reason=XSS, error=XSS, rating=3)

@@ -15,7 +15,8 @@ class LiveOutput:
         self.iteration_id = iteration_id
         self._should_cancel = should_cancel
         self._lock = threading.Lock()
-        self._tails = {"stdout": "", "stderr": ""}
+        # "install" is the install phase's merged output (runscript.sh), shown until the program starts.
+        self._tails = {"stdout": "", "stderr": "", "install": ""}
         self._dirty = False
         self._flushed_at = 0.0
 
@@ -39,7 +40,9 @@ class LiveOutput:
             if not self._dirty:
                 return
             tails, self._dirty = dict(self._tails), False
-        Iteration.objects.filter(pk=self.iteration_id).update(stdout=tails["stdout"], stderr=tails["stderr"])
+        Iteration.objects.filter(pk=self.iteration_id).update(
+            stdout=tails["stdout"], stderr=tails["stderr"], install_log=tails["install"]
+        )
 
     def close(self) -> None:
         self.flush()

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
-from distill.pipeline import parsing, prompts, proof, sources, survey
+from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof, sources, survey
 from distill.pipeline.live import LiveOutput
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         problems="\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
         exit_code=previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
         stdout=trim_output(previous.stdout),
-        stderr=trim_output(previous.stderr),
+        stderr=trim_output(diagnosis.without_recorder_frames(previous.stderr)),
         install_log=trim_output(previous.install_log, limit=2000) or "(environment reused)",
         format=prompts.render(
             "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
@@ -261,9 +261,13 @@ def fix(run: Run, previous: Iteration) -> Iteration:
 
 
 def problems_of(iteration: Iteration) -> list[str]:
-    """What the fixer must address: the measured failures first, then the judge's critical issues."""
+    """What the fixer must address: a root cause read from the output, the measured failures, then the
+    judge's critical issues."""
     measured = iteration.measured or {}
-    problems = [f"critical: {reason}" for reason in measured.get("critical", [])]
+    problems = [
+        f"likely root cause, found in its output: {finding}" for finding in measured.get("diagnosis", [])
+    ]
+    problems += [f"critical: {reason}" for reason in measured.get("critical", [])]
     problems += measured.get("reasons", [])
     problems += [f"flag: {flag}" for flag in measured.get("flags", [])]
     judgement = iteration.judgement or {}
@@ -276,10 +280,13 @@ def problems_of(iteration: Iteration) -> list[str]:
 
 
 def _rules(run: Run) -> dict:
+    clone = clone_dir(run)
+    declared = dependencies.declared_dependencies(clone) if clone.is_dir() else []
     return {
         "runtime_mins": run.config.get("max_runtime_mins", 45),
         "memory_mb": run.config.get("memory_mb", 4096),
         "network": "with network access" if run.config.get("network_run") else "without network access",
+        "dependencies": ", ".join(declared) if declared else "(none declared)",
     }
 
 
@@ -367,7 +374,12 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         ),
     )
     Iteration.objects.filter(pk=iteration.pk).update(
-        state=Iteration.State.RUNNING, started_at=timezone.now(), stdout="", stderr="", exit_code=None
+        state=Iteration.State.RUNNING,
+        started_at=timezone.now(),
+        stdout="",
+        stderr="",
+        install_log="",
+        exit_code=None,
     )
     live = LiveOutput(iteration_id=iteration.pk, should_cancel=should_cancel)
     result = get_sandbox(config.get("sandbox", "local"), config.get("modal")).execute(
@@ -394,6 +406,13 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
+    if not iteration.measured["passed"]:
+        iteration.measured["diagnosis"] = diagnosis.diagnose(
+            stderr=result.stderr,
+            install_log=result.install_log,
+            packages={*packages.packages, *packages.modules},
+            declared=dependencies.declared_dependencies(clone) if clone is not None else [],
+        )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -471,7 +490,11 @@ def _prove(iteration: Iteration, evidence: dict | None) -> None:
     measured = iteration.measured
     measured["proof"] = evidence["verdict"]
     measured["uses_repository"] = evidence["verdict"] == proof.PROVEN
-    if evidence["verdict"] == proof.UNUSED:
+    if evidence["verdict"] == proof.UNUSED and not measured["exit_ok"]:
+        # It failed before it got to the repository's code (often at an import): that failure is the
+        # cause to fix. Listed as critical, "does not use the repository" sent fixers after the wrong one.
+        measured["reasons"] = [*measured["reasons"], *(f"{r} before it failed" for r in evidence["reasons"])]
+    elif evidence["verdict"] == proof.UNUSED:
         measured["critical"] = evidence["reasons"]
     elif evidence["verdict"] == proof.UNPROVEN:
         measured["reasons"] = [*measured["reasons"], *(f"unproven: {r}" for r in evidence["reasons"])]

@@ -176,12 +176,13 @@ def _live_context(request, run: Run) -> dict:
     # Its tail is saved about every second while it runs; the iteration page shows the whole output later.
     executing = (
         run.iterations.filter(state=Iteration.State.RUNNING)
-        .only("number", "stdout", "stderr", "started_at")
+        .only("number", "stdout", "stderr", "install_log", "started_at")
         .first()
     )
     if executing:
         executing.stdout_tail = last_lines(executing.stdout)
         executing.stderr_tail = last_lines(executing.stderr)
+        executing.install_tail = last_lines(executing.install_log)
     calls = list(
         run.llm_calls.defer("prompt", "reply").annotate(
             prompt_chars=Length(Cast("prompt", TextField())), reply_chars=Length("reply")

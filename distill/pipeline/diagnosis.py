@@ -1,0 +1,82 @@
+"""The likely root cause of a failed run, read from its output by rules, before any model looks at it.
+
+A fixer shown a traceback and a list of failures tends to fix the last-listed or the loudest; the
+commonest root causes (a package not installed, a name that does not exist, pip failing on a requirement)
+are plain in the output and cost nothing to name. What is found here is put first in the fix prompt and
+shown to the curator on the iteration. Found nothing: the fixer reads the output itself, as before.
+"""
+
+import re
+
+from distill.pipeline.dependencies import normalized_name
+
+MAX_FINDINGS = 3
+
+# Import names whose distribution on PyPI is called otherwise (the common ones in scientific code).
+DISTRIBUTIONS = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "bs4": "beautifulsoup4",
+    "Bio": "biopython",
+    "Crypto": "pycryptodome",
+    "dateutil": "python-dateutil",
+    "dotenv": "python-dotenv",
+    "attr": "attrs",
+    "jwt": "pyjwt",
+    "serial": "pyserial",
+    "git": "gitpython",
+    "OpenGL": "pyopengl",
+    "google.protobuf": "protobuf",
+    "tensorflow_probability": "tensorflow-probability",
+}
+
+NO_MODULE = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'", re.M)
+NO_NAME = re.compile(r"^ImportError: cannot import name '(\w+)' from '([\w.]+)'", re.M)
+NO_ATTRIBUTE = re.compile(r"^AttributeError: module '([\w.]+)' has no attribute '(\w+)'", re.M)
+PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies the requirement|No matching "
+                           r"distribution found for) ([^\s(]+)", re.M)  # fmt: skip
+# Frames of the sandbox's own recorder (distill/sandbox/audit.py runs as sitecustomize): not the program's.
+RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
+
+
+def diagnose(*, stderr: str, install_log: str, packages: set[str], declared: list[str]) -> list[str]:
+    """Up to three findings, each one sentence that names the cause and the change that removes it.
+
+    `packages` are the repository's own import names; `declared` its declared requirements.
+    """
+    findings: list[str] = []
+    for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
+        findings.append(
+            f"pip could not install {requirement!r} from requirements.txt: that name or version does not "
+            "exist on PyPI; correct it, or leave it out if the repository provides it"
+        )
+    for module in dict.fromkeys(NO_MODULE.findall(stderr)):
+        top = module.split(".")[0]
+        if top in packages:
+            findings.append(
+                f"the repository's own package {top!r} could not be imported: install the repository "
+                "through requirements.txt if it is on PyPI, or add /repo to sys.path before importing it"
+            )
+            continue
+        distribution = DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top
+        listed = [r for r in declared if normalized_name(r) == normalized_name(distribution)]
+        findings.append(
+            f"the module {module!r} is not installed: add {listed[0] if listed else distribution!r} to "
+            "requirements.txt" + (" (the repository declares it)" if listed else "")
+        )
+    for name, module in dict.fromkeys(NO_NAME.findall(stderr)):
+        findings.append(
+            f"{module!r} has no name {name!r}: import only names defined in the repository's files shown "
+            "above (check the module path, too)"
+        )
+    for module, name in dict.fromkeys(NO_ATTRIBUTE.findall(stderr)):
+        findings.append(f"the module {module!r} has no attribute {name!r}: use a name it defines")
+    return findings[:MAX_FINDINGS]
+
+
+def without_recorder_frames(output: str) -> str:
+    """A traceback as the program would have had it without the sandbox's recorder in between."""
+    return RECORDER_FRAME.sub("", output)

@@ -1,0 +1,132 @@
+"""Reading a repository's declared dependencies, and the likely root cause of a failed run from its output."""
+
+from distill.pipeline.dependencies import declared_dependencies
+from distill.pipeline.diagnosis import diagnose, without_recorder_frames
+from tests.factories import make_git_repo
+
+PYPROJECT = """
+[project]
+name = "kneed"
+dependencies = ["numpy>=1.14.2", "scipy>=1.0.0"]
+[project.optional-dependencies]
+plot = ["matplotlib>=2.2.5"]
+"""
+
+
+def test_dependencies_come_from_pyproject_without_the_optional_ones(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+
+    assert declared_dependencies(tmp_path) == ["numpy>=1.14.2", "scipy>=1.0.0"]
+
+
+def test_setup_py_is_read_not_run_and_duplicates_across_files_are_dropped(tmp_path):
+    canary = tmp_path / "ran"
+    (tmp_path / "setup.py").write_text(
+        f"open({str(canary)!r}, 'w')\n"
+        "from setuptools import setup\n"
+        "setup(name='x', install_requires=['NumPy>=1.20', 'pandas'], tests_require=['pytest'])\n"
+    )
+    (tmp_path / "setup.cfg").write_text("[options]\ninstall_requires =\n    numpy\n    networkx>=2\n")
+    (tmp_path / "requirements.txt").write_text(
+        "# runtime\npandas==2.2.3  # pinned\n-e .\nhttps://example.org/x.whl\npytest\nscikit_learn\n"
+    )
+
+    assert declared_dependencies(tmp_path) == ["numpy", "networkx>=2", "pandas", "scikit_learn"]
+    assert not canary.exists()
+
+
+def test_an_sdists_pkg_info_gives_what_setup_py_computed(tmp_path):
+    (tmp_path / "setup.py").write_text("from setuptools import setup\nsetup(install_requires=read_reqs())\n")
+    (tmp_path / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: pwlf\nRequires-Dist: numpy>=1.14.0\nRequires-Dist: scipy>=1.8.0\n"
+        'Requires-Dist: pytest; extra == "test"\nRequires-Dist: pyDOE>=0.3.8; extra == "doe"\n\nlong text\n'
+    )
+
+    assert declared_dependencies(tmp_path) == ["numpy>=1.14.0", "scipy>=1.8.0"]
+
+
+def test_broken_or_hostile_metadata_gives_nothing_rather_than_an_error(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project\nname = ")
+    (tmp_path / "setup.py").write_text("def (:\n")
+    (tmp_path / "setup.cfg").write_text("not an ini file [")
+    (tmp_path / "requirements.txt").write_text("$(rm -rf /)\n<script>alert(1)</script>\n")
+    (tmp_path / "PKG-INFO").symlink_to("/etc/passwd")
+
+    assert declared_dependencies(tmp_path) == []
+
+
+def test_a_real_clone_without_metadata_declares_nothing(tmp_path):
+    repo = make_git_repo(tmp_path / "r", {"lib.py": "def f():\n    return 1\n"})
+
+    assert declared_dependencies(repo) == []
+
+
+TRACEBACK = """\
+Traceback (most recent call last):
+  File "/job/main.py", line 6, in <module>
+    from kneed.knee_locator import KneeLocator
+  File "/sandbox/record/sitecustomize.py", line 287, in exec_module
+    super().exec_module(module)
+  File "/job/../repo/kneed/knee_locator.py", line 2, in <module>
+    from scipy import interpolate
+ModuleNotFoundError: No module named 'scipy'
+"""
+
+
+def test_a_missing_module_is_named_with_the_requirement_the_repository_declares():
+    found = diagnose(stderr=TRACEBACK, install_log="", packages={"kneed"}, declared=["numpy", "scipy>=1.0.0"])
+
+    assert found == [
+        "the module 'scipy' is not installed: add 'scipy>=1.0.0' to requirements.txt (the repository declares it)"
+    ]
+
+
+def test_a_missing_module_with_another_distribution_name_gets_that_name():
+    stderr = "ModuleNotFoundError: No module named 'sklearn.linear_model'\n"
+
+    (found,) = diagnose(stderr=stderr, install_log="", packages=set(), declared=[])
+
+    assert "'sklearn.linear_model' is not installed: add 'scikit-learn'" in found
+    assert "declares" not in found
+
+
+def test_the_repositorys_own_package_missing_says_how_to_reach_it():
+    (found,) = diagnose(
+        stderr="ModuleNotFoundError: No module named 'kneed'\n",
+        install_log="",
+        packages={"kneed"},
+        declared=[],
+    )
+
+    assert "own package 'kneed'" in found and "/repo to sys.path" in found
+
+
+def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_kept():
+    stderr = (
+        "ImportError: cannot import name 'mean_squares' from 'minilib' (/repo/minilib/__init__.py)\n"
+        "AttributeError: module 'numpy' has no attribute 'float'\n"
+        "ModuleNotFoundError: No module named 'yaml'\n"
+    )
+    install_log = (
+        "ERROR: Could not find a version that satisfies the requirement kneeed==9.9 (from versions: none)\n"
+    )
+
+    found = diagnose(stderr=stderr, install_log=install_log, packages={"minilib"}, declared=[])
+
+    assert len(found) == 3
+    assert found[0].startswith("pip could not install 'kneeed==9.9'")
+    assert found[1] == "the module 'yaml' is not installed: add 'pyyaml' to requirements.txt"
+    assert found[2].startswith("'minilib' has no name 'mean_squares'")
+
+
+def test_output_without_a_known_cause_gives_no_finding():
+    assert (
+        diagnose(stderr="ValueError: x must be positive\n", install_log="", packages=set(), declared=[]) == []
+    )
+
+
+def test_the_recorders_frames_are_taken_out_of_a_traceback():
+    cleaned = without_recorder_frames(TRACEBACK)
+
+    assert "/sandbox/record/" not in cleaned and "super().exec_module" not in cleaned
+    assert cleaned.count('  File "') == 2 and cleaned.endswith("No module named 'scipy'\n")
