@@ -4,7 +4,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
@@ -91,26 +90,45 @@ def queue_next(request, queue_id: int):
 def item_score(request, item_id: int):
     item = get_object_or_404(ReviewItem.objects.select_related("queue__form", "example"), pk=item_id)
     refusal = reviews.item_may_score(item=item, expert=request.user)
-    if refusal is None and not reviews.item_lock(item=item, expert=request.user):
-        refusal = "Another expert is scoring this example; take the next one."
-    if refusal:
+    # Answers posted for an example that filled up while they were typed are shown again below, not
+    # dropped with a redirect: the expert may want to keep their notes.
+    if refusal and not (request.method == "POST" and refusal == reviews.ALL_SCORED):
         messages.error(request, refusal)
         return redirect("reviews")
-    item.refresh_from_db(fields=["locked_by", "locked_until"])
     questions = list(item.queue.form.questions.all())
     form = ScoreForm(request.POST or None, questions=questions, example=item.example)
     if request.method == "POST" and form.is_valid():
         try:
             reviews.answer_submit(item=item, expert=request.user, values=form.values())
         except reviews.ReviewRefused as exc:
-            messages.error(request, str(exc))
-            return redirect("reviews")
-        messages.success(request, f"Scored “{item.example.title}”.")
-        following = reviews.item_next(queue=item.queue, expert=request.user)
-        return redirect("review_item", following.pk) if following else redirect("reviews")
-    context = {"item": item, "example": item.example, "form": form, **_example_context(item.example)}
-    context["lock_minutes"] = max(0, int((item.locked_until - timezone.now()).total_seconds() // 60))
+            form.add_error(None, f"{exc} Your answers were not saved; they are still below.")
+        else:
+            messages.success(request, f"Scored “{item.example.title}”.")
+            following = reviews.item_next(queue=item.queue, expert=request.user)
+            return redirect("review_item", following.pk) if following else redirect("reviews")
+    hold = reviews.item_hold(item=item, expert=request.user)
+    if request.method == "GET" and not hold.held:
+        messages.error(request, "Another expert is scoring this example; take the next one.")
+        return redirect("reviews")
+    context = {
+        "item": item,
+        "example": item.example,
+        "form": form,
+        "hold": hold,
+        **_example_context(item.example),
+    }
     return render(request, "reviews/item_score.html", context)
+
+
+@require_POST
+@expert_required
+def item_hold(request, item_id: int):
+    """The scoring page's heartbeat while the expert is active: renews their lock, returns its status."""
+    item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
+    if not request.htmx:
+        return redirect("review_item", item.pk)
+    hold = reviews.item_hold(item=item, expert=request.user)
+    return render(request, "reviews/item_score.html#hold", {"item": item, "hold": hold})
 
 
 def _example_context(example: Example) -> dict:

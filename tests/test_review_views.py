@@ -1,10 +1,12 @@
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
 
 from library import reviews
 from library.review_models import Review, ReviewQueue, ScoringForm
 from tests.conftest import logged_in, make_user
-from tests.test_reviews import CODEDISTILLER, answers, make_example, shipped_forms
+from tests.test_reviews import CODEDISTILLER, Clock, answers, make_example, shipped_forms
 
 pytestmark = pytest.mark.django_db
 
@@ -135,6 +137,94 @@ def test_an_item_held_by_another_expert_is_refused(django_user_model, expert, fo
     item = reviews.item_next(queue=queue, expert=other)
     response = logged_in(expert).get(reverse("review_item", args=[item.pk]))
     assert response.status_code == 302 and response["Location"] == reverse("reviews")
+
+
+@pytest.fixture
+def shared(django_user_model, expert, form):
+    """A queue of one example that two experts score: (queue, the other expert)."""
+    other = make_user(django_user_model, "olga", "expert")
+
+    def make(scores_needed):
+        queue = reviews.queue_create(
+            name="Q", form=form, examples=[make_example()], experts=[expert, other], created_by=None,
+            scores_needed=scores_needed,
+        )  # fmt: skip
+        return queue, other
+
+    return make
+
+
+def lose_the_lock(expert_client, queue, other, monkeypatch):
+    """The expert opens the item, stays away past their lock, and the other expert takes it over."""
+    clock = Clock(monkeypatch)
+    item = queue.items.get()
+    assert expert_client.get(reverse("review_item", args=[item.pk])).status_code == 200
+    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
+    assert reviews.item_next(queue=queue, expert=other).pk == item.pk
+    return item
+
+
+def test_a_score_posted_after_the_lock_was_taken_over_counts_while_it_is_needed(
+    expert_client, expert, shared, monkeypatch
+):
+    queue, other = shared(2)
+    item = lose_the_lock(expert_client, queue, other, monkeypatch)
+    response = expert_client.post(reverse("review_item", args=[item.pk]), post_answers())
+    assert response.status_code == 302 and response["Location"] == reverse("reviews")
+    assert Review.objects.get(item=item).expert == expert
+    item.refresh_from_db()
+    assert item.locked_by == other
+
+
+def test_answers_for_an_example_that_filled_up_meanwhile_are_shown_again(
+    expert_client, expert, shared, monkeypatch
+):
+    queue, other = shared(1)
+    item = lose_the_lock(expert_client, queue, other, monkeypatch)
+    reviews.answer_submit(item=item, expert=other, values=answers())
+    notes = "Seed it <script>alert(1)</script>"
+    response = expert_client.post(
+        reverse("review_item", args=[item.pk]), post_answers(q_helps_agent="2", q_notes=notes)
+    )
+    assert response.status_code == 200 and not Review.objects.filter(expert=expert).exists()
+    page = response.content.decode()
+    assert "Your answers were not saved; they are still below." in page
+    assert "other experts gave this example all the scores it needs" in page
+    assert "Take the next example" in page
+    assert 'name="q_helps_agent" value="2" id="id_q_helps_agent_1" required checked' in page
+    assert 'name="q_accurate" value="no" id="id_q_accurate_1" required checked' in page
+    assert (
+        ">\nSeed it &lt;script&gt;alert(1)&lt;/script&gt;</textarea>" in page and "<script>alert" not in page
+    )
+
+
+def test_the_heartbeat_renews_the_hold_and_says_when_it_is_lost(expert_client, expert, shared, monkeypatch):
+    queue, other = shared(2)
+    clock = Clock(monkeypatch)
+    item = reviews.item_next(queue=queue, expert=expert)
+    url = reverse("review_hold", args=[item.pk])
+    clock.advance(minutes=20)
+    response = expert_client.post(url, headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "Held for you for" in response.content.decode()
+    assert "<html" not in response.content.decode()
+    item.refresh_from_db()
+    assert item.locked_until == clock.now + timedelta(minutes=reviews.LOCK_MINUTES)
+
+    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
+    reviews.item_next(queue=queue, expert=other)
+    page = expert_client.post(url, headers={"HX-Request": "true"}).content.decode()
+    assert "another expert has taken this example too. It still needs 2 scores" in page
+    item.refresh_from_db()
+    assert item.locked_by == other
+    # Without htmx there is nothing to update: the scoring page is where to go.
+    assert expert_client.post(url)["Location"] == reverse("review_item", args=[item.pk])
+
+
+def test_only_experts_beat_the_heart(client, curator_client, queue):
+    url = reverse("review_hold", args=[queue.items.first().pk])
+    assert "/accounts/login/" in client.post(url, headers={"HX-Request": "true"})["Location"]
+    assert curator_client.post(url, headers={"HX-Request": "true"}).status_code == 403
+    assert curator_client.get(url).status_code == 405
 
 
 def test_skipping_moves_on(expert_client, expert, queue):
