@@ -513,13 +513,25 @@ def ab_results() -> list[dict]:
     return sorted(rows, key=lambda row: (-row["win_rate"], row["arm"]))
 
 
-def search_examples(params: dict) -> list[Example]:
-    """The examples a library search finds now: `q` plus the library's filters, as on /library/."""
+def example_filters(params) -> dict[str, str]:
+    """The library filters in `params` (a QueryDict or dict): `q` and the facets, as on /library/."""
+    from library import search
+
+    filters = {}
+    for name in ["q", *(facet.param for facet in search.facets())]:
+        value = str(params.get(name, "")).strip()[:500]
+        if value:
+            filters[name] = value
+    return filters
+
+
+def matching_examples(filters: dict[str, str]):
+    """The listed examples a library search with these filters finds now, by id (a QuerySet)."""
     from library import search
 
     listed = Example.objects.listed()
-    q = str(params.get("q", "")).strip()[:500]
+    q = filters.get("q", "")
     found = listed.filter(pk__in=search.ranked_ids(q, within=listed)) if q else listed
     for facet in search.facets():
-        found = facet.apply(found, str(params.get(facet.param, "")).strip())
-    return list(found.order_by("id"))
+        found = facet.apply(found, filters.get(facet.param, ""))
+    return found.order_by("id")

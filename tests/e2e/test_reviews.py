@@ -99,3 +99,40 @@ def test_activity_keeps_the_hold_and_answers_survive_losing_it(page, login, expe
     assert not Review.objects.filter(expert=expert).exists()
     page.get_by_role("button", name="Take the next example").click()
     expect(page.get_by_text("Nothing left for you in “Shared batch”")).to_be_visible()
+
+
+def test_a_curator_selects_a_page_at_a_time_and_keeps_the_ticks_across_pages(
+    page, login, curator, expert, monkeypatch
+):
+    from library import review_views
+    from library.review_models import ReviewQueue
+
+    monkeypatch.setattr(review_views, "PICK_PAGE_SIZE", 2)
+    shipped_forms()
+    examples = [make_example(n) for n in range(3)]
+    login(curator, next_path="/reviews/queues/new/")
+    page.get_by_label("Name").fill("Page by page")
+    page.get_by_label("Scores per example").fill("1")
+    page.get_by_label(expert.username).check()
+    toggle = page.get_by_label("Select all on this page (2)")
+    ticked = page.locator("[data-picked-count]")
+    toggle.check()
+    expect(page.get_by_label("Example 0")).to_be_checked()
+    expect(page.get_by_label("Example 1")).to_be_checked()
+    expect(ticked).to_have_text("2")
+    page.get_by_label("Example 1").uncheck()
+    assert toggle.evaluate("box => box.indeterminate") and not toggle.is_checked()
+    page.get_by_label("Example 1").check()
+    expect(toggle).to_be_checked()
+
+    page.get_by_role("button", name="Next →").click()
+    expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+    expect(page.get_by_label("Name")).to_have_value("Page by page")
+    expect(ticked).to_have_text("2")
+    page.get_by_label("Select all on this page (1)").check()
+    expect(ticked).to_have_text("3")
+    page.get_by_role("button", name="Make the queue").click()
+
+    expect(page.get_by_role("heading", name="Page by page")).to_be_visible()
+    queue = ReviewQueue.objects.get()
+    assert set(queue.items.values_list("example_id", flat=True)) == {e.pk for e in examples}
