@@ -2,7 +2,6 @@
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.http import QueryDict
 
 from codedistiller_site.roles import EXPERT
 from library.models import Example
@@ -97,20 +96,19 @@ class ScoreForm(forms.Form):
 
 
 class QueueForm(forms.Form):
+    """The queue's own fields and the examples ticked; the filter the examples are listed with, and its
+    "all that match", are read by the view from the same post."""
+
     name = forms.CharField(max_length=200)
     form = forms.ModelChoiceField(queryset=ScoringForm.objects.all(), label="Scoring form", empty_label=None)
     scores_needed = forms.IntegerField(min_value=1, max_value=20, initial=2, label="Scores per example")
     experts = forms.ModelMultipleChoiceField(
         queryset=get_user_model().objects.none(), widget=forms.CheckboxSelectMultiple
     )
-    examples = forms.ModelMultipleChoiceField(
-        queryset=Example.objects.none(), widget=forms.CheckboxSelectMultiple, required=False
-    )
-    search = forms.CharField(
-        max_length=1000, required=False, label="Or a saved search",
-        help_text="A library search as in its address, e.g. q=graph&type=demonstration: "
-        "the examples it finds now are added.",
-    )  # fmt: skip
+    examples = forms.ModelMultipleChoiceField(queryset=Example.objects.none(), required=False)
+    all_matching = forms.BooleanField(required=False)
+
+    MULTIPLE = ("experts", "examples")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -121,19 +119,24 @@ class QueueForm(forms.Form):
             .distinct()
         )
         self.fields["experts"].label_from_instance = lambda user: user.get_username()
-        self.fields["examples"].queryset = Example.objects.listed().defer("files", "stdout", "embedding")
-        self.fields["examples"].label_from_instance = lambda example: example.title
+        self.fields["examples"].queryset = Example.objects.listed().only("pk")
 
-    def clean_search(self) -> dict:
-        text = self.cleaned_data["search"].strip()
-        if "?" in text:
-            text = text.split("?", 1)[1]
-        return {key: value for key, value in QueryDict(text).items() if value.strip()}
+    @classmethod
+    def initial_from(cls, params) -> dict:
+        """What was typed and ticked in `params` (a post that filtered or turned a page), as initial data."""
+        initial = {}
+        for name in cls.base_fields:
+            if name in cls.MULTIPLE:
+                initial[name] = params.getlist(name)
+            elif name in params:
+                initial[name] = params.get(name)
+        initial["all_matching"] = params.get("all_matching") == "on"
+        return initial
 
     def clean(self):
         cleaned = super().clean()
-        if not cleaned.get("examples") and not cleaned.get("search"):
-            raise forms.ValidationError("Pick examples, or give a saved search.")
+        if not cleaned.get("examples") and not cleaned.get("all_matching"):
+            raise forms.ValidationError("Tick examples, or take all the examples that match the filter.")
         return cleaned
 
 

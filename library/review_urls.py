@@ -10,6 +10,7 @@ urlpatterns = [
     path("queues/<int:queue_id>/next/", views.queue_next, name="review_next"),
     path("items/<int:item_id>/", views.item_score, name="review_item"),
     path("items/<int:item_id>/skip/", views.item_skip, name="review_skip"),
+    path("items/<int:item_id>/hold/", views.item_hold, name="review_hold"),
     path("ab/", views.ab_compare, name="review_ab"),
     path("ab/results/", views.ab_results, name="review_ab_results"),
 ]

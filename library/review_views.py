@@ -2,14 +2,14 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
 from distill.highlight import code_files, pretty_json
-from library import reviews
+from library import reviews, search
 from library.models import Example
 from library.review_forms import ComparisonForm, QueueForm, ScoreForm
 from library.review_models import Review, ReviewItem, ReviewQueue
@@ -36,25 +36,58 @@ def _progress(queue: ReviewQueue) -> dict:
     return {"done": done, "total": len(items), "percent": round(100 * done / len(items)) if items else 0}
 
 
+PICK_PAGE_SIZE = 50
+
+
 @curator_required
 def queue_new(request):
-    form = QueueForm(request.POST or None, initial={"search": request.GET.get("search", "")})
-    if request.method == "POST" and form.is_valid():
+    # One form holds the queue's fields, the filter, the page of examples shown and every tick, and its
+    # Filter and page buttons post it: filtering or turning a page keeps all that was typed and ticked,
+    # with or without JavaScript. A GET takes the filter from the address (as on /library/).
+    params = request.POST if request.method == "POST" else request.GET
+    creating = "create" in request.POST
+    form = QueueForm(request.POST if creating else None, initial=QueueForm.initial_from(params))
+    filters = reviews.example_filters(params)
+    matching = reviews.matching_examples(filters)
+    if creating and form.is_valid():
         data = form.cleaned_data
-        examples = list(data["examples"])
-        if data["search"]:
-            examples += reviews.search_examples(data["search"])
+        examples = list(data["examples"]) + (list(matching.only("pk")) if data["all_matching"] else [])
         try:
             queue = reviews.queue_create(
                 name=data["name"], form=data["form"], examples=examples, experts=data["experts"],
-                created_by=request.user, scores_needed=data["scores_needed"], saved_search=data["search"],
+                created_by=request.user, scores_needed=data["scores_needed"],
+                saved_search=filters if data["all_matching"] else {},
             )  # fmt: skip
         except reviews.ReviewRefused as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Queue “{queue.name}” is ready: {queue.items.count()} examples.")
             return redirect("review_queue", queue.pk)
-    return render(request, "reviews/queue_new.html", {"form": form})
+    context = {"form": form, "filters": filters, **_example_picker(params, matching, filters)}
+    return render(request, "reviews/queue_new.html", context)
+
+
+def _example_picker(params, matching, filters: dict) -> dict:
+    """The page of matching examples to tick, the ticks kept from other pages, and the filter's choices."""
+    number = params.get("page") or ("1" if "filter" in params else params.get("at_page"))
+    page = Paginator(matching.defer("files", "stdout", "embedding"), PICK_PAGE_SIZE).get_page(number)
+    picked = {int(pk) for pk in params.getlist("examples") if pk.isdigit()}
+    listed = Example.objects.listed()
+    choices = []
+    for facet in search.facets():
+        options = [(value, f"{label} ({count})") for value, label, count in facet.counts(listed)]
+        chosen = filters.get(facet.param, "")
+        if chosen and chosen not in {value for value, _label in options}:
+            options.append((chosen, facet.label_of(chosen)))
+        if options:
+            choices.append({"param": facet.param, "label": facet.label, "options": options, "chosen": chosen})
+    return {
+        "page": page,
+        "picked": picked,
+        "picked_elsewhere": sorted(picked - {example.pk for example in page}),
+        "facet_choices": choices,
+        "library_size": listed.count(),
+    }
 
 
 @curator_required
@@ -91,26 +124,45 @@ def queue_next(request, queue_id: int):
 def item_score(request, item_id: int):
     item = get_object_or_404(ReviewItem.objects.select_related("queue__form", "example"), pk=item_id)
     refusal = reviews.item_may_score(item=item, expert=request.user)
-    if refusal is None and not reviews.item_lock(item=item, expert=request.user):
-        refusal = "Another expert is scoring this example; take the next one."
-    if refusal:
+    # Answers posted for an example that filled up while they were typed are shown again below, not
+    # dropped with a redirect: the expert may want to keep their notes.
+    if refusal and not (request.method == "POST" and refusal == reviews.ALL_SCORED):
         messages.error(request, refusal)
         return redirect("reviews")
-    item.refresh_from_db(fields=["locked_by", "locked_until"])
     questions = list(item.queue.form.questions.all())
     form = ScoreForm(request.POST or None, questions=questions, example=item.example)
     if request.method == "POST" and form.is_valid():
         try:
             reviews.answer_submit(item=item, expert=request.user, values=form.values())
         except reviews.ReviewRefused as exc:
-            messages.error(request, str(exc))
-            return redirect("reviews")
-        messages.success(request, f"Scored “{item.example.title}”.")
-        following = reviews.item_next(queue=item.queue, expert=request.user)
-        return redirect("review_item", following.pk) if following else redirect("reviews")
-    context = {"item": item, "example": item.example, "form": form, **_example_context(item.example)}
-    context["lock_minutes"] = max(0, int((item.locked_until - timezone.now()).total_seconds() // 60))
+            form.add_error(None, f"{exc} Your answers were not saved; they are still below.")
+        else:
+            messages.success(request, f"Scored “{item.example.title}”.")
+            following = reviews.item_next(queue=item.queue, expert=request.user)
+            return redirect("review_item", following.pk) if following else redirect("reviews")
+    hold = reviews.item_hold(item=item, expert=request.user)
+    if request.method == "GET" and not hold.held:
+        messages.error(request, "Another expert is scoring this example; take the next one.")
+        return redirect("reviews")
+    context = {
+        "item": item,
+        "example": item.example,
+        "form": form,
+        "hold": hold,
+        **_example_context(item.example),
+    }
     return render(request, "reviews/item_score.html", context)
+
+
+@require_POST
+@expert_required
+def item_hold(request, item_id: int):
+    """The scoring page's heartbeat while the expert is active: renews their lock, returns its status."""
+    item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
+    if not request.htmx:
+        return redirect("review_item", item.pk)
+    hold = reviews.item_hold(item=item, expert=request.user)
+    return render(request, "reviews/item_score.html#hold", {"item": item, "hold": hold})
 
 
 def _example_context(example: Example) -> dict:

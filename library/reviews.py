@@ -10,7 +10,7 @@ import random
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from itertools import combinations
 
 from django.db import IntegrityError, transaction
@@ -156,6 +156,9 @@ def item_lock(*, item: ReviewItem, expert, now=None) -> bool:
     return updated == 1
 
 
+ALL_SCORED = "This example has all the scores it needs."
+
+
 def item_may_score(*, item: ReviewItem, expert) -> str | None:
     """Why the expert may not score this item now, or None when they may."""
     if not item.queue.experts.filter(pk=expert.pk).exists():
@@ -163,8 +166,39 @@ def item_may_score(*, item: ReviewItem, expert) -> str | None:
     if item.reviews.filter(expert=expert).exists():
         return "You have already scored this example in this queue."
     if item.reviews.count() >= item.queue.scores_needed:
-        return "This example has all the scores it needs."
+        return ALL_SCORED
     return None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What the scoring page tells the expert about their hold on the item."""
+
+    held: bool  # the lock is theirs, until `until`
+    until: datetime | None = None
+    refusal: str | None = None  # why they may no longer score it at all
+    still_needed: int = 0  # scores the item still lacks
+
+    @property
+    def filled_up(self) -> bool:
+        return self.refusal == ALL_SCORED
+
+
+def item_hold(*, item: ReviewItem, expert) -> Hold:
+    """Take or renew the expert's lock while they work on the item, and say where they stand.
+
+    Called when the scoring page opens and again while the expert is active on it, so that a lock only
+    lapses LOCK_MINUTES after they stop. A lock another expert took after this one lapsed is not taken
+    back: answer_submit still accepts this expert's score while the item lacks scores.
+    """
+    refusal = item_may_score(item=item, expert=expert)
+    if refusal:
+        return Hold(held=False, refusal=refusal)
+    still_needed = item.queue.scores_needed - item.reviews.count()
+    if not item_lock(item=item, expert=expert):
+        return Hold(held=False, still_needed=still_needed)
+    item.refresh_from_db(fields=["locked_by", "locked_until"])
+    return Hold(held=True, until=item.locked_until, still_needed=still_needed)
 
 
 def answer_submit(*, item: ReviewItem, expert, values: dict[str, object]) -> Review:
@@ -183,15 +217,13 @@ def answer_submit(*, item: ReviewItem, expert, values: dict[str, object]) -> Rev
         # submitting the last score at once cannot both pass it.
         ReviewItem.objects.select_for_update().filter(pk=item.pk).first()
         if item.reviews.count() >= item.queue.scores_needed:
-            raise ReviewRefused("This example has all the scores it needs.")
-        # Held by someone else (and not expired): they are scoring it; do not pass them by.
-        taken = (
-            ReviewItem.objects.filter(pk=item.pk, locked_until__gte=now)
-            .exclude(locked_by=expert)
-            .exclude(locked_by=None)
-        )
-        if taken.exists():
-            raise ReviewRefused("Another expert holds this item; take the next one.")
+            raise ReviewRefused(ALL_SCORED)
+        # The lock is not checked here. It decides who is *offered* an item, so that two experts do not
+        # start the same work; once an expert has done the work, refusing it because their lock lapsed
+        # and another expert took the item would throw the work away. The queue's cap of scores, counted
+        # under the row lock above, is the real limit: while the item lacks scores, a second concurrent
+        # score is as good as the first. If this one fills the last place, the lock holder's page says so
+        # at its next heartbeat (item_hold), and their typed answers stay on their page.
         try:
             with transaction.atomic():
                 review = Review.objects.create(item=item, expert=expert, submitted_at=now)
@@ -481,13 +513,25 @@ def ab_results() -> list[dict]:
     return sorted(rows, key=lambda row: (-row["win_rate"], row["arm"]))
 
 
-def search_examples(params: dict) -> list[Example]:
-    """The examples a library search finds now: `q` plus the library's filters, as on /library/."""
+def example_filters(params) -> dict[str, str]:
+    """The library filters in `params` (a QueryDict or dict): `q` and the facets, as on /library/."""
+    from library import search
+
+    filters = {}
+    for name in ["q", *(facet.param for facet in search.facets())]:
+        value = str(params.get(name, "")).strip()[:500]
+        if value:
+            filters[name] = value
+    return filters
+
+
+def matching_examples(filters: dict[str, str]):
+    """The listed examples a library search with these filters finds now, by id (a QuerySet)."""
     from library import search
 
     listed = Example.objects.listed()
-    q = str(params.get("q", "")).strip()[:500]
+    q = filters.get("q", "")
     found = listed.filter(pk__in=search.ranked_ids(q, within=listed)) if q else listed
     for facet in search.facets():
-        found = facet.apply(found, str(params.get(facet.param, "")).strip())
-    return list(found.order_by("id"))
+        found = facet.apply(found, filters.get(facet.param, ""))
+    return found.order_by("id")

@@ -1,10 +1,12 @@
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
 
-from library import reviews
+from library import review_views, reviews
 from library.review_models import Review, ReviewQueue, ScoringForm
 from tests.conftest import logged_in, make_user
-from tests.test_reviews import CODEDISTILLER, answers, make_example, shipped_forms
+from tests.test_reviews import CODEDISTILLER, Clock, answers, make_example, shipped_forms
 
 pytestmark = pytest.mark.django_db
 
@@ -57,31 +59,118 @@ def test_only_experts_score(curator_client, reader_client, queue):
     assert not Review.objects.exists()
 
 
-def test_a_curator_makes_a_queue_from_picked_examples_and_a_saved_search(curator_client, form, expert):
-    picked, other = make_example(1), make_example(2)
+def queue_post(form, expert, **fields):
+    data = {"name": "Round 1", "form": form.pk, "scores_needed": 1, "experts": [expert.pk], "create": ""}
+    data.update(fields)
+    return data
+
+
+def test_a_curator_makes_a_queue_from_ticked_examples(curator_client, form, expert):
+    picked, _other = make_example(1), make_example(2)
     response = curator_client.post(
-        reverse("review_queue_new"),
-        {"name": "Round 1", "form": form.pk, "scores_needed": 1, "experts": [expert.pk],
-         "examples": [picked.pk], "search": "/library/?q=&type=demonstration"},
-    )  # fmt: skip
+        reverse("review_queue_new"), queue_post(form, expert, examples=[picked.pk])
+    )
     queue = ReviewQueue.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("review_queue", args=[queue.pk])
-    assert set(queue.items.values_list("example_id", flat=True)) == {picked.pk, other.pk}
-    assert list(queue.experts.all()) == [expert] and queue.saved_search == {"type": "demonstration"}
+    assert list(queue.items.values_list("example_id", flat=True)) == [picked.pk]
+    assert list(queue.experts.all()) == [expert] and queue.saved_search == {}
 
 
 def test_a_queue_form_refuses_too_many_scores_and_no_examples(curator_client, form, expert):
-    response = curator_client.post(
-        reverse("review_queue_new"),
-        {"name": "R", "form": form.pk, "scores_needed": 1, "experts": [expert.pk]},
-    )
-    assert response.status_code == 200 and "Pick examples" in response.content.decode()
     example = make_example()
+    response = curator_client.post(reverse("review_queue_new"), queue_post(form, expert))
+    page = response.content.decode()
+    assert response.status_code == 200 and "Tick examples, or take all the examples that match" in page
+    response = curator_client.post(
+        reverse("review_queue_new"), queue_post(form, expert, scores_needed=2, examples=[example.pk])
+    )
+    page = response.content.decode()
+    assert "1 to 1 scores" in page and not ReviewQueue.objects.exists()
+    assert f'value="{example.pk}" checked' in page, "the ticks survive the refusal"
+    response = curator_client.post(
+        reverse("review_queue_new"), queue_post(form, expert, all_matching="on", q="nothing like it")
+    )
+    assert "a search that finds some" in response.content.decode() and not ReviewQueue.objects.exists()
+
+
+@pytest.fixture
+def small_pages(monkeypatch):
+    monkeypatch.setattr(review_views, "PICK_PAGE_SIZE", 2)
+
+
+def test_all_that_match_the_filter_takes_every_page_and_records_the_filter(
+    curator_client, form, expert, small_pages
+):
+    matching = [make_example(n, main=f"import graphs\nprint({n})\n") for n in range(3)]
+    other = make_example(9)
+    page = curator_client.get(reverse("review_queue_new"), {"q": "graphs"}).content.decode()
+    assert "All the examples that match this filter, on every page: <strong>3</strong>" in page
+    assert "Page 1 of 2" in page and 'value="graphs"' in page
+    assert matching[0].title in page and other.title not in page
+    page = curator_client.get(reverse("review_queue_new")).content.decode()
+    assert "All the examples in the library, on every page: <strong>4</strong>" in page
+
     response = curator_client.post(
         reverse("review_queue_new"),
-        {"name": "R", "form": form.pk, "scores_needed": 2, "experts": [expert.pk], "examples": [example.pk]},
+        queue_post(form, expert, all_matching="on", q="graphs", examples=[other.pk]),
     )
-    assert "1 to 1 scores" in response.content.decode() and not ReviewQueue.objects.exists()
+    queue = ReviewQueue.objects.get()
+    assert response.status_code == 302
+    assert set(queue.items.values_list("example_id", flat=True)) == {e.pk for e in matching} | {other.pk}
+    assert queue.saved_search == {"q": "graphs"}
+
+
+def test_the_filter_takes_the_librarys_facets(curator_client, form, expert):
+    gpu = make_example(1, metadata={"description": "Big.", "example_type": "benchmark", "gpu_required": True})
+    cpu = make_example(2)
+    page = curator_client.get(reverse("review_queue_new"), {"type": "benchmark"}).content.decode()
+    assert '<option value="benchmark" selected>benchmark (1)</option>' in page
+    assert gpu.title in page and cpu.title not in page
+
+
+def test_the_library_offers_curators_its_results_as_a_queue(curator_client, reader_client, form):
+    make_example(1, main="import graphs\n")
+    link = f"{reverse('review_queue_new')}?q=graphs&amp;type=demonstration"
+    found = {"q": "graphs", "type": "demonstration"}
+    assert link in curator_client.get(reverse("library"), found).content.decode()
+    assert "Queue these for review" not in reader_client.get(reverse("library"), found).content.decode()
+    page = curator_client.get(link.replace("&amp;", "&")).content.decode()
+    assert "match this filter, on every page: <strong>1</strong>" in page
+
+
+def test_turning_a_page_or_filtering_keeps_what_was_typed_and_ticked(
+    curator_client, form, expert, small_pages
+):
+    examples = [make_example(n) for n in range(5)]
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        {"name": "Half-typed", "form": form.pk, "scores_needed": 1, "experts": [expert.pk],
+         "examples": [examples[0].pk, examples[1].pk], "at_page": "1", "page": "2"},
+    )  # fmt: skip
+    page = response.content.decode()
+    assert response.status_code == 200 and not ReviewQueue.objects.exists()
+    assert "Page 2 of 3" in page and 'value="Half-typed"' in page and "This field is required" not in page
+    assert f'name="experts" value="{expert.pk}" id="id_experts_0" checked' in page
+    for kept in examples[:2]:
+        assert f'<input type="hidden" name="examples" value="{kept.pk}">' in page
+    assert f'name="examples" value="{examples[2].pk}">' in page and "2</span> ticked" in page
+
+    # Filtering goes back to the first page and keeps the ticks too.
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        {"name": "Half-typed", "examples": [examples[0].pk, examples[3].pk], "at_page": "2", "filter": "",
+         "q": "thing 3"},
+    )  # fmt: skip
+    page = response.content.decode()
+    assert "<strong>1</strong>" in page and f'value="{examples[3].pk}" checked' in page
+    assert f'<input type="hidden" name="examples" value="{examples[0].pk}">' in page
+
+    response = curator_client.post(
+        reverse("review_queue_new"),
+        queue_post(form, expert, examples=[examples[0].pk, examples[3].pk], q="thing 3"),
+    )
+    queue = ReviewQueue.objects.get()
+    assert set(queue.items.values_list("example_id", flat=True)) == {examples[0].pk, examples[3].pk}
 
 
 def test_an_expert_scores_the_next_item_beside_its_code_and_moves_on(expert_client, expert, queue):
@@ -135,6 +224,94 @@ def test_an_item_held_by_another_expert_is_refused(django_user_model, expert, fo
     item = reviews.item_next(queue=queue, expert=other)
     response = logged_in(expert).get(reverse("review_item", args=[item.pk]))
     assert response.status_code == 302 and response["Location"] == reverse("reviews")
+
+
+@pytest.fixture
+def shared(django_user_model, expert, form):
+    """A queue of one example that two experts score: (queue, the other expert)."""
+    other = make_user(django_user_model, "olga", "expert")
+
+    def make(scores_needed):
+        queue = reviews.queue_create(
+            name="Q", form=form, examples=[make_example()], experts=[expert, other], created_by=None,
+            scores_needed=scores_needed,
+        )  # fmt: skip
+        return queue, other
+
+    return make
+
+
+def lose_the_lock(expert_client, queue, other, monkeypatch):
+    """The expert opens the item, stays away past their lock, and the other expert takes it over."""
+    clock = Clock(monkeypatch)
+    item = queue.items.get()
+    assert expert_client.get(reverse("review_item", args=[item.pk])).status_code == 200
+    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
+    assert reviews.item_next(queue=queue, expert=other).pk == item.pk
+    return item
+
+
+def test_a_score_posted_after_the_lock_was_taken_over_counts_while_it_is_needed(
+    expert_client, expert, shared, monkeypatch
+):
+    queue, other = shared(2)
+    item = lose_the_lock(expert_client, queue, other, monkeypatch)
+    response = expert_client.post(reverse("review_item", args=[item.pk]), post_answers())
+    assert response.status_code == 302 and response["Location"] == reverse("reviews")
+    assert Review.objects.get(item=item).expert == expert
+    item.refresh_from_db()
+    assert item.locked_by == other
+
+
+def test_answers_for_an_example_that_filled_up_meanwhile_are_shown_again(
+    expert_client, expert, shared, monkeypatch
+):
+    queue, other = shared(1)
+    item = lose_the_lock(expert_client, queue, other, monkeypatch)
+    reviews.answer_submit(item=item, expert=other, values=answers())
+    notes = "Seed it <script>alert(1)</script>"
+    response = expert_client.post(
+        reverse("review_item", args=[item.pk]), post_answers(q_helps_agent="2", q_notes=notes)
+    )
+    assert response.status_code == 200 and not Review.objects.filter(expert=expert).exists()
+    page = response.content.decode()
+    assert "Your answers were not saved; they are still below." in page
+    assert "other experts gave this example all the scores it needs" in page
+    assert "Take the next example" in page
+    assert 'name="q_helps_agent" value="2" id="id_q_helps_agent_1" required checked' in page
+    assert 'name="q_accurate" value="no" id="id_q_accurate_1" required checked' in page
+    assert (
+        ">\nSeed it &lt;script&gt;alert(1)&lt;/script&gt;</textarea>" in page and "<script>alert" not in page
+    )
+
+
+def test_the_heartbeat_renews_the_hold_and_says_when_it_is_lost(expert_client, expert, shared, monkeypatch):
+    queue, other = shared(2)
+    clock = Clock(monkeypatch)
+    item = reviews.item_next(queue=queue, expert=expert)
+    url = reverse("review_hold", args=[item.pk])
+    clock.advance(minutes=20)
+    response = expert_client.post(url, headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "Held for you for" in response.content.decode()
+    assert "<html" not in response.content.decode()
+    item.refresh_from_db()
+    assert item.locked_until == clock.now + timedelta(minutes=reviews.LOCK_MINUTES)
+
+    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
+    reviews.item_next(queue=queue, expert=other)
+    page = expert_client.post(url, headers={"HX-Request": "true"}).content.decode()
+    assert "another expert has taken this example too. It still needs 2 scores" in page
+    item.refresh_from_db()
+    assert item.locked_by == other
+    # Without htmx there is nothing to update: the scoring page is where to go.
+    assert expert_client.post(url)["Location"] == reverse("review_item", args=[item.pk])
+
+
+def test_only_experts_beat_the_heart(client, curator_client, queue):
+    url = reverse("review_hold", args=[queue.items.first().pk])
+    assert "/accounts/login/" in client.post(url, headers={"HX-Request": "true"})["Location"]
+    assert curator_client.post(url, headers={"HX-Request": "true"}).status_code == 403
+    assert curator_client.get(url).status_code == 405
 
 
 def test_skipping_moves_on(expert_client, expert, queue):

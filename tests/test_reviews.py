@@ -150,8 +150,6 @@ def test_a_locked_item_is_not_offered_to_another_expert_until_the_lock_expires(f
     assert first.locked_by == experts[0]
     assert reviews.item_next(queue=queue, expert=experts[1]) is None
     assert reviews.item_lock(item=first, expert=experts[1]) is False
-    with pytest.raises(ReviewRefused, match="Another expert"):
-        reviews.answer_submit(item=first, expert=experts[1], values=answers())
     # The same expert asking again gets the item they hold.
     assert reviews.item_next(queue=queue, expert=experts[0]).pk == first.pk
 
@@ -163,6 +161,46 @@ def test_a_locked_item_is_not_offered_to_another_expert_until_the_lock_expires(f
     assert second.locked_by is None and second.locked_until is None
     # One score was needed and given: nothing left for the first expert either.
     assert reviews.item_next(queue=queue, expert=experts[0]) is None
+
+
+def test_a_score_counts_after_its_lock_lapsed_while_the_item_lacks_scores(form, experts, monkeypatch):
+    clock = Clock(monkeypatch)
+    queue = make_queue(form, experts[:2], [make_example()], scores_needed=2)
+    item = reviews.item_next(queue=queue, expert=experts[0])
+    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
+    assert reviews.item_next(queue=queue, expert=experts[1]).pk == item.pk
+
+    reviews.answer_submit(item=item, expert=experts[0], values=answers(helps=2))
+    item.refresh_from_db()
+    assert item.locked_by == experts[1], "the other expert keeps their lock"
+    reviews.answer_submit(item=item, expert=experts[1], values=answers(helps=4))
+    assert sorted(item.reviews.values_list("expert__username", flat=True)) == ["ann", "bob"]
+    item.example.refresh_from_db()
+    assert item.example.score == 3 and item.example.score_count == 2
+
+
+def test_holding_renews_the_lock_and_never_takes_it_from_another_expert(form, experts, monkeypatch):
+    clock = Clock(monkeypatch)
+    queue = make_queue(form, experts[:2], [make_example()], scores_needed=1)
+    item = reviews.item_next(queue=queue, expert=experts[0])
+    clock.advance(minutes=reviews.LOCK_MINUTES - 5)
+    hold = reviews.item_hold(item=item, expert=experts[0])
+    assert hold.held and hold.until == clock.now + timedelta(minutes=reviews.LOCK_MINUTES)
+    clock.advance(minutes=10)
+    assert reviews.item_next(queue=queue, expert=experts[1]) is None, "the renewed lock still holds"
+
+    clock.advance(minutes=reviews.LOCK_MINUTES)
+    assert reviews.item_next(queue=queue, expert=experts[1]).pk == item.pk
+    hold = reviews.item_hold(item=item, expert=experts[0])
+    assert not hold.held and hold.refusal is None and hold.still_needed == 1
+    item.refresh_from_db()
+    assert item.locked_by == experts[1]
+
+    reviews.answer_submit(item=item, expert=experts[1], values=answers())
+    hold = reviews.item_hold(item=item, expert=experts[0])
+    assert hold.filled_up and not hold.held
+    with pytest.raises(ReviewRefused, match="all the scores it needs"):
+        reviews.answer_submit(item=item, expert=experts[0], values=answers())
 
 
 def test_a_skipped_item_is_not_offered_to_that_expert_again(form, experts):

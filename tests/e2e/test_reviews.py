@@ -5,7 +5,7 @@ from playwright.sync_api import expect
 
 from library import reviews
 from library.review_models import Review, ScoringForm
-from tests.test_reviews import CODEDISTILLER, make_example, shipped_forms
+from tests.test_reviews import CODEDISTILLER, answers, make_example, shipped_forms
 
 # REVIEW_SHOTS=folder keeps screenshots of the scoring and results pages, to look at them.
 SHOTS = os.environ.get("REVIEW_SHOTS")
@@ -51,3 +51,88 @@ def test_an_expert_scores_two_items_and_the_curator_sees_the_results(page, login
     expect(helps.locator(".score")).to_contain_text("4.50")
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/results.png", full_page=True)
+
+
+def test_activity_keeps_the_hold_and_answers_survive_losing_it(page, login, expert, django_user_model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from library.review_models import ReviewItem
+    from tests.conftest import make_user
+
+    shipped_forms()
+    other = make_user(django_user_model, "olga", "expert")
+    queue = reviews.queue_create(
+        name="Shared batch", form=ScoringForm.objects.get(name=CODEDISTILLER), examples=[make_example()],
+        experts=[expert, other], created_by=None, scores_needed=1,
+    )  # fmt: skip
+    item = queue.items.get()
+    page.clock.install()  # the heartbeat is throttled to once a minute: the test moves the page's clock
+    login(expert, next_path="/reviews/")
+    page.get_by_role("button", name="Score the next example in Shared batch").click()
+    expect(page.locator(".hold")).to_contain_text("Held for you")
+
+    # The lock is about to lapse; typing renews it.
+    ReviewItem.objects.filter(pk=item.pk).update(locked_until=timezone.now() + timedelta(minutes=1))
+    notes = page.get_by_role("group", name="Notes").locator("textarea")
+    with page.expect_response(re.compile(r"/hold/$")):
+        notes.fill("Needs a seed.")
+    item.refresh_from_db()
+    assert item.locked_by == expert
+    assert item.locked_until > timezone.now() + timedelta(minutes=reviews.LOCK_MINUTES - 1)
+
+    # The expert stays away; the lock lapses and the other expert scores the example meanwhile.
+    ReviewItem.objects.filter(pk=item.pk).update(locked_until=timezone.now() - timedelta(minutes=1))
+    reviews.item_next(queue=queue, expert=other)
+    reviews.answer_submit(item=item, expert=other, values=answers())
+    page.clock.fast_forward("01:01")
+    with page.expect_response(re.compile(r"/hold/$")):
+        page.get_by_role("group", name="Would it help a coding agent").get_by_label("2").check()
+    expect(page.locator(".hold")).to_contain_text("other experts gave this example all the scores it needs")
+
+    page.get_by_role("group", name="how long would a fix take").get_by_label("under 1 hour").check()
+    page.get_by_role("button", name="Submit scores").click()
+    expect(page.locator(".score-form .message--error")).to_contain_text("Your answers were not saved")
+    expect(notes).to_have_value("Needs a seed.")
+    expect(page.get_by_role("group", name="Would it help a coding agent").get_by_label("2")).to_be_checked()
+    assert not Review.objects.filter(expert=expert).exists()
+    page.get_by_role("button", name="Take the next example").click()
+    expect(page.get_by_text("Nothing left for you in “Shared batch”")).to_be_visible()
+
+
+def test_a_curator_selects_a_page_at_a_time_and_keeps_the_ticks_across_pages(
+    page, login, curator, expert, monkeypatch
+):
+    from library import review_views
+    from library.review_models import ReviewQueue
+
+    monkeypatch.setattr(review_views, "PICK_PAGE_SIZE", 2)
+    shipped_forms()
+    examples = [make_example(n) for n in range(3)]
+    login(curator, next_path="/reviews/queues/new/")
+    page.get_by_label("Name").fill("Page by page")
+    page.get_by_label("Scores per example").fill("1")
+    page.get_by_label(expert.username).check()
+    toggle = page.get_by_label("Select all on this page (2)")
+    ticked = page.locator("[data-picked-count]")
+    toggle.check()
+    expect(page.get_by_label("Example 0")).to_be_checked()
+    expect(page.get_by_label("Example 1")).to_be_checked()
+    expect(ticked).to_have_text("2")
+    page.get_by_label("Example 1").uncheck()
+    assert toggle.evaluate("box => box.indeterminate") and not toggle.is_checked()
+    page.get_by_label("Example 1").check()
+    expect(toggle).to_be_checked()
+
+    page.get_by_role("button", name="Next →").click()
+    expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+    expect(page.get_by_label("Name")).to_have_value("Page by page")
+    expect(ticked).to_have_text("2")
+    page.get_by_label("Select all on this page (1)").check()
+    expect(ticked).to_have_text("3")
+    page.get_by_role("button", name="Make the queue").click()
+
+    expect(page.get_by_role("heading", name="Page by page")).to_be_visible()
+    queue = ReviewQueue.objects.get()
+    assert set(queue.items.values_list("example_id", flat=True)) == {e.pk for e in examples}
