@@ -29,6 +29,17 @@ def test_a_missing_file_is_named():
         parse_program(reply)
 
 
+def test_the_formats_placeholders_copied_instead_of_content_are_refused():
+    copied = program(requirements="<one pip requirement a line, pinned where it matters>")
+    with pytest.raises(ReplyError, match="requirements.txt holds the format's placeholder"):
+        parse_program(copied)
+    with pytest.raises(ReplyError, match="main.py holds the format's placeholder '<the complete program>'"):
+        parse_program(program("import json\n<the complete program>\n"))
+    # Angle brackets in real code and requirements are content, not placeholders.
+    real = program("print('<b>bold</b>')\nx = 1 < 2 > 0\n", requirements="numpy<3\n<br>\n")
+    assert parse_program(real).files["main.py"].startswith("print('<b>")
+
+
 def test_missing_or_broken_metadata_is_refused():
     with pytest.raises(ReplyError, match="METADATA"):
         parse_program(program().split("=== METADATA ===")[0])

@@ -74,6 +74,11 @@ class Judgement(BaseModel):
         return self.faithful and self.accurate and self.complete and not self.critical_issues
 
 
+# A line that is wholly a placeholder of program_format.txt ("<one pip requirement a line, ...>"): a small
+# model sometimes copies the format's skeleton instead of filling it in. No file kind has such a line.
+PLACEHOLDER_LINE = re.compile(r"^\s*<[^<>\n]* [^<>\n]*>\s*$", re.M)
+
+
 def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     files: dict[str, str] = {}
     metadata_text = None
@@ -122,6 +127,11 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
         )
     if not files["main.py"].strip():
         raise ReplyError("main.py is empty")
+    for name, content in files.items():
+        if match := PLACEHOLDER_LINE.search(content):
+            raise ReplyError(
+                f"{name} holds the format's placeholder {match.group().strip()!r}: write the real content"
+            )
     if metadata_text is None:
         raise ReplyError("missing the '=== METADATA ===' section with a JSON object")
     try:
