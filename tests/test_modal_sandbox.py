@@ -1,10 +1,15 @@
 """The Modal backend, against a fake of our own client (Modal cannot be reached here), and the real
 service in the tests marked `modal` when MODAL_TOKEN_ID and MODAL_TOKEN_SECRET are set."""
 
+import codecs
+import glob
 import io
 import json
 import os
 import queue
+import shutil
+import signal
+import subprocess
 import sys
 import tarfile
 import threading
@@ -15,10 +20,14 @@ from pathlib import Path
 import pytest
 
 from distill import services
+from distill.pipeline import proof
 from distill.profiles import ProfileError, load_profile
 from distill.sandbox import ExecutionRequest, Limits, SandboxUnavailable, get_sandbox
+from distill.sandbox.base import AUDIT_PY, RECORDER_PATH
 from distill.sandbox.modal import PHASE_SCRIPT, ModalClient, ModalOptions, ModalSandbox
+from tests import test_proof
 from tests.factories import make_git_repo
+from tests.test_proof import USES_CLONE, WRITE_RESULTS, record_run
 
 FILES = {
     "main.py": "print('hello')\n",
@@ -88,7 +97,7 @@ class FakeBox:
     def download(self, remote_path, local_path):
         Path(local_path).write_bytes(self.files[remote_path])
 
-    def exec(self, *argv, workdir, env):
+    def exec(self, *argv, workdir, env, stdin=None):
         assert argv[:2] == ("bash", PHASE_SCRIPT) and PHASE_SCRIPT in self.files
         assert not self.terminated.is_set(), "exec in a terminated sandbox"
         phase = argv[2]
@@ -379,6 +388,344 @@ def test_invalid_file_names_are_refused_before_anything_starts(fake, tmp_path):
     assert fake.boxes == []
 
 
+# The proof of use: a fake that runs its commands, so that run.sh and the recorder really run -----------
+
+
+def python_prefix(version: str) -> Path | None:
+    """Where a Python of that version lives on this machine (on the PATH or installed by pyenv), or None."""
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [
+        shutil.which(f"python{version}"),
+        *sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python{version}")),
+    ]
+    for candidate in filter(None, candidates):
+        found = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.base_prefix)"], capture_output=True, text=True
+        )
+        if found.returncode == 0:
+            return Path(found.stdout.strip())
+    return None
+
+
+# Modal's default image has Python 3.12 first on the PATH (in /usr/local/bin); without one here, the system's.
+IMAGE_PYTHON = python_prefix("3.12")
+SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+class ContainerProcess:
+    """A command running in a ContainerBox: text streams as Modal gives them (chunks as they come)."""
+
+    def __init__(self, box, popen):
+        self.box, self.popen = box, popen
+        self.stdout, self.stderr = self._text(popen.stdout), self._text(popen.stderr)
+
+    @staticmethod
+    def _text(pipe):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := pipe.read1(65536):
+            yield decoder.decode(chunk)
+        yield decoder.decode(b"", final=True)
+
+    def wait(self):
+        code = self.popen.wait()
+        if self.box.terminated.is_set():
+            raise RuntimeError("Sandbox terminated")
+        return code
+
+
+class ContainerBox:
+    """A Modal sandbox played by bubblewrap: a folder of this machine is its root filesystem, with this
+    machine's /usr and /etc read-only in it, and its processes run as root in their own pid namespace."""
+
+    def __init__(self, modal, image_id, **create_args):
+        self.modal, self.image_id, self.create_args = modal, image_id, create_args
+        self.root = modal.folder / f"box-{len(modal.boxes) + 1}"
+        if image_id:
+            shutil.copytree(modal.images[image_id], self.root, symlinks=True)
+        else:
+            (self.root / "tmp").mkdir(parents=True)
+            for name in SYSTEM_LINKS:
+                if Path("/", name).is_symlink():
+                    (self.root / name).symlink_to(os.readlink(Path("/", name)))
+        self.execs: list[tuple] = []
+        self.popens: list[subprocess.Popen] = []
+        self.terminated = threading.Event()
+
+    def path(self, remote_path):
+        assert remote_path.startswith("/")
+        return self.root / remote_path.lstrip("/")
+
+    def write_file(self, remote_path, data):
+        self.path(remote_path).parent.mkdir(parents=True, exist_ok=True)
+        self.path(remote_path).write_bytes(data)
+
+    def upload(self, local_path, remote_path):
+        self.write_file(remote_path, Path(local_path).read_bytes())
+
+    def download(self, remote_path, local_path):
+        shutil.copyfile(self.path(remote_path), local_path)
+
+    def exec(self, *argv, workdir, env, stdin=None):
+        assert not self.terminated.is_set(), "exec in a terminated sandbox"
+        self.execs.append((argv, workdir, env, stdin))
+        bwrap = [
+            "bwrap",
+            "--bind",
+            str(self.root),
+            "/",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--ro-bind",
+            "/etc",
+            "/etc",
+        ]
+        for name in SYSTEM_LINKS:
+            if Path("/", name).is_dir() and not Path("/", name).is_symlink():
+                bwrap += ["--ro-bind", f"/{name}", f"/{name}"]
+        path = "/usr/local/bin:/usr/bin:/bin"
+        if IMAGE_PYTHON is not None:
+            bwrap += ["--ro-bind", str(IMAGE_PYTHON), str(IMAGE_PYTHON)]
+            path = f"{IMAGE_PYTHON}/bin:{path}"
+        if not self.create_args["network"]:
+            bwrap.append("--unshare-net")
+        bwrap += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--unshare-pid",
+            "--die-with-parent",
+            "--chdir",
+            workdir,
+        ]
+        bwrap += ["--clearenv", "--setenv", "PATH", path]
+        for name, value in env.items():
+            bwrap += ["--setenv", name, value]
+        popen = subprocess.Popen(
+            [*bwrap, "--", *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.popens.append(popen)
+        if stdin is not None:  # as ModalBox: written whole and closed; otherwise left open, as Modal does
+            popen.stdin.write(stdin)
+            popen.stdin.close()
+        return ContainerProcess(self, popen)
+
+    def snapshot(self):
+        image_id = f"im-{len(self.modal.images) + 1}"
+        self.modal.images[image_id] = self.modal.folder / image_id
+        shutil.copytree(self.root, self.modal.images[image_id], symlinks=True)
+        return image_id
+
+    def terminate(self):
+        self.terminated.set()
+        for popen in self.popens:
+            try:
+                os.killpg(popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            popen.wait()
+            popen.stdin.close()
+
+
+class Container(FakeModal):
+    """Stands in for ModalClient with ContainerBoxes; one per module, so the first install is reused."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def create(self, *, image_id, **args):
+        box = ContainerBox(self, image_id, **args)
+        self.boxes.append(box)
+        return box
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory):
+    return Container(tmp_path_factory.mktemp("modal"))
+
+
+# The local sandbox's proof tests' repository (minilib) and environments folder, for the same programs.
+clone, envs = test_proof.clone, test_proof.envs
+
+
+def recorded_run(container, clone, envs, tmp_path, main, **kwargs):
+    return record_run(ModalSandbox(client=container), clone, envs, tmp_path, main, **kwargs)
+
+
+def fresh_config(clone):
+    return proof.recording_config(proof.repository_packages(clone))
+
+
+def messages(record):
+    return [json.loads(line.partition(b" ")[2]) for line in record.splitlines()]
+
+
+@pytest.mark.slow
+def test_a_modal_run_that_uses_the_repository_is_proven(container, clone, envs, tmp_path):
+    config = fresh_config(clone)
+    result, evidence = recorded_run(
+        container, clone, envs, tmp_path, USES_CLONE + WRITE_RESULTS, recording=config
+    )
+
+    assert result.ok, (result.failure, result.install_log, result.stderr)
+    assert evidence["verdict"] == proof.PROVEN, evidence["reasons"]
+    assert {m[0] for m in evidence["modules"]} == {"minilib", "minilib.core"}
+    assert evidence["functions"] == [["minilib/core.py", "mean_squared", 4]]
+    assert 0 < evidence["share_covered"] < 1
+    assert json.loads((tmp_path / "job" / "results.json").read_text()) == {"mean_squared": 14 / 3}
+    argv, _, env, stdin = container.boxes[-1].execs[1]
+    assert argv[2] == "run" and json.loads(stdin) == config, "the configuration goes in on the run's stdin"
+    assert config["key"] not in json.dumps(env)
+    if IMAGE_PYTHON is not None:  # the recorder ran on the Python of Modal's default image
+        assert messages(result.record)[0]["start"]["python"].startswith("3.12.")
+
+
+@pytest.mark.slow
+def test_a_modal_run_that_does_not_use_the_repository_is_unused(container, clone, envs, tmp_path):
+    main = "value = 4.666666666666667\nprint('mean squared:', value)\n" + WRITE_RESULTS
+
+    result, evidence = recorded_run(container, clone, envs, tmp_path, main)
+
+    assert result.ok and result.record
+    assert evidence["verdict"] == proof.UNUSED
+    assert "does not use the repository" in evidence["reasons"][0]
+
+
+@pytest.mark.slow
+def test_an_altered_modal_record_is_rejected(container, clone, envs, tmp_path):
+    config = fresh_config(clone)
+    result, evidence = recorded_run(
+        container, clone, envs, tmp_path, USES_CLONE + WRITE_RESULTS, recording=config
+    )
+    assert evidence["verdict"] == proof.PROVEN
+    packages = proof.repository_packages(clone)
+    signed_call = next(line for line in result.record.splitlines() if b'"mean_squared"' in line)
+    altered = result.record.replace(signed_call, signed_call.replace(b'"mean_squared"', b'"unused"'))
+
+    evidence = proof.verify(altered, config["key"], packages, clone)
+    other_key = proof.verify(result.record, fresh_config(clone)["key"], packages, clone)
+
+    assert evidence["verdict"] == proof.UNPROVEN and "tampered" in evidence["reasons"][0]
+    assert other_key["verdict"] == proof.UNPROVEN
+
+
+RECORD = "/sandbox/record.log"
+FORGE = f"""
+import json
+forged = {{"items": [["m", "minilib.core", "repo:minilib/core.py", "source"],
+                    ["f", "repo:minilib/core.py", "mean_squared", 4, "function"]], "pid": 2, "main": True}}
+with open({RECORD!r}, "a") as record:
+    for payload in ({{**forged, "seq": 1}}, {{"end": {{"problems": []}}, "pid": 2, "main": True, "seq": 2}}):
+        record.write("0" * 64 + " " + json.dumps(payload) + "\\n")
+"""
+SPOILED = {
+    "forged lines appended": FORGE,
+    "record removed": f"import os\nos.remove({RECORD!r})\n",
+    "record cut short": f"import os\nos.truncate({RECORD!r}, 0)\n",
+    "record replaced by a pipe": f"import os\nos.remove({RECORD!r})\nos.mkfifo({RECORD!r})\n",
+    "exit hooks skipped": "import os\nos._exit(0)\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spoil", SPOILED.values(), ids=SPOILED.keys())
+def test_a_program_that_spoils_its_modal_record_is_unproven(container, clone, envs, tmp_path, spoil):
+    main = USES_CLONE + WRITE_RESULTS + spoil
+
+    result, evidence = recorded_run(container, clone, envs, tmp_path, main)
+
+    assert result.exit_code == 0, result.stderr
+    assert evidence["verdict"] == proof.UNPROVEN, evidence
+
+
+@pytest.mark.slow
+def test_the_key_reaches_only_the_recorder_in_modal(container, clone, envs, tmp_path):
+    main = """
+        import glob, os, sys
+        seen = sys.stdin.read() + repr(dict(os.environ))
+        for path in glob.glob('/proc/*/environ') + glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/fd/*'):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                seen += os.read(fd, 65536).decode('latin-1')
+            except OSError:
+                pass
+        for folder in ('/sandbox', '/tmp', '/job', '/repo'):  # /env was made before the key existed
+            for path in glob.glob(folder + '/**', recursive=True):
+                if os.path.isfile(path) and not os.path.islink(path):
+                    seen += open(path, 'rb').read().decode('latin-1')
+        print(seen)
+    """
+
+    config = fresh_config(clone)
+    result, evidence = recorded_run(container, clone, envs, tmp_path, main, recording=config)
+
+    assert result.exit_code == 0, result.stderr
+    assert "PYTHONDONTWRITEBYTECODE" in result.stdout and "mean_squared" in result.stdout, "it did read"
+    assert config["key"] not in result.stdout
+    assert evidence["verdict"] == proof.UNUSED, "and the recorder had its key: it signed its record"
+
+
+@pytest.mark.slow
+def test_a_modal_run_without_recording_has_no_recorder_and_no_record(container, clone, envs, tmp_path):
+    main = "import os, sys\nprint(os.environ.get('PYTHONPATH'), repr(sys.stdin.read()))\n"
+
+    result, _ = recorded_run(container, clone, envs, tmp_path, main, recording=False)
+
+    assert result.ok and result.record is None
+    assert result.stdout == "None ''\n", "no recorder on the path, and an empty stdin"
+    box = container.boxes[-1]
+    assert not box.path(RECORDER_PATH).exists()
+    assert [argv[2] for argv, *_ in box.execs] == ["prepare", "run", "pack"]
+
+
+@pytest.mark.slow
+def test_a_timed_out_modal_run_brings_no_record(container, clone, envs, tmp_path):
+    main = USES_CLONE + "import time\ntime.sleep(60)\n"
+
+    result, evidence = recorded_run(container, clone, envs, tmp_path, main, wall_secs=2)
+
+    assert result.timed_out and result.record is None
+    assert evidence["verdict"] == proof.UNPROVEN
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_the_recorder_runs_on_the_pythons_of_modal_images(version, tmp_path):
+    prefix = python_prefix(version)
+    if prefix is None:
+        pytest.skip(f"no Python {version} on this machine")
+    repo = make_git_repo(tmp_path / "repo", {"lib.py": "def f():\n    return 1\n"})
+    (tmp_path / "record").mkdir()
+    shutil.copyfile(AUDIT_PY, tmp_path / "record" / "sitecustomize.py")
+    packages = proof.repository_packages(repo)
+    config = fresh_config(repo)
+    config_read, config_write = os.pipe()
+    os.write(config_write, json.dumps({**config, "root": str(repo)}).encode())
+    os.close(config_write)
+    record_read, record_write = os.pipe()
+    main = f"import sys\nsys.path.insert(0, {str(repo)!r})\nimport lib\nlib.f()\n"
+    subprocess.run(
+        [prefix / "bin" / f"python{version}", "-c", main],
+        env={"PYTHONPATH": str(tmp_path / "record"), "DISTILL_RECORD": f"{config_read},{record_write}"},
+        pass_fds=(config_read, record_write),
+        check=True,
+        timeout=60,
+    )
+    os.close(config_read)
+    os.close(record_write)
+    with open(record_read, "rb") as pipe:
+        record = pipe.read()
+
+    evidence = proof.verify(record, config["key"], packages, repo)
+    assert evidence["verdict"] == proof.PROVEN, evidence["reasons"]
+    assert messages(record)[0]["start"]["python"].startswith(f"{version}.")
+
+
 # Credentials, profiles, the app --------------------------------------------------------------------------
 
 
@@ -523,3 +870,16 @@ def test_a_real_modal_sandbox_times_out(tmp_path):
     result = get_sandbox("modal", {"cpu": 0.5, "app_name": "codedistiller-tests"}).execute(request)
 
     assert result.timed_out and result.exit_code is None
+
+
+@pytest.mark.modal
+@pytest.mark.slow
+@needs_modal
+def test_a_real_modal_sandbox_records_the_proof(clone, envs, tmp_path):
+    sandbox = get_sandbox("modal", {"cpu": 1.0, "app_name": "codedistiller-tests"})
+
+    result, evidence = record_run(sandbox, clone, envs, tmp_path, USES_CLONE + WRITE_RESULTS, env="modal")
+
+    assert result.ok, (result.failure, result.install_log, result.stderr)
+    assert evidence["verdict"] == proof.PROVEN, evidence["reasons"]
+    assert evidence["functions"] == [["minilib/core.py", "mean_squared", 4]]

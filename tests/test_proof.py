@@ -195,15 +195,18 @@ def envs(tmp_path_factory):
     return tmp_path_factory.mktemp("envs")
 
 
-def record_run(sandbox, clone, envs, tmp_path, main, *, runscript="true\n", env="plain", recording=True):
+def record_run(
+    sandbox, clone, envs, tmp_path, main, *, runscript="true\n", env="plain", recording=True, wall_secs=60
+):
+    """Runs main in sandbox; recording is True for a fresh configuration, one to use, or False for none."""
     packages = proof.repository_packages(clone)
-    config = proof.recording_config(packages) if recording else None
+    config = proof.recording_config(packages) if recording is True else recording or None
     request = ExecutionRequest(
         files={"main.py": dedent(main), "requirements.txt": "", "runscript.sh": runscript},
         job_dir=tmp_path / "job",
         env_dir=envs / env,
         repo_dir=clone,
-        limits=Limits(wall_secs=60),
+        limits=Limits(wall_secs=wall_secs),
         recording=config,
     )
     result = sandbox.execute(request)

@@ -2,7 +2,8 @@
 
 run.sh puts this file on the path as `sitecustomize` for the run phase only, when DISTILL_RECORD names two
 file descriptors: one holds the configuration (a signing key and the repository's package names), which is
-read and closed before main.py starts, and one receives the record, which the sandbox's host side reads.
+read and closed before main.py starts, and one receives the record, which the sandbox's host side reads
+(locally two pipes; on Modal the stdin of the run and a file read back after it, see modal.py).
 
 Python 3.11 has no cheap tracing: any sys.settrace or sys.setprofile slows every bytecode of the program
 by 50-300%. So the repository's modules are compiled here with a probe at the start of each module, class
@@ -26,7 +27,11 @@ import json
 import os
 import sys
 import time
-from _sha256 import sha256  # not hashlib: loading OpenSSL would add 10 ms to every program's start
+
+try:  # not hashlib: loading OpenSSL would add 10 ms to every program's start
+    from _sha256 import sha256
+except ImportError:  # Python 3.12 merged it into _sha2 (Modal's images run 3.12 by default)
+    from _sha2 import sha256
 from _thread import allocate_lock, get_ident
 from importlib.machinery import ExtensionFileLoader, SourceFileLoader
 

@@ -5,6 +5,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# Both backends run these inside their sandbox: the phases of a program (install, run) and the recorder of
+# which repository code the program runs, which the run phase loads as `sitecustomize`.
+RUN_SH = Path(__file__).with_name("run.sh")
+AUDIT_PY = Path(__file__).with_name("audit.py")
+RECORDER_PATH = "/sandbox/record/sitecustomize.py"  # where audit.py goes; run.sh puts its folder on the path
+RECORD_CAP = 32 * 1024 * 1024  # bytes of record kept; past it the record is incomplete and proves nothing
+
 
 class SandboxUnavailable(RuntimeError):
     """The backend cannot run here; the message names what is missing."""
@@ -84,6 +91,11 @@ def install_failure(install, limit_secs: float, *, tool_error: str = "") -> str:
         last = next((line for line in reversed(install.stdout.splitlines()) if line.strip()), "")
         return f"install failed: exit code {install.exit_code}" + (f": {last.strip()[:200]}" if last else "")
     return ""
+
+
+def kept_record(record: bytes) -> bytes | None:
+    """The record as the host hands it on: a record past RECORD_CAP was cut, and is no record at all."""
+    return record if len(record) <= RECORD_CAP else None
 
 
 OutputCallback = Callable[[str, str], None]

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .base import (
+    AUDIT_PY,
+    RECORD_CAP,
+    RECORDER_PATH,
+    RUN_SH,
     CancelCheck,
     ExecutionRequest,
     ExecutionResult,
@@ -35,13 +39,11 @@ from .base import (
     OutputCallback,
     SandboxUnavailable,
     install_failure,
+    kept_record,
 )
 
 logger = logging.getLogger(__name__)
 
-RUN_SH = Path(__file__).with_name("run.sh")
-AUDIT_PY = Path(__file__).with_name("audit.py")
-RECORD_CAP = 32 * 1024 * 1024  # bytes of record kept; past it the record is incomplete and proves nothing
 REQUIRED_FILES = ("main.py", "requirements.txt", "runscript.sh")
 OUTPUT_CAP = 2_000_000  # characters kept per stream: the end, where errors are
 POLL_SECS = 0.5
@@ -184,7 +186,7 @@ class LocalSandbox:
         # Read-only in the run phase, so a program cannot spoil the environment for the next iteration.
         run_mounts = [*mounts, ("--ro-bind", venv, "/env")]
         if request.recording is not None:
-            run_mounts.append(("--ro-bind", AUDIT_PY, "/sandbox/record/sitecustomize.py"))
+            run_mounts.append(("--ro-bind", AUDIT_PY, RECORDER_PATH))
         run = self._run_phase(
             "run",
             run_mounts,
@@ -300,7 +302,7 @@ class LocalSandbox:
             secs=secs,
             stdout=out.text(),
             stderr=err.text(),
-            record=bytes(record) if recording is not None and len(record) <= RECORD_CAP else None,
+            record=kept_record(bytes(record)) if recording is not None else None,
         )
 
     def _argv(

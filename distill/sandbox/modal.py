@@ -8,6 +8,26 @@ The same two phases as the local backend, in two sandboxes so that each has its 
 - run: a sandbox from that image, with the network as the profile says, runs `python main.py` in /job;
   results.json, log.json and to_save/ come back into `request.job_dir` as one tar archive.
 
+Both phases run the local backend's run.sh, and a recorded run loads the same recorder (audit.py) as
+`sitecustomize`: the record that proves the program used the repository is made, signed and checked
+exactly as locally. Only its two channels differ, as Modal offers no file descriptors of the host:
+
+- the recorder's configuration, with its signing key, goes in on the stdin of the run's `sb.exec`, which
+  phase.sh moves to a descriptor for the recorder before main.py starts; the recorder reads it to its end
+  and closes it, as it does the local pipe. So the key is never in the environment, on a command line or
+  in a file. A file written with `sb.filesystem` and removed by the recorder would be gone too, but it
+  would sit on the sandbox's disk (and in a snapshot) until then, and stay there if the recorder failed
+  to start; stdin is a pipe that only this process has and that holds the key only until it is read.
+  (Tested with a stand-in for Modal; what Modal's own agent keeps of a process's stdin is not known.)
+- the signed lines go to a file in the sandbox, read back after the program ends (locally a pipe read
+  as they come). The program, root in its sandbox, can remove, cut or add to that file, but cannot
+  write a line that verifies without the key: what it does to the file can make the verdict unproven,
+  never proven. A timed-out or cancelled program brings no record back, and is unproven too.
+
+What no channel can give, in Modal as locally: the install phase runs the model's runscript, which could
+plant code (a .pth file, a changed /env/bin/python) that runs before the recorder and reads its key. The
+recorder guards against a program that bypasses it by accident or shortcut, not against one built to.
+
 The snapshot's image id is kept in the run's env_dir, keyed like the local venvs (requirements.txt and
 runscript.sh), so the later iterations of a run that keep their dependencies skip the install phase.
 env_dir goes when the run finishes, and so does the reuse: the images expire on Modal after two days.
@@ -21,6 +41,7 @@ All Modal calls go through `ModalClient` and `ModalBox`: the tests replace them 
 `import modal` (slow: about a second) happens only on the first execution in a process.
 """
 
+import json
 import logging
 import os
 import tarfile
@@ -32,12 +53,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import (
+    AUDIT_PY,
+    RECORD_CAP,
+    RECORDER_PATH,
+    RUN_SH,
     CancelCheck,
     ExecutionRequest,
     ExecutionResult,
     OutputCallback,
     SandboxUnavailable,
     install_failure,
+    kept_record,
 )
 from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _Tail
 
@@ -54,33 +80,43 @@ MAX_OUTPUT_ARCHIVE_BYTES = 200 * 1024 * 1024
 REPO_ARCHIVE = "/tmp/repo.tar.gz"
 OUTPUT_ARCHIVE = "/tmp/outputs.tar.gz"
 PHASE_SCRIPT = "/sandbox/phase.sh"
+RUN_SCRIPT = "/sandbox/run.sh"
+RECORD_READ_SECS = 60
 
-# Runs inside the sandbox as `phase.sh prepare|install|run|pack`. The venv lives at /env in both phases
-# (a venv hard-codes its path). Modal's Debian slim image has its Python in /usr/local/bin.
+# Runs inside the sandbox as `phase.sh prepare|install|run|pack|record`; install and run are run.sh's.
 PHASE_SH = r"""#!/bin/bash
 set -u
 case "${1:-}" in
 prepare)
-  # A fresh /job for this iteration: a snapshot may hold the files of the one that installed it.
-  rm -rf /job && mkdir -p /job/to_save /repo || exit
+  # A fresh /job for this iteration: a snapshot may hold the files of the one that installed it. The
+  # recorder's folder and record belong to the host, whatever the install phase left there.
+  rm -rf /job /sandbox/record /sandbox/record.log && mkdir -p /job/to_save /repo || exit
   if [ -f /tmp/repo.tar.gz ]; then
     tar -xzf /tmp/repo.tar.gz -C /repo && rm -f /tmp/repo.tar.gz && chmod -R a-w /repo || exit
   fi
   ;;
 install)
-  if [ ! -x /env/bin/python ]; then
-    python3 -m venv /env || exit
-  fi
-  # shellcheck disable=SC1091
-  source /env/bin/activate
-  set -e
-  # shellcheck disable=SC1091
-  source ./runscript.sh
+  exec bash /sandbox/run.sh install
   ;;
 run)
-  # shellcheck disable=SC1091
-  source /env/bin/activate
-  exec python main.py
+  # The program's stdin is empty, as locally. For a record, stdin holds the recorder's configuration
+  # (the host closes it after writing): it moves to descriptor 3, and the record is appended to on 4,
+  # so that lines a program writes there stay in it, and fail their check, rather than being overwritten.
+  if [ -n "${DISTILL_RECORD:-}" ]; then
+    exec 3<&0 </dev/null 4>>/sandbox/record.log || exit
+    export DISTILL_RECORD=3,4
+  else
+    exec </dev/null
+  fi
+  exec bash /sandbox/run.sh run
+  ;;
+record)
+  # Only a regular file, and no more than asked: the program may have put anything in its place.
+  if [ -f /sandbox/record.log ] && [ ! -L /sandbox/record.log ]; then
+    exec timeout "$3" head -c "$2" /sandbox/record.log
+  fi
+  echo "no record" >&2
+  exit 1
   ;;
 pack)
   cd /job || exit
@@ -96,7 +132,7 @@ pack)
   stat -c %s /tmp/outputs.tar.gz
   ;;
 *)
-  echo "usage: phase.sh prepare|install|run|pack" >&2
+  echo "usage: phase.sh prepare|install|run|pack|record" >&2
   exit 2
   ;;
 esac
@@ -167,8 +203,14 @@ class ModalBox:
     def download(self, remote_path: str, local_path: Path) -> None:
         self._sandbox.filesystem.copy_to_local(remote_path, local_path)
 
-    def exec(self, *argv: str, workdir: str, env: dict[str, str]) -> ModalProcess:
-        return ModalProcess(self._sandbox.exec(*argv, workdir=workdir, env=env, text=True))
+    def exec(self, *argv: str, workdir: str, env: dict[str, str], stdin: bytes | None = None) -> ModalProcess:
+        """Starts argv; stdin, when given, is written whole and closed before this returns."""
+        process = self._sandbox.exec(*argv, workdir=workdir, env=env, text=True)
+        if stdin is not None:
+            process.stdin.write(stdin)
+            process.stdin.write_eof()
+            process.stdin.drain()
+        return ModalProcess(process)
 
     def snapshot(self) -> str:
         """The id of an image of the sandbox's whole filesystem."""
@@ -297,11 +339,22 @@ class ModalSandbox:
             logger.warning("modal: snapshot %s is gone; installing again", image_id)
             image_file.unlink(missing_ok=True)
             return self.execute(request, on_output=on_output, should_cancel=should_cancel)
+        recording = request.recording
         try:
-            self._prepare(box, files, None)
-            run = self._phase(box, "run", limits.wall_secs, emit=emit, should_cancel=should_cancel, stop=stop)
-            copy_failure = ""
+            self._prepare(box, files, None, recorder=recording is not None)
+            run = self._phase(
+                box,
+                "run",
+                limits.wall_secs,
+                emit=emit,
+                should_cancel=should_cancel,
+                stop=stop,
+                recording=recording,
+            )
+            copy_failure, record = "", None
             if not (run.timed_out or run.cancelled):
+                if recording is not None:
+                    record = self._read_record(box)
                 copy_failure = self._copy_outputs(box, request.job_dir)
         finally:
             stop(box)
@@ -319,6 +372,7 @@ class ModalSandbox:
             stderr=run.stderr,
             install_log=install.stdout if install else "",
             failure=_run_failure(run, limits.wall_secs, memory_mb, out_of_memory) or copy_failure,
+            record=record,
         )
 
     # Steps --------------------------------------------------------------------------------------------
@@ -335,9 +389,10 @@ class ModalSandbox:
             ),
         )
 
-    def _prepare(self, box, files: dict[str, str], repo_dir: Path | None) -> None:
+    def _prepare(self, box, files: dict[str, str], repo_dir: Path | None, *, recorder: bool = False) -> None:
         def prepare():
             box.write_file(PHASE_SCRIPT, PHASE_SH.encode())
+            box.write_file(RUN_SCRIPT, RUN_SH.read_bytes())
             if repo_dir is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     archive = Path(tmp) / "repo.tar.gz"
@@ -349,6 +404,8 @@ class ModalSandbox:
                 raise SandboxUnavailable(f"preparing the sandbox failed: {output.strip()[-300:]}")
             for name, text in files.items():
                 box.write_file(f"/job/{name}", text.encode())
+            if recorder:
+                box.write_file(RECORDER_PATH, AUDIT_PY.read_bytes())
 
         self._call("write the files into the sandbox", prepare)
 
@@ -361,13 +418,18 @@ class ModalSandbox:
         emit: _Emitter,
         should_cancel: CancelCheck | None,
         stop,
+        recording: dict | None = None,
     ) -> _Phase:
         merged = phase == "install"  # as locally: one install log, the program's two streams apart
         start = time.monotonic()
         env = {**ENVIRONMENT, **({"PYTHONDONTWRITEBYTECODE": "1"} if phase == "run" else {})}
+        config = None
+        if recording is not None:
+            env["DISTILL_RECORD"] = "stdin"  # a flag for phase.sh; the key itself goes on stdin
+            config = json.dumps(recording).encode()
         process = self._call(
             f"start the {phase} phase",
-            lambda: box.exec("bash", PHASE_SCRIPT, phase, workdir="/job", env=env),
+            lambda: box.exec("bash", PHASE_SCRIPT, phase, workdir="/job", env=env, stdin=config),
         )
         out, err = _Tail(), _Tail()
         lock = threading.Lock()  # the install phase's two readers share one tail
@@ -411,6 +473,26 @@ class ModalSandbox:
             stdout=out.text(),
             stderr=err.text(),
         )
+
+    def _read_record(self, box) -> bytes | None:
+        """The recorder's signed lines, or None when they cannot be had: the run is then unproven."""
+        try:
+            process = box.exec(
+                "bash",
+                PHASE_SCRIPT,
+                "record",
+                str(RECORD_CAP + 1),
+                str(RECORD_READ_SECS),
+                workdir="/",
+                env=ENVIRONMENT,
+            )
+            text = "".join(process.stdout)  # ASCII: hex signatures and JSON with its default escapes
+            if process.wait() != 0:
+                return None
+        except Exception as exc:
+            logger.warning("modal: could not read the record back: %s", exc)
+            return None
+        return kept_record(text.encode())
 
     def _copy_outputs(self, box, job_dir: Path) -> str:
         """Brings results.json, log.json and to_save/ back; returns "" or why they could not come."""

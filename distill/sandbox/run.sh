@@ -1,13 +1,14 @@
 #!/bin/bash
 # Runs inside the sandbox, in /job, as `run.sh install` or `run.sh run`: the two phases are two sandbox
 # invocations so that each has its own network setting and time limit. The venv lives at /env, the
-# same path in both phases, because a venv hard-codes its own path in its scripts.
+# same path in both phases, because a venv hard-codes its own path in its scripts. The Modal backend runs
+# this same script, where Python is the image's /usr/local/bin/python3: the first python3 on the PATH.
 set -u
 
 case "${1:-}" in
 install)
   if [ ! -x /env/bin/python ]; then
-    /usr/bin/python3 -m venv /env || exit
+    python3 -m venv /env || exit
   fi
   # shellcheck disable=SC1091
   source /env/bin/activate
