@@ -119,6 +119,27 @@ def test_plain_text_gets_headings_from_numbering_and_names():
     assert not papers.looks_like_markdown(text)
 
 
+def test_a_file_is_read_as_a_pdf_markdown_or_text_by_its_name_or_first_bytes():
+    assert papers.from_file(paper_pdf(), filename="squares").source == "pdf"
+    assert papers.from_file(MARKDOWN_PAPER.encode(), filename="squares.md").source == "markdown"
+    text = "Mean Squares\n\nAbstract\nWe square numbers and average them, carefully.\n"
+    assert papers.from_file(text.encode(), filename="squares.txt").source == "text"
+    with pytest.raises(papers.PaperRefused, match="must be a PDF, a Markdown"):
+        papers.from_file(b"PK\x03\x04", filename="squares.docx")
+    with pytest.raises(papers.PaperRefused, match="not UTF-8"):
+        papers.from_file(b"\xff\xfe" + text.encode("utf-16-le"), filename="squares.txt")
+
+
+@pytest.mark.parametrize(
+    "source, link",
+    [("2504.17192", "https://arxiv.org/abs/2504.17192"), ("arxiv:hep-th/9901001", "https://arxiv.org/abs/hep-th/9901001"),
+     ("https://arxiv.org/pdf/2504.17192v2", "https://arxiv.org/pdf/2504.17192v2"),
+     ("https://github.com/a/b", None), ("papers/squares.pdf", None), ("http://[broken", None)],
+)  # fmt: skip
+def test_arxiv_names_are_told_from_other_sources(source, link):
+    assert papers.arxiv_link(source) == link
+
+
 def test_a_text_too_short_is_refused():
     with pytest.raises(papers.PaperRefused, match="too short"):
         papers.from_markdown("# Title\n\nshort")

@@ -282,6 +282,22 @@ def from_text(text: str, *, filename: str = "", limits: Limits | None = None) ->
     )
 
 
+def from_file(data: bytes, *, filename: str, limits: Limits | None = None) -> PaperText:
+    """An uploaded or local file: a PDF (by its name or its first bytes), Markdown or plain text."""
+    lower = filename.lower()
+    if lower.endswith(".pdf") or data[:5] == b"%PDF-":
+        return from_pdf(data, filename=filename, limits=limits)
+    if not lower.endswith((".md", ".markdown", ".txt", ".text")):
+        raise PaperRefused("a paper must be a PDF, a Markdown (.md) or a text (.txt) file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PaperRefused("the file is not UTF-8 text") from None
+    if lower.endswith((".md", ".markdown")) or looks_like_markdown(text):
+        return from_markdown(text, filename=filename, limits=limits)
+    return from_text(text, filename=filename, limits=limits)
+
+
 def looks_like_markdown(text: str) -> bool:
     return any(MD_HEADING.match(line) for line in text.splitlines()[:400])
 
@@ -315,6 +331,25 @@ def arxiv_id(url: str) -> str:
             "an arXiv link must look like https://arxiv.org/abs/<id> or https://arxiv.org/pdf/<id>"
         )
     return match[2]
+
+
+def arxiv_link(source: str) -> str | None:
+    """The arXiv link that `arxiv:<id>`, a bare identifier or an arxiv.org URL names; None for other text.
+
+    The link is not checked here: `from_arxiv` refuses a malformed one with the same words as the site.
+    """
+    from urllib.parse import urlsplit
+
+    source = source.strip()
+    if source.lower().startswith("arxiv:"):
+        return f"https://arxiv.org/abs/{source[len('arxiv:') :].strip()}"
+    if ARXIV_ID.match(source):
+        return f"https://arxiv.org/abs/{source}"
+    try:
+        host = urlsplit(source).hostname or ""
+    except ValueError:
+        return None
+    return source if host in ARXIV_HOSTS else None
 
 
 def from_arxiv(url: str, *, limits: Limits | None = None, timeout: float = FETCH_TIMEOUT_SECS) -> PaperText:
@@ -356,7 +391,7 @@ def fetch_limited(url: str, *, max_bytes: int, timeout: float) -> bytes:
         reason = getattr(exc, "reason", exc)
         raise PaperRefused(
             f"arXiv could not be reached from this server ({_short(reason)}); "
-            "download the PDF and upload it instead"
+            "download the PDF and submit the file instead"
         ) from None
     if len(body) > max_bytes:
         raise PaperRefused(f"the PDF is larger than {_mb(max_bytes)}")
