@@ -370,7 +370,7 @@ def test_a_markdown_paper_is_planned_coded_in_order_run_fixed_and_scored(tmp_pat
     state = json.loads((run.output_dir / "current_state.json").read_text())
     assert state["status"] == "succeeded" and state["repo_url"] == run.source_url
     assert (run.output_dir / "iteration_2" / "squares.py").read_text() == SQUARES_PY
-    assert (run.output_dir / "report.html").is_file()
+    assert "File ratings" not in (run.output_dir / "report.html").read_text(), "a paper has no files to rate"
     assert json.loads((run.output_dir / "paper_plan.json").read_text())["task_order"] == plan["task_order"]
     assert json.loads((run.output_dir / "paper_evaluation.json").read_text())["score"] == 4.0
 
@@ -595,6 +595,80 @@ def test_the_plan_is_on_the_run_page_with_its_diagrams_escaped(reader_client):
     # The live part is rendered again every two seconds: the diagrams are kept, the scripts not reloaded.
     live = htmx(reader_client, reverse("run_detail", args=[run.pk])).content.decode()
     assert 'id="paper-diagrams" hx-preserve="true"' in live and "mermaid.min.js" not in live
+
+
+LONG_PAPER = (
+    "# Mean Squares at Length\n\n## Abstract\n\nWe average squares.\n\n"
+    "## 1 <b>Method</b>\n\n" + "Square every value, then average them. " * 40 + "\n\n"
+    "## 2 Experiments\n\n" + "We run it on many lists of numbers. " * 60 + "\n\n"
+    "### 2.1 Lists\n\nShort ones.\n\n"
+    "## 3 Discussion\n\n" + "It works. " * 20 + "\n\n"
+    "## References\n\n" + "[1] Someone. A book about squares.\n" * 30
+)
+
+
+def paper_run(text: str, **config) -> Run:
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(text), profile_name="local", profile=load_profile("local"), enqueue=False
+    )
+    Run.objects.filter(pk=run.pk).update(config=run.config | config)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.django_db
+def test_a_paper_run_page_shows_the_sections_the_planner_read_instead_of_file_ratings(reader_client):
+    # Room for 450 tokens of the paper: the abstract and the method, then the experiments are cut.
+    run = paper_run(LONG_PAPER, context_tokens=2000, code_max_output_tokens=1000)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+    assert "File ratings" not in html and 'id="run-ratings"' not in html
+    start = html.index('data-testid="paper-sections"')
+    rows = html[start : html.index("</table>", start)].split("<tr")[2:]  # the header row left out
+    reading = [(row.split("</td>")[0].rsplit(">", 1)[1], row.split("</td>")[2]) for row in rows]
+    assert [title for title, _ in reading] == [
+        "Abstract", "1 &lt;b&gt;Method&lt;/b&gt;", "2 Experiments", "2.1 Lists", "3 Discussion", "References"]  # fmt: skip
+    badges = [
+        "in full",
+        "in full",
+        "in part: cut here",
+        *["not read: past the budget"] * 2,
+        "left out: references",
+    ]
+    assert [badge in cell for (_, cell), badge in zip(reading, badges, strict=True)] == [True] * 6
+    assert "up to 450 tokens: the paper has" in html and "so it was cut" in html
+    assert '<a href="#paper-sections">6 sections</a>' in html, "the plan's panel links to them"
+    assert ">Page</th>" not in html, "Markdown has no pages"
+
+
+@pytest.mark.django_db
+def test_the_sections_are_all_read_when_the_paper_fits_and_the_references_left_out():
+    run = paper_run(MARKDOWN_PAPER)
+    reading = paper_steps.sections_read(run, run.paper)
+
+    assert [(s["title"], s["read"]) for s in reading["sections"]] == [
+        ("Abstract", "full"), ("1 Method", "full"), ("2 Experiments", "full"), ("References", "references")]  # fmt: skip
+    assert not reading["truncated"] and reading["budget_tokens"] == paper_steps._budget(run, 0.45)
+    assert all(s["tokens"] > 0 for s in reading["sections"]) and not reading["paged"]
+
+    pdf_run = services.run_submit_paper(
+        paper=papers.from_pdf(paper_pdf()), profile_name="local", profile=load_profile("local"), enqueue=False
+    )
+    reading = paper_steps.sections_read(pdf_run, pdf_run.paper)
+    assert reading["paged"] and [(s["title"], s["page"], s["read"]) for s in reading["sections"]] == [
+        ("1 Introduction", 1, "full"), ("2 Method", 2, "full"), ("2.1 Squaring", 2, "full"),
+        ("References", 2, "references")]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_paper_without_sections_says_so_and_a_repository_keeps_its_file_ratings(reader_client):
+    run = paper_run("Mean squares, a paper without headings. " * 5)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "No sections were found in the paper" in html and "File ratings" not in html
+    assert "of them fit" in html and "so it was cut" not in html, "the whole paper fit"
+
+    repository = make_run()
+    assert "File ratings" in reader_client.get(reverse("run_detail", args=[repository.pk])).content.decode()
 
 
 @pytest.mark.django_db

@@ -406,14 +406,20 @@ END_MATTER = re.compile(
 
 
 def without_references(text: str) -> str:
-    """The paper up to its references: they cost many tokens and say nothing about what to build."""
+    """The paper without its references: they cost many tokens and say nothing about what to build."""
+    span = references_span(text)
+    return text if span is None else text[: span[0]] + text[span[1] :]
+
+
+def references_span(text: str) -> tuple[int, int] | None:
+    """Where the references start and end in the text, if it has them at its end (in its last two thirds)."""
     match = END_MATTER.search(text)
     if not match or match.start() < len(text) // 3:
-        return text
-    # Appendices after the references often hold the details an implementation needs.
+        return None
+    # Appendices after the references often hold the details an implementation needs: they stay.
     rest = text[match.end() :]
     appendix = re.search(r"^#{1,6}\s+.*(appendix|supplementary).*$", rest, re.IGNORECASE | re.MULTILINE)
-    return text[: match.start()] + (rest[appendix.start() :] if appendix else "")
+    return match.start(), match.end() + appendix.start() if appendix else len(text)
 
 
 # Helpers ----------------------------------------------------------------------------------------------

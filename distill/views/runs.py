@@ -23,7 +23,7 @@ from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
 from distill.highlight import CodeFile
 from distill.models import Iteration, LLMCall, Paper, Run
-from distill.pipeline import report
+from distill.pipeline import paper_steps, report
 from distill.profiles import default_profile_name, list_profiles, load_profile
 
 PAGE_SIZE = 25
@@ -225,6 +225,10 @@ def _live_context(request, run: Run) -> dict:
 
 
 def _ratings_context(run: Run) -> dict:
+    if run.kind == Run.Kind.PAPER:
+        # A paper has no files to rate: its sections, and what the planner read of them, stand in.
+        paper = Paper.objects.filter(run=run).first()
+        return {"run": run, "reading": paper_steps.sections_read(run, paper) if paper else None}
     return {
         "run": run,
         "ratings": list(run.file_ratings.defer("excerpt")),
