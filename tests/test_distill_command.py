@@ -131,7 +131,8 @@ def test_it_distills_a_pdf_paper_alongside_a_repository(tmp_path):
 
     assert proc.returncode == 0, err
     assert "Distilling 2 source(s)" in out and "2 of 2 succeeded" in out
-    assert "[run " in out and "Mean Squares for Tiny Lists]" in out  # the paper's progress, by its title
+    assert "Mean Squares for Tiny Lists] planning · iteration 0/" in out  # the paper's progress, in its words
+    assert "Mean Squares for Tiny Lists] surveying" not in out
     paper_run = Run.objects.get(kind=Run.Kind.PAPER)
     assert paper_run.status == Run.Status.SUCCEEDED, paper_run.status_message
     assert paper_run.paper.source == "pdf" and paper_run.paper.filename == "squares.pdf"

@@ -1,14 +1,16 @@
 """Papers: reading them (PDF, Markdown, text, arXiv), planning, coding in order, the debug loop, the pages."""
 
 import json
+import re
 from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from distill import llm, services
-from distill.models import LLMCall, Paper, Run
+from distill.models import LLMCall, Paper, Run, RunStep
 from distill.pipeline import paper_steps, papers, parsing
 from distill.profiles import load_profile
 from tests.factories import make_iteration, make_run
@@ -669,6 +671,62 @@ def test_a_paper_without_sections_says_so_and_a_repository_keeps_its_file_rating
 
     repository = make_run()
     assert "File ratings" in reader_client.get(reverse("run_detail", args=[repository.pk])).content.decode()
+
+
+def timeline_and_status(html: str) -> tuple[list[str], str]:
+    timeline = html[html.index('id="timeline-h"') : html.index("</section>", html.index('id="timeline-h"'))]
+    names = [name.strip() for name in re.findall(r'<span class="timeline__name">([^<]*)', timeline)]
+    return names, re.search(r'data-testid="run-status">([^<]*)<', html)[1]
+
+
+def with_first_steps(run: Run) -> Run:
+    now = timezone.now()
+    for name in ("fetch", "survey"):
+        RunStep.objects.create(run=run, name=name, outcome="done", started_at=now, finished_at=now)
+    RunStep.objects.create(run=run, name="generate", started_at=now)
+    return run
+
+
+@pytest.mark.django_db
+def test_a_paper_runs_timeline_and_status_say_what_is_done_to_the_paper(curator_client):
+    paper = with_first_steps(planned_run())
+    repository = with_first_steps(make_run(status=Run.Status.GENERATING))
+
+    html = curator_client.get(reverse("run_detail", args=[paper.pk])).content.decode()
+    assert timeline_and_status(html) == (
+        ["Read the paper", "Plan the code", "Analyse and code"],
+        "Analysing and coding",
+    )
+    assert "badge--generating" in html, "the status is the state machine's own"
+    stages = re.findall(r"<tr><td>([^<]*)</td>", html[html.index('id="stages-h"') :])
+    assert stages[:2] == ["read the paper", "plan the code"] and "survey" not in stages
+    assert "first one after planning" in html and "during the survey" not in html
+    html = curator_client.get(reverse("run_detail", args=[repository.pk])).content.decode()
+    assert timeline_and_status(html) == (["Fetch", "Survey", "Generate"], "Generating"), (
+        "repositories keep theirs"
+    )
+
+    listing = curator_client.get(reverse("runs")).content.decode()
+    assert ">Analysing and coding</span>" in listing and ">Generating</span>" in listing
+    assert '<option value="surveying">Surveying / planning</option>' in listing
+
+
+@pytest.mark.django_db
+def test_a_stopped_paper_run_is_retried_from_its_planning_step_by_that_name(curator_client):
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(MARKDOWN_PAPER),
+        profile_name="local",
+        profile=load_profile("local"),
+        enqueue=False,
+    )
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.ERROR)
+    html = curator_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "Retry from the planning step" in html and "surveying" not in html
+
+    response = curator_client.post(reverse("run_retry", args=[run.pk]), follow=True)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SURVEYING and run.status_label == "Planning"
+    assert f"Run {run.pk} goes on from the planning step." in response.content.decode()
 
 
 @pytest.mark.django_db

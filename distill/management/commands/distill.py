@@ -87,7 +87,7 @@ class Command(BaseCommand):
             latest = run.iteration_count
             with lock:
                 self.stdout.write(
-                    f"[run {run.pk} {run.source_title or run.source_url}] {run.get_status_display().lower()}"
+                    f"[run {run.pk} {run.source_title or run.source_url}] {run.status_label.lower()}"
                     f" · iteration {latest}/{run.max_iterations} · ${run.cost_usd:.4f} · {run.status_message}"
                 )
 
