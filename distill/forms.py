@@ -199,7 +199,9 @@ class SubmitForm(ProfileFields):
                     raise papers.PaperRefused(
                         f"the file is larger than {limits.max_bytes // (1024 * 1024)} MB"
                     )
-                paper = _read_upload(upload, limits)
+                paper = papers.from_file(
+                    upload.read(limits.max_bytes + 1), filename=upload.name or "paper", limits=limits
+                )
             elif arxiv:
                 paper = papers.from_arxiv(arxiv, limits=limits)
             else:
@@ -215,21 +217,3 @@ class SubmitForm(ProfileFields):
             self.add_error("paper_title", "No title was found in the paper: give it here.")
             return
         data["paper"] = paper
-
-
-def _read_upload(upload, limits: papers.Limits) -> papers.PaperText:
-    name = upload.name or "paper"
-    data = upload.read(limits.max_bytes + 1)
-    if name.lower().endswith(".pdf") or data[:5] == b"%PDF-":
-        return papers.from_pdf(data, filename=name, limits=limits)
-    if not name.lower().endswith((".md", ".markdown", ".txt", ".text")):
-        raise papers.PaperRefused("upload a PDF, a Markdown (.md) or a text (.txt) file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise papers.PaperRefused("the file is not UTF-8 text") from None
-    if name.lower().endswith((".md", ".markdown")) or papers.looks_like_markdown(text):
-        paper = papers.from_markdown(text, filename=name, limits=limits)
-    else:
-        paper = papers.from_text(text, filename=name, limits=limits)
-    return paper

@@ -93,6 +93,13 @@ class Run(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.ERROR, Status.CANCELLED)
+    # A paper's run goes through the same statuses (one state machine), but three of them do a paper's
+    # work (distill.pipeline.paper_steps): people are shown what happens, the code keeps the status.
+    PAPER_STATUS_LABELS = {
+        Status.FETCHING: "Reading",
+        Status.SURVEYING: "Planning",
+        Status.GENERATING: "Analysing and coding",
+    }
 
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.REPOSITORY)
     source_url = models.CharField(max_length=2000, db_index=True)
@@ -142,6 +149,16 @@ class Run(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def status_label(self) -> str:
+        return self.label_of_status(self.status)
+
+    def label_of_status(self, status: str) -> str:
+        """What a status means for this run's kind: "Planning" for a paper, "Surveying" for a repository."""
+        if self.kind == self.Kind.PAPER and status in self.PAPER_STATUS_LABELS:
+            return self.PAPER_STATUS_LABELS[status]
+        return self.Status(status).label
+
+    @property
     def max_iterations(self) -> int:
         return int(self.config.get("max_debug_iterations", 8))
 
@@ -175,6 +192,13 @@ class RunStep(models.Model):
         JUDGE = "judge", "Judge"
         FIX = "fix", "Fix"
 
+    # The steps of a paper's run that do a paper's work (see Run.PAPER_STATUS_LABELS).
+    PAPER_LABELS = {
+        Name.FETCH: "Read the paper",
+        Name.SURVEY: "Plan the code",
+        Name.GENERATE: "Analyse and code",
+    }
+
     class Outcome(models.TextChoices):
         RUNNING = "running", "Running"
         DONE = "done", "Done"
@@ -197,6 +221,13 @@ class RunStep(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def label(self) -> str:
+        """The step's name as the run's timeline shows it; `run.steps.all()` gives each step its run."""
+        if self.run.kind == Run.Kind.PAPER and self.name in self.PAPER_LABELS:
+            return self.PAPER_LABELS[self.name]
+        return self.get_name_display()
 
 
 class FileRating(models.Model):

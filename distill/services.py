@@ -303,7 +303,7 @@ def run_cancel(*, run: Run) -> Run:
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_finished:
-            raise RunRefused(f"Run {run.pk} has already finished ({run.get_status_display().lower()}).")
+            raise RunRefused(f"Run {run.pk} has already finished ({run.status_label.lower()}).")
         run.cancel_requested = True
         run.save(update_fields=["cancel_requested"])
         # Nobody is working on it: cancel at once. Otherwise the worker stops at its next check.
@@ -390,7 +390,7 @@ def run_retry(*, run: Run) -> Run:
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.status not in (S.FAILED, S.ERROR, S.CANCELLED):
             raise RunRefused(
-                f"Run {run.pk} is {run.get_status_display().lower()}; only a stopped run can be retried."
+                f"Run {run.pk} is {run.status_label.lower()}; only a stopped run can be retried."
             )
         status = resume_status(run)
         if status is None:

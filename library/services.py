@@ -103,9 +103,7 @@ def run_reject(*, run: Run, rejected_by, reason: str) -> Rejection:
     if not reason.strip():
         raise LibraryRefused("Say why the run is rejected: the reason is kept with it.")
     if not run.is_finished:
-        raise LibraryRefused(
-            f"Run {run.pk} is still {run.get_status_display().lower()}; wait for it to finish."
-        )
+        raise LibraryRefused(f"Run {run.pk} is still {run.status_label.lower()}; wait for it to finish.")
     return Rejection.objects.create(run=run, reason=reason.strip(), rejected_by=rejected_by)
 
 

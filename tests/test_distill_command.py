@@ -11,10 +11,12 @@ import pytest
 from django.db import connection
 
 from distill import services
-from distill.models import Iteration, LLMCall, Run, RunStep
+from distill.models import Iteration, LLMCall, Paper, Run, RunStep
 from tests.factories import make_git_repo
+from tests.paper_pdfs import encrypted_pdf, paper_pdf
 from tests.replies import WORKING_MAIN, cassette, program, verdict
 from tests.test_many_workers import database_url
+from tests.test_papers import PAPER_MAIN, coding_replies, evaluation_reply, planning_replies
 from tests.test_pipeline import MINILIB, survey_replies
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -108,6 +110,86 @@ def test_a_text_file_of_sources_is_read_and_runs_in_parallel(tmp_path):
     assert proc.returncode == 0, err
     assert "2 of 2 succeeded" in out
     assert Run.objects.filter(status=Run.Status.SUCCEEDED).count() == 2
+
+
+def test_it_distills_a_pdf_paper_alongside_a_repository(tmp_path):
+    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    pdf = tmp_path / "squares.pdf"
+    pdf.write_bytes(paper_pdf())
+    # One cassette serves both runs: replies are matched per run and stage, and the two runs' stages
+    # differ but for the judge, which each run asks once.
+    replay = cassette(
+        tmp_path / "c.json",
+        [*survey_replies(), ("generate", program()), ("judge", verdict(True)),
+         *planning_replies(), *coding_replies(main=PAPER_MAIN),
+         *[("evaluate", evaluation_reply(4))] * 3],
+    )  # fmt: skip
+    proc = distill(
+        str(pdf), str(repo), "--config", str(write_profile(tmp_path, replay=str(replay))), tmp_path=tmp_path
+    )
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    assert "Distilling 2 source(s)" in out and "2 of 2 succeeded" in out
+    assert "Mean Squares for Tiny Lists] planning · iteration 0/" in out  # the paper's progress, in its words
+    assert "Mean Squares for Tiny Lists] surveying" not in out
+    paper_run = Run.objects.get(kind=Run.Kind.PAPER)
+    assert paper_run.status == Run.Status.SUCCEEDED, paper_run.status_message
+    assert paper_run.paper.source == "pdf" and paper_run.paper.filename == "squares.pdf"
+    assert paper_run.paper.pages == 2 and paper_run.paper.authors == "Ada Lovelace, Alan Turing"
+    assert paper_run.paper.plan["task_order"] == ["utils.py", "squares.py", "main.py"]
+    assert paper_run.iterations.get().results == {"mean_of_squares": pytest.approx(14 / 3)}
+    assert Run.objects.get(kind=Run.Kind.REPOSITORY).status == Run.Status.SUCCEEDED
+
+
+def write_file(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: [write_file(d / "locked.pdf", encrypted_pdf())],
+         "locked.pdf: this paper cannot be used: the PDF is encrypted with a password"),
+        (lambda d: [str(d / "missing.pdf")], "missing.pdf: No such file or directory"),
+        (lambda d: ["--paper", write_file(d / "notes.txt", b"Too short.")],
+         "notes.txt: this paper cannot be used: the paper's text is too short"),
+        (lambda d: ["--paper", write_file(d / "squares.docx", b"PK\x03\x04")],
+         "squares.docx: this paper cannot be used: a paper must be a PDF"),
+        # A line of a .txt list is told apart like an argument.
+        (lambda d: [write_file(d / "list.txt", write_file(d / "locked.pdf", encrypted_pdf()).encode())],
+         "locked.pdf: this paper cannot be used: the PDF is encrypted"),
+        # A readable paper first: the refusal after it leaves no run of it behind.
+        (lambda d: [write_file(d / "squares.pdf", paper_pdf()), "file:///etc/passwd"], "error: "),
+    ],
+    ids=["encrypted", "missing", "too-short-text", "not-a-paper", "in-a-list", "good-paper-then-refused-repo"],
+)  # fmt: skip
+def test_a_refused_paper_is_one_line_on_stderr_and_exit_2(tmp_path, make_args, message):
+    proc = distill(*make_args(tmp_path), "--profile", "local", tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not Run.objects.exists() and not Paper.objects.exists(), "nothing half-made"
+
+
+@pytest.mark.parametrize("source", ["2504.17192", "arxiv:2504.17192", "https://arxiv.org/abs/2504.17192"])
+def test_an_arxiv_paper_out_of_reach_is_the_sites_clear_error(tmp_path, source):
+    # A proxy on a closed port: arXiv is out of reach whatever this machine's network, as it is in
+    # production behind a firewall.
+    proc = distill(
+        source, "--profile", "local", tmp_path=tmp_path,
+        https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="",
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 2, out + err
+    line = err.strip()
+    assert line.startswith(f"error: {source}: this paper cannot be used: arXiv could not be reached"), err
+    assert line.endswith("download the PDF and submit the file instead") and "\n" not in line
+    assert not Run.objects.exists()
 
 
 def test_a_process_killed_mid_run_is_resumed_from_its_last_step(tmp_path):

@@ -1,14 +1,16 @@
 """Papers: reading them (PDF, Markdown, text, arXiv), planning, coding in order, the debug loop, the pages."""
 
 import json
+import re
 from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from distill import llm, services
-from distill.models import LLMCall, Paper, Run
+from distill.models import LLMCall, Paper, Run, RunStep
 from distill.pipeline import paper_steps, papers, parsing
 from distill.profiles import load_profile
 from tests.factories import make_iteration, make_run
@@ -117,6 +119,27 @@ def test_plain_text_gets_headings_from_numbering_and_names():
     ]
     assert "## 1 Method" in paper.text and "### 2.1 Data" in paper.text
     assert not papers.looks_like_markdown(text)
+
+
+def test_a_file_is_read_as_a_pdf_markdown_or_text_by_its_name_or_first_bytes():
+    assert papers.from_file(paper_pdf(), filename="squares").source == "pdf"
+    assert papers.from_file(MARKDOWN_PAPER.encode(), filename="squares.md").source == "markdown"
+    text = "Mean Squares\n\nAbstract\nWe square numbers and average them, carefully.\n"
+    assert papers.from_file(text.encode(), filename="squares.txt").source == "text"
+    with pytest.raises(papers.PaperRefused, match="must be a PDF, a Markdown"):
+        papers.from_file(b"PK\x03\x04", filename="squares.docx")
+    with pytest.raises(papers.PaperRefused, match="not UTF-8"):
+        papers.from_file(b"\xff\xfe" + text.encode("utf-16-le"), filename="squares.txt")
+
+
+@pytest.mark.parametrize(
+    "source, link",
+    [("2504.17192", "https://arxiv.org/abs/2504.17192"), ("arxiv:hep-th/9901001", "https://arxiv.org/abs/hep-th/9901001"),
+     ("https://arxiv.org/pdf/2504.17192v2", "https://arxiv.org/pdf/2504.17192v2"),
+     ("https://github.com/a/b", None), ("papers/squares.pdf", None), ("http://[broken", None)],
+)  # fmt: skip
+def test_arxiv_names_are_told_from_other_sources(source, link):
+    assert papers.arxiv_link(source) == link
 
 
 def test_a_text_too_short_is_refused():
@@ -349,7 +372,7 @@ def test_a_markdown_paper_is_planned_coded_in_order_run_fixed_and_scored(tmp_pat
     state = json.loads((run.output_dir / "current_state.json").read_text())
     assert state["status"] == "succeeded" and state["repo_url"] == run.source_url
     assert (run.output_dir / "iteration_2" / "squares.py").read_text() == SQUARES_PY
-    assert (run.output_dir / "report.html").is_file()
+    assert "File ratings" not in (run.output_dir / "report.html").read_text(), "a paper has no files to rate"
     assert json.loads((run.output_dir / "paper_plan.json").read_text())["task_order"] == plan["task_order"]
     assert json.loads((run.output_dir / "paper_evaluation.json").read_text())["score"] == 4.0
 
@@ -574,6 +597,136 @@ def test_the_plan_is_on_the_run_page_with_its_diagrams_escaped(reader_client):
     # The live part is rendered again every two seconds: the diagrams are kept, the scripts not reloaded.
     live = htmx(reader_client, reverse("run_detail", args=[run.pk])).content.decode()
     assert 'id="paper-diagrams" hx-preserve="true"' in live and "mermaid.min.js" not in live
+
+
+LONG_PAPER = (
+    "# Mean Squares at Length\n\n## Abstract\n\nWe average squares.\n\n"
+    "## 1 <b>Method</b>\n\n" + "Square every value, then average them. " * 40 + "\n\n"
+    "## 2 Experiments\n\n" + "We run it on many lists of numbers. " * 60 + "\n\n"
+    "### 2.1 Lists\n\nShort ones.\n\n"
+    "## 3 Discussion\n\n" + "It works. " * 20 + "\n\n"
+    "## References\n\n" + "[1] Someone. A book about squares.\n" * 30
+)
+
+
+def paper_run(text: str, **config) -> Run:
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(text), profile_name="local", profile=load_profile("local"), enqueue=False
+    )
+    Run.objects.filter(pk=run.pk).update(config=run.config | config)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.django_db
+def test_a_paper_run_page_shows_the_sections_the_planner_read_instead_of_file_ratings(reader_client):
+    # Room for 450 tokens of the paper: the abstract and the method, then the experiments are cut.
+    run = paper_run(LONG_PAPER, context_tokens=2000, code_max_output_tokens=1000)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+    assert "File ratings" not in html and 'id="run-ratings"' not in html
+    start = html.index('data-testid="paper-sections"')
+    rows = html[start : html.index("</table>", start)].split("<tr")[2:]  # the header row left out
+    reading = [(row.split("</td>")[0].rsplit(">", 1)[1], row.split("</td>")[2]) for row in rows]
+    assert [title for title, _ in reading] == [
+        "Abstract", "1 &lt;b&gt;Method&lt;/b&gt;", "2 Experiments", "2.1 Lists", "3 Discussion", "References"]  # fmt: skip
+    badges = [
+        "in full",
+        "in full",
+        "in part: cut here",
+        *["not read: past the budget"] * 2,
+        "left out: references",
+    ]
+    assert [badge in cell for (_, cell), badge in zip(reading, badges, strict=True)] == [True] * 6
+    assert "up to 450 tokens: the paper has" in html and "so it was cut" in html
+    assert '<a href="#paper-sections">6 sections</a>' in html, "the plan's panel links to them"
+    assert ">Page</th>" not in html, "Markdown has no pages"
+
+
+@pytest.mark.django_db
+def test_the_sections_are_all_read_when_the_paper_fits_and_the_references_left_out():
+    run = paper_run(MARKDOWN_PAPER)
+    reading = paper_steps.sections_read(run, run.paper)
+
+    assert [(s["title"], s["read"]) for s in reading["sections"]] == [
+        ("Abstract", "full"), ("1 Method", "full"), ("2 Experiments", "full"), ("References", "references")]  # fmt: skip
+    assert not reading["truncated"] and reading["budget_tokens"] == paper_steps._budget(run, 0.45)
+    assert all(s["tokens"] > 0 for s in reading["sections"]) and not reading["paged"]
+
+    pdf_run = services.run_submit_paper(
+        paper=papers.from_pdf(paper_pdf()), profile_name="local", profile=load_profile("local"), enqueue=False
+    )
+    reading = paper_steps.sections_read(pdf_run, pdf_run.paper)
+    assert reading["paged"] and [(s["title"], s["page"], s["read"]) for s in reading["sections"]] == [
+        ("1 Introduction", 1, "full"), ("2 Method", 2, "full"), ("2.1 Squaring", 2, "full"),
+        ("References", 2, "references")]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_paper_without_sections_says_so_and_a_repository_keeps_its_file_ratings(reader_client):
+    run = paper_run("Mean squares, a paper without headings. " * 5)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "No sections were found in the paper" in html and "File ratings" not in html
+    assert "of them fit" in html and "so it was cut" not in html, "the whole paper fit"
+
+    repository = make_run()
+    assert "File ratings" in reader_client.get(reverse("run_detail", args=[repository.pk])).content.decode()
+
+
+def timeline_and_status(html: str) -> tuple[list[str], str]:
+    timeline = html[html.index('id="timeline-h"') : html.index("</section>", html.index('id="timeline-h"'))]
+    names = [name.strip() for name in re.findall(r'<span class="timeline__name">([^<]*)', timeline)]
+    return names, re.search(r'data-testid="run-status">([^<]*)<', html)[1]
+
+
+def with_first_steps(run: Run) -> Run:
+    now = timezone.now()
+    for name in ("fetch", "survey"):
+        RunStep.objects.create(run=run, name=name, outcome="done", started_at=now, finished_at=now)
+    RunStep.objects.create(run=run, name="generate", started_at=now)
+    return run
+
+
+@pytest.mark.django_db
+def test_a_paper_runs_timeline_and_status_say_what_is_done_to_the_paper(curator_client):
+    paper = with_first_steps(planned_run())
+    repository = with_first_steps(make_run(status=Run.Status.GENERATING))
+
+    html = curator_client.get(reverse("run_detail", args=[paper.pk])).content.decode()
+    assert timeline_and_status(html) == (
+        ["Read the paper", "Plan the code", "Analyse and code"],
+        "Analysing and coding",
+    )
+    assert "badge--generating" in html, "the status is the state machine's own"
+    stages = re.findall(r"<tr><td>([^<]*)</td>", html[html.index('id="stages-h"') :])
+    assert stages[:2] == ["read the paper", "plan the code"] and "survey" not in stages
+    assert "first one after planning" in html and "during the survey" not in html
+    html = curator_client.get(reverse("run_detail", args=[repository.pk])).content.decode()
+    assert timeline_and_status(html) == (["Fetch", "Survey", "Generate"], "Generating"), (
+        "repositories keep theirs"
+    )
+
+    listing = curator_client.get(reverse("runs")).content.decode()
+    assert ">Analysing and coding</span>" in listing and ">Generating</span>" in listing
+    assert '<option value="surveying">Surveying / planning</option>' in listing
+
+
+@pytest.mark.django_db
+def test_a_stopped_paper_run_is_retried_from_its_planning_step_by_that_name(curator_client):
+    run = services.run_submit_paper(
+        paper=papers.from_markdown(MARKDOWN_PAPER),
+        profile_name="local",
+        profile=load_profile("local"),
+        enqueue=False,
+    )
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.ERROR)
+    html = curator_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "Retry from the planning step" in html and "surveying" not in html
+
+    response = curator_client.post(reverse("run_retry", args=[run.pk]), follow=True)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SURVEYING and run.status_label == "Planning"
+    assert f"Run {run.pk} goes on from the planning step." in response.content.decode()
 
 
 @pytest.mark.django_db

@@ -94,7 +94,7 @@ def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
     assert (out / "iteration_1" / "main.py").read_text() == WORKING_MAIN
     assert json.loads((out / "iteration_1" / "results.json").read_text()) == iteration.results
     report = (out / "report.html").read_text()
-    assert "minilib" in report and "mean_squared" in report
+    assert "minilib" in report and "mean_squared" in report and "File ratings" in report
 
     # It is proven to have run the repository's code, and the figures say how much of it.
     assert iteration.measured["uses_repository"] and iteration.proof["verdict"] == "proven"

@@ -43,6 +43,7 @@ NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
 PAPER_EVAL_SAMPLES = 3  # PaperCoder's reference-free evaluation, averaged; a run's config may say otherwise
 ANALYSIS_MAX_CHARS = 8000
 PLANNING_STAGES = ("plan", "architecture", "logic", "config")
+PLAN_PAPER_SHARE = 0.45  # of the prompt's room, for the paper's text: the planner reads the most of it
 
 
 # Reply schemas -----------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
         return prompts.render(
             "paper_plan",
             title=paper.title or "(untitled)",
-            paper=_paper_text(run, paper, share=0.45),
+            paper=_paper_text(run, paper, share=PLAN_PAPER_SHARE),
             runtime_mins=runtime,
         )
     if stage == "architecture":
@@ -687,6 +688,54 @@ def _budget(run: Run, share: float) -> int:
 
 def _paper_text(run: Run, paper: Paper, *, share: float) -> str:
     return survey.truncate_to_tokens(papers.without_references(paper.text), _budget(run, share))
+
+
+def sections_read(run: Run, paper: Paper) -> dict:
+    """How much of each section the planner's prompt holds: a paper run's counterpart of a repository's
+    file selection. Every later stage sees the plan and less of the paper, so this is the most any saw."""
+    text = paper.text
+    cut = papers.references_span(text)
+    body = papers.without_references(text)
+    budget = _budget(run, PLAN_PAPER_SHARE)
+    kept = survey.truncate_to_tokens(body, budget)
+    # The kept text is the body's start (then a marker), so a length in characters says where it stops.
+    kept_chars = len(body) if kept == body else len(kept.removesuffix(survey.TRUNCATION_MARKER))
+    starts, position = [], 0
+    for section in paper.sections:
+        heading = re.compile(rf"^#{{1,6}}[ \t]+{re.escape(section['title'])}[ \t#]*$", re.MULTILINE)
+        match = heading.search(text, position)
+        starts.append(match.start() if match else None)
+        position = match.end() if match else position
+    found = [start for start in starts if start is not None] + [len(text)]
+    rows = []
+    for section, start in zip(paper.sections, starts, strict=True):
+        row = {**section, "tokens": None, "read": "unknown"}
+        if start is not None:
+            end = next(later for later in found if later > start)
+            row["tokens"] = survey.count_tokens(text[start:end])
+            row["read"] = _reading(start, end, cut=cut, kept_chars=kept_chars)
+        rows.append(row)
+    return {
+        "sections": rows,
+        "paged": any(row.get("page") for row in rows),  # a PDF's sections have pages, Markdown's none
+        "budget_tokens": budget,
+        "paper_tokens": survey.count_tokens(body),
+        "truncated": kept != body,
+    }
+
+
+def _reading(start: int, end: int, *, cut: tuple[int, int] | None, kept_chars: int) -> str:
+    """Whether the text from start to end was in the prompt: "full", "part", "none" or left out, "references"."""
+    if cut:
+        if cut[0] <= start < cut[1]:
+            return "references"
+        if start >= cut[1]:
+            start, end = start - (cut[1] - cut[0]), end - (cut[1] - cut[0])
+        else:
+            end = min(end, cut[0])
+    if end <= kept_chars:
+        return "full"
+    return "part" if start < kept_chars else "none"
 
 
 def _plan_digest(run: Run, data: dict, *, share: float) -> str:

@@ -282,6 +282,22 @@ def from_text(text: str, *, filename: str = "", limits: Limits | None = None) ->
     )
 
 
+def from_file(data: bytes, *, filename: str, limits: Limits | None = None) -> PaperText:
+    """An uploaded or local file: a PDF (by its name or its first bytes), Markdown or plain text."""
+    lower = filename.lower()
+    if lower.endswith(".pdf") or data[:5] == b"%PDF-":
+        return from_pdf(data, filename=filename, limits=limits)
+    if not lower.endswith((".md", ".markdown", ".txt", ".text")):
+        raise PaperRefused("a paper must be a PDF, a Markdown (.md) or a text (.txt) file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PaperRefused("the file is not UTF-8 text") from None
+    if lower.endswith((".md", ".markdown")) or looks_like_markdown(text):
+        return from_markdown(text, filename=filename, limits=limits)
+    return from_text(text, filename=filename, limits=limits)
+
+
 def looks_like_markdown(text: str) -> bool:
     return any(MD_HEADING.match(line) for line in text.splitlines()[:400])
 
@@ -315,6 +331,25 @@ def arxiv_id(url: str) -> str:
             "an arXiv link must look like https://arxiv.org/abs/<id> or https://arxiv.org/pdf/<id>"
         )
     return match[2]
+
+
+def arxiv_link(source: str) -> str | None:
+    """The arXiv link that `arxiv:<id>`, a bare identifier or an arxiv.org URL names; None for other text.
+
+    The link is not checked here: `from_arxiv` refuses a malformed one with the same words as the site.
+    """
+    from urllib.parse import urlsplit
+
+    source = source.strip()
+    if source.lower().startswith("arxiv:"):
+        return f"https://arxiv.org/abs/{source[len('arxiv:') :].strip()}"
+    if ARXIV_ID.match(source):
+        return f"https://arxiv.org/abs/{source}"
+    try:
+        host = urlsplit(source).hostname or ""
+    except ValueError:
+        return None
+    return source if host in ARXIV_HOSTS else None
 
 
 def from_arxiv(url: str, *, limits: Limits | None = None, timeout: float = FETCH_TIMEOUT_SECS) -> PaperText:
@@ -356,7 +391,7 @@ def fetch_limited(url: str, *, max_bytes: int, timeout: float) -> bytes:
         reason = getattr(exc, "reason", exc)
         raise PaperRefused(
             f"arXiv could not be reached from this server ({_short(reason)}); "
-            "download the PDF and upload it instead"
+            "download the PDF and submit the file instead"
         ) from None
     if len(body) > max_bytes:
         raise PaperRefused(f"the PDF is larger than {_mb(max_bytes)}")
@@ -371,14 +406,20 @@ END_MATTER = re.compile(
 
 
 def without_references(text: str) -> str:
-    """The paper up to its references: they cost many tokens and say nothing about what to build."""
+    """The paper without its references: they cost many tokens and say nothing about what to build."""
+    span = references_span(text)
+    return text if span is None else text[: span[0]] + text[span[1] :]
+
+
+def references_span(text: str) -> tuple[int, int] | None:
+    """Where the references start and end in the text, if it has them at its end (in its last two thirds)."""
     match = END_MATTER.search(text)
     if not match or match.start() < len(text) // 3:
-        return text
-    # Appendices after the references often hold the details an implementation needs.
+        return None
+    # Appendices after the references often hold the details an implementation needs: they stay.
     rest = text[match.end() :]
     appendix = re.search(r"^#{1,6}\s+.*(appendix|supplementary).*$", rest, re.IGNORECASE | re.MULTILINE)
-    return text[: match.start()] + (rest[appendix.start() :] if appendix else "")
+    return match.start(), match.end() + appendix.start() if appendix else len(text)
 
 
 # Helpers ----------------------------------------------------------------------------------------------

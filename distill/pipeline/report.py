@@ -19,7 +19,7 @@ from pathlib import Path
 from django.db.models import Count, Sum
 from django.template.loader import render_to_string
 
-from distill.models import Iteration, Run
+from distill.models import Iteration, Run, RunStep
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp"}
 MAX_INLINE_IMAGE_BYTES = 2 * 1024 * 1024
@@ -44,11 +44,15 @@ def stage_totals(run: Run) -> dict[str, dict]:
     return {row["stage"]: row for row in rows}
 
 
-def step_runtimes(run: Run) -> dict[str, float]:
+def step_runtimes(
+    run: Run, *, labelled: bool = False, steps: list[RunStep] | None = None
+) -> dict[str, float]:
+    """Seconds per step name; `labelled`, per name as people read it ("plan the code" in a paper's run).
+    `steps`: the run's steps when the caller has them already."""
     runtimes = defaultdict(float)
-    for step in run.steps.all():
+    for step in run.steps.all() if steps is None else steps:
         if step.duration_secs is not None:
-            runtimes[step.name] += step.duration_secs
+            runtimes[step.label.lower() if labelled else step.name] += step.duration_secs
     return dict(runtimes)
 
 
@@ -140,7 +144,7 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
     ran = [it for it in iterations if it.exit_code is not None]
     last_ran = ran[-1] if ran else None
     totals = stage_totals(run)
-    runtimes = step_runtimes(run)
+    runtimes = step_runtimes(run, labelled=True)
     stages = sorted(set(totals) | set(runtimes))
     return render_to_string(
         "distill/report.html",

@@ -23,7 +23,7 @@ from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
 from distill.highlight import CodeFile
 from distill.models import Iteration, LLMCall, Paper, Run
-from distill.pipeline import report
+from distill.pipeline import paper_steps, report
 from distill.profiles import default_profile_name, list_profiles, load_profile
 
 PAGE_SIZE = 25
@@ -70,7 +70,17 @@ def run_list(request):
             runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"]
         ),
         "cost_chart": charts.cost_per_run(list(recent[:COST_CHART_RUNS])),
-        "statuses": Run.Status.choices,
+        # A paper's run in a shared status is found under the repository's word too: say both.
+        "statuses": [
+            (
+                value,
+                label
+                + (
+                    f" / {Run.PAPER_STATUS_LABELS[value].lower()}" if value in Run.PAPER_STATUS_LABELS else ""
+                ),
+            )
+            for value, label in Run.Status.choices
+        ],
         "submitters": get_user_model()
         .objects.filter(runs__isnull=False)
         .distinct()
@@ -194,12 +204,10 @@ def _live_context(request, run: Run) -> dict:
         if call.pk in bodies:
             call.body = {**bodies[call.pk], "error": call.error}
     totals = report.stage_totals(run)
-    secs: dict[str, float] = {}
-    for step in steps:
-        secs[step.name] = secs.get(step.name, 0) + (step.duration_secs or 0)
+    secs = report.step_runtimes(run, labelled=True, steps=steps)
     stages = sorted(set(totals) | set(secs), key=_stage_order)
     is_curator = has_role(request.user, CURATOR)
-    retry_from = services.resume_status(run) if is_curator and run.status in _STOPPED else None
+    resume = services.resume_status(run) if is_curator and run.status in _STOPPED else None
     other_active = services.in_progress_for(run.source_url) if is_curator and run.is_finished else None
     return {
         **_paper_context(run),
@@ -214,7 +222,7 @@ def _live_context(request, run: Run) -> dict:
             for s in stages
         ],
         "can_cancel": is_curator and not run.is_finished,
-        "retry_from": retry_from,
+        "retry_from": run.label_of_status(resume).lower() if resume else None,
         "can_rerun": is_curator and run.is_finished and other_active is None,
         "other_active": other_active,
         "rerun_form": ProfileFields(initial={"profile": run.profile}, auto_id="rerun_%s")
@@ -226,6 +234,10 @@ def _live_context(request, run: Run) -> dict:
 
 
 def _ratings_context(run: Run) -> dict:
+    if run.kind == Run.Kind.PAPER:
+        # A paper has no files to rate: its sections, and what the planner read of them, stand in.
+        paper = Paper.objects.filter(run=run).first()
+        return {"run": run, "reading": paper_steps.sections_read(run, paper) if paper else None}
     return {
         "run": run,
         "ratings": list(run.file_ratings.defer("excerpt")),
@@ -266,7 +278,10 @@ def _paper_context(run: Run) -> dict:
 
 
 _STOPPED = (Run.Status.FAILED, Run.Status.ERROR, Run.Status.CANCELLED)
-_STAGES = ["purpose", "fetch", "survey", "rate", "generate", "execute", "judge", "fix"]
+# The order of the cost and time table: a repository's steps and model stages, a paper's among them.
+_STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
+           "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
+           "evaluate"]  # fmt: skip
 
 
 def _stage_order(stage: str):
@@ -310,7 +325,7 @@ def run_retry(request, run_id: int):
     except services.RunRefused as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Run {run.pk} goes on from the {run.get_status_display().lower()} step.")
+        messages.success(request, f"Run {run.pk} goes on from the {run.status_label.lower()} step.")
     return redirect("run_detail", run.pk)
 
 
