@@ -40,6 +40,20 @@ def test_the_formats_placeholders_copied_instead_of_content_are_refused():
     assert parse_program(real).files["main.py"].startswith("print('<b>")
 
 
+def test_a_reply_that_starts_over_is_cut_where_it_repeats():
+    first = program(requirements="numpy==2.1.0")
+    echo = "\n".join(["Changes made so far:", "=== FILE: main.py ===", "print('echoed')", "=== END ==="])
+
+    parsed = parse_program(first.removesuffix("=== END ===") + echo)
+
+    assert parsed == parse_program(first)
+    assert "echoed" not in parsed.files["main.py"]
+    # Repeating before the answer is whole leaves it incomplete: that is still a reply to repair.
+    early = "=== FILE: main.py ===\nprint(1)\n=== FILE: main.py ===\nprint(2)\n"
+    with pytest.raises(ReplyError, match="missing file section"):
+        parse_program(early)
+
+
 def test_missing_or_broken_metadata_is_refused():
     with pytest.raises(ReplyError, match="METADATA"):
         parse_program(program().split("=== METADATA ===")[0])

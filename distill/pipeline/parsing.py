@@ -105,18 +105,20 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
             if current is not None:
                 lines.append(line)
             continue
+        kind = match.group(1) or match.group(3)
+        name = (match.group(2) or "").strip() if match.group(1) else ""
         close()
         lines = []
-        kind = match.group(1) or match.group(3)
+        if kind == "FILE" and name in files:
+            # The reply starts over: a small model, done with its answer, goes on to echo the program or
+            # its prompt instead of ending. The first, whole answer is the reply; the echo is dropped.
+            current = None
+            break
         if kind == "END":
             current = None
             continue
-        name = (match.group(2) or "").strip() if match.group(1) else ""
-        if kind == "FILE":
-            if not SAFE_NAME.match(name) or ".." in name.split("/"):
-                raise ReplyError(f"file name {name!r} is not a plain relative path")
-            if name in files:
-                raise ReplyError(f"file {name} is given twice")
+        if kind == "FILE" and (not SAFE_NAME.match(name) or ".." in name.split("/")):
+            raise ReplyError(f"file name {name!r} is not a plain relative path")
         current = (kind, name)
     close()
 
