@@ -119,6 +119,21 @@ def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_k
     assert found[2].startswith("'minilib' has no name 'mean_squares'")
 
 
+def test_several_requirements_on_one_line_are_named_with_the_line():
+    install_log = (
+        "ERROR: Invalid requirement: 'numpy>=1.14.2 scipy>=1.0.0' (from line 1 of requirements.txt)\n"
+        "ERROR: Invalid requirement: 'numpy!!' (from line 3 of requirements.txt)\n"
+    )
+
+    found = diagnose(stderr="", install_log=install_log, packages=set(), declared=[])
+
+    assert found == [
+        "line 1 of requirements.txt, 'numpy>=1.14.2 scipy>=1.0.0', is not a requirement pip can read: put each "
+        "requirement on a line of its own",
+        "line 3 of requirements.txt, 'numpy!!', is not a requirement pip can read: correct or remove it",
+    ]
+
+
 def test_output_without_a_known_cause_gives_no_finding():
     assert (
         diagnose(stderr="ValueError: x must be positive\n", install_log="", packages=set(), declared=[]) == []

@@ -141,7 +141,9 @@ def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iterat
         "setup(name='minilib', packages=['minilib'], install_requires=['tinystats_dep_xyz>=1.0'])\n",
     }
     repo = make_git_repo(tmp_path / "needy", needy)
-    entries = [*survey_replies(), ("generate", program()), ("fix", program(changes="Nothing."))]
+    # The fix puts both requirements on one line, as a small model did: pip refuses it before any download.
+    fix = program(changes="Install the dependency.", requirements="tinystats_dep_xyz>=1.0 numpy\n")
+    entries = [*survey_replies(), ("generate", program()), ("fix", fix)]
     run = start(repo, tmp_path, entries, max_debug_iterations=2)
     run = services.run_until_finished(run_id=run.pk)
 
@@ -156,13 +158,21 @@ def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iterat
     assert "critical" not in first.measured
     assert any(r.endswith("ran none of its functions before it failed") for r in first.measured["reasons"])
     generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[0]["content"]
-    assert "The repository declares these dependencies: tinystats_dep_xyz>=1.0." in generate_prompt
+    assert "The repository declares these dependencies:\n    tinystats_dep_xyz>=1.0\n" in generate_prompt
     fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
     problems = fix_prompt.split("What went wrong:\n")[1].splitlines()
     assert problems[0].startswith("- likely root cause, found in its output: the module 'tinystats_dep_xyz'")
     assert "- critical:" not in fix_prompt
     assert "/sandbox/record/" not in fix_prompt, "the recorder's own frames are not the program's"
     assert "tinystats_dep_xyz" in fix_prompt.split("--- stderr ---")[1]
+
+    second = run.iterations.get(number=2)
+    assert second.measured["install_failed"] and second.measured["diagnosis"] == [
+        "line 1 of requirements.txt, 'tinystats_dep_xyz>=1.0 numpy', is not a requirement pip can read: put "
+        "each requirement on a line of its own"
+    ]
+    # It never ran: no "unproven" on top of the install failure.
+    assert not any(r.startswith("unproven") for r in second.measured["reasons"]), second.measured["reasons"]
 
 
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):

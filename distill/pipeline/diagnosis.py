@@ -38,6 +38,9 @@ NO_NAME = re.compile(r"^ImportError: cannot import name '(\w+)' from '([\w.]+)'"
 NO_ATTRIBUTE = re.compile(r"^AttributeError: module '([\w.]+)' has no attribute '(\w+)'", re.M)
 PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies the requirement|No matching "
                            r"distribution found for) ([^\s(]+)", re.M)  # fmt: skip
+PIP_INVALID = re.compile(
+    r"^ERROR: Invalid requirement: '([^'\n]*)' \(from line (\d+) of requirements\.txt\)", re.M
+)
 # Frames of the sandbox's own recorder (distill/sandbox/audit.py runs as sitecustomize): not the program's.
 RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
 
@@ -52,6 +55,12 @@ def diagnose(*, stderr: str, install_log: str, packages: set[str], declared: lis
         findings.append(
             f"pip could not install {requirement!r} from requirements.txt: that name or version does not "
             "exist on PyPI; correct it, or leave it out if the repository provides it"
+        )
+    for line, number in dict.fromkeys(PIP_INVALID.findall(install_log)):
+        several = len(line.split()) > 1
+        findings.append(
+            f"line {number} of requirements.txt, {line!r}, is not a requirement pip can read"
+            + (": put each requirement on a line of its own" if several else ": correct or remove it")
         )
     for module in dict.fromkeys(NO_MODULE.findall(stderr)):
         top = module.split(".")[0]

@@ -286,7 +286,8 @@ def _rules(run: Run) -> dict:
         "runtime_mins": run.config.get("max_runtime_mins", 45),
         "memory_mb": run.config.get("memory_mb", 4096),
         "network": "with network access" if run.config.get("network_run") else "without network access",
-        "dependencies": ", ".join(declared) if declared else "(none declared)",
+        # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
+        "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
     }
 
 
@@ -473,6 +474,8 @@ def _measure(result, job: Path):
     exit_ok = result.exit_code == 0 and not result.timed_out and not result.cancelled
     results_ok = isinstance(results, dict) and bool(results)
     return results, {
+        # The program never started: what it did not do (results, a record) follows from that.
+        "install_failed": (result.failure or "").startswith("install failed"),
         "exit_ok": exit_ok,
         "results_ok": results_ok,
         "passed": exit_ok and results_ok,
@@ -496,7 +499,7 @@ def _prove(iteration: Iteration, evidence: dict | None) -> None:
         measured["reasons"] = [*measured["reasons"], *(f"{r} before it failed" for r in evidence["reasons"])]
     elif evidence["verdict"] == proof.UNUSED:
         measured["critical"] = evidence["reasons"]
-    elif evidence["verdict"] == proof.UNPROVEN:
+    elif evidence["verdict"] == proof.UNPROVEN and not measured.get("install_failed"):
         measured["reasons"] = [*measured["reasons"], *(f"unproven: {r}" for r in evidence["reasons"])]
     measured["passed"] = bool(measured["passed"] and measured["uses_repository"])
     iteration.repo_modules_imported = len(evidence["modules"])
