@@ -297,9 +297,10 @@ def _vectors(within):
     return _cache.get(within)
 
 
-def forget_embedding(example) -> None:
-    """Clear an example's embedding after its text changed; the next search embeds it again."""
-    type(example).objects.filter(pk=example.pk).update(embedding=None)
+def forget_embeddings(queryset) -> int:
+    """Clear the embeddings of examples whose text changed: semantic search leaves them out (full text still
+    finds them) until they are embedded again. Returns how many were cleared."""
+    return queryset.exclude(embedding=None).update(embedding=None)
 
 
 # Browsing: facets ---------------------------------------------------------------------------------------
