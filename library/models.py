@@ -7,7 +7,7 @@ newest approved version is the one shown by default.
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 # Expert scores run from 1 to 5 (the review forms); a band is a facet of the library.
@@ -64,6 +64,10 @@ class ExampleQuerySet(models.QuerySet):
 
     def usage_band(self, band: str):
         return self.filter(USAGE_BANDS[band][1]) if band in USAGE_BANDS else self
+
+    def best_scored_first(self):
+        """The library page's "Best scored" order (the unscored last), which its export keeps too."""
+        return self.order_by(F("score").desc(nulls_last=True), "-score_count", "-approved_at", "-pk")
 
 
 class Example(models.Model):
