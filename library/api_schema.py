@@ -155,7 +155,8 @@ SCHEMAS = {
             "saved_files": {
                 "type": "array",
                 "items": _object({"name": STRING, "size": {"type": ["integer", "null"]}, "url": URL}),
-                "description": "What the program saved in to_save/ (plots, tables).",
+                "description": "What the program saved in to_save/ (plots, tables). Each `url` opens with the "
+                "credentials the API takes: a token, a session, or none where the library is public.",
             },
             "links": _object(
                 {**LINKS["properties"], "latest": {**NULLABLE_URL, "description": "The newest version."}}
@@ -285,7 +286,8 @@ search result, downloads as a ZIP (`/library/export/?format=zip|codeblocks&q=...
 Authentication: where the library is public, none is needed. Otherwise send a token,
 `Authorization: Bearer <token>` (`Token <token>` works too); an administrator makes one with
 `python manage.py api_token create USERNAME --name NAME`. A token that is sent must be valid, even where
-none is needed. Errors are JSON: `{"error": "..."}`. Any origin may read (CORS), without cookies.
+none is needed. The saved files' `url`s and the ZIP downloads take the same token (a bad one is a plain
+401 there). Errors are JSON: `{"error": "..."}`. Any origin may read (CORS), without cookies.
 """
 
 
