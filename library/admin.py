@@ -2,6 +2,10 @@ from django.contrib import admin
 
 from library.api_auth import api_token_revoke
 from library.models import ApiToken, Example, Rejection, Tag
+from library.services import example_embeddings_refresh
+
+# What an example's embedding is made of (Example.semantic_text).
+EMBEDDED_FIELDS = {"title", "summary", "tags"}
 
 
 @admin.register(Example)
@@ -11,8 +15,34 @@ class ExampleAdmin(admin.ModelAdmin):
     search_fields = ("title", "summary", "source_url")
     raw_id_fields = ("run", "iteration", "approved_by", "retracted_by")
 
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)  # the tags are saved here, after the example
+        if not change or EMBEDDED_FIELDS & set(form.changed_data):
+            example_embeddings_refresh(example_ids=[form.instance.pk])
 
-admin.site.register(Tag)
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    # A tag's name is part of the embedded text of each example that has it: renaming or deleting the tag
+    # changes all of theirs.
+    search_fields = ("name",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "name" in form.changed_data:
+            example_embeddings_refresh(example_ids=obj.examples.values_list("pk", flat=True))
+
+    def delete_model(self, request, obj):
+        ids = list(obj.examples.values_list("pk", flat=True))
+        super().delete_model(request, obj)
+        example_embeddings_refresh(example_ids=ids)
+
+    def delete_queryset(self, request, queryset):
+        ids = list(Example.objects.filter(tags__in=queryset).values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        example_embeddings_refresh(example_ids=ids)
+
+
 admin.site.register(Rejection)
 
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
+from django.http import HttpResponse
 from django.utils import timezone
 
 from library.models import ApiToken
@@ -79,6 +81,23 @@ def request_access(request) -> Access:
     if settings.LIBRARY_PUBLIC:
         return Access()
     return Access(error="Authentication required: send 'Authorization: Bearer <token>'.")
+
+
+def refusal(request) -> HttpResponse | None:
+    """For the downloads that agents fetch beside the API (exports, an example's saved files): None when
+    the request may read the library, else the answer that says why.
+
+    A token that was sent and is bad gets a plain 401, as in the API; a request with no credentials on a
+    private library goes to the login page, as for every other page of the site.
+    """
+    access = request_access(request)
+    if access.allowed:
+        return None
+    if "Authorization" in request.headers:
+        response = HttpResponse(access.error + "\n", status=401, content_type="text/plain; charset=utf-8")
+        response["WWW-Authenticate"] = 'Bearer realm="codedistiller"'
+        return response
+    return redirect_to_login(request.get_full_path())
 
 
 def _token_access(header: str) -> Access:

@@ -6,7 +6,10 @@ schemas here, so the two cannot drift apart silently.
 
 from django.conf import settings
 
-API_VERSION = "1.0"
+from library.export import SORTS
+from library.models import SCORE_BANDS, USAGE_BANDS
+
+API_VERSION = "1.1"  # 1.1: score, usage and sort, the library page's bands and orders
 
 STRING = {"type": "string"}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -152,7 +155,8 @@ SCHEMAS = {
             "saved_files": {
                 "type": "array",
                 "items": _object({"name": STRING, "size": {"type": ["integer", "null"]}, "url": URL}),
-                "description": "What the program saved in to_save/ (plots, tables).",
+                "description": "What the program saved in to_save/ (plots, tables). Each `url` opens with the "
+                "credentials the API takes: a token, a session, or none where the library is public.",
             },
             "links": _object(
                 {**LINKS["properties"], "latest": {**NULLABLE_URL, "description": "The newest version."}}
@@ -246,6 +250,23 @@ LIST_PARAMETERS = [
     _query("model", STRING, "The code or fast model that wrote it, as a litellm model string."),
     _query("source", STRING, "Only examples of this repository (or paper) URL."),
     _query("min_score", {"type": "number"}, "Only examples whose mean expert score is at least this."),
+    _query(
+        "score",
+        {"type": "string", "enum": list(SCORE_BANDS)},
+        "A band of the mean expert score, as the library page's facet: 4 and above, 3 to 4, below 3, or "
+        "not scored yet.",
+    ),
+    _query(
+        "usage",
+        {"type": "string", "enum": list(USAGE_BANDS)},
+        "A band of how much of the repository's code the program exercised: half or more, 10% to 50%, or "
+        "under 10%.",
+    ),
+    _query(
+        "sort",
+        {"type": "string", "enum": list(SORTS)},
+        "relevance (needs q; the default with q), newest (the default without), or score: best scored first.",
+    ),
     _query("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number."),
     _query(
         "page_size",
@@ -265,7 +286,8 @@ search result, downloads as a ZIP (`/library/export/?format=zip|codeblocks&q=...
 Authentication: where the library is public, none is needed. Otherwise send a token,
 `Authorization: Bearer <token>` (`Token <token>` works too); an administrator makes one with
 `python manage.py api_token create USERNAME --name NAME`. A token that is sent must be valid, even where
-none is needed. Errors are JSON: `{"error": "..."}`. Any origin may read (CORS), without cookies.
+none is needed. The saved files' `url`s and the ZIP downloads take the same token (a bad one is a plain
+401 there). Errors are JSON: `{"error": "..."}`. Any origin may read (CORS), without cookies.
 """
 
 
@@ -309,8 +331,8 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                 "get": {
                     "operationId": "listExamples",
                     "summary": "Search and filter the library",
-                    "description": "The newest approved version of each source. Ranked by relevance when "
-                    "`q` is given, newest first otherwise.",
+                    "description": "The newest approved version of each source, as the library page lists "
+                    "them: ranked by relevance when `q` is given, newest first otherwise (see `sort`).",
                     "parameters": LIST_PARAMETERS,
                     "responses": {
                         "200": _json_response("A page of examples.", "ExampleList"),

@@ -26,13 +26,16 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from codedistiller_site.zipstream import Entry
-from library.models import Example
+from library import search
+from library.models import SCORE_BANDS, USAGE_BANDS, Example
 
 FORMAT_VERSION = 1
 MAX_PAGE_SIZE = 100
 # Files the export writes itself in each example folder; an example file of the same name is renamed.
 RESERVED = ("metadata.json", "results.json", "to_save")
 HEADER_KEYS = ("name", "description", "inclusion_criteria", "exclusion_criteria", "python_version")
+# The library page's orders; relevance needs a query, and without one is newest first.
+SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -55,6 +58,11 @@ class ExampleFilters:
     model: str = ""
     source: str = ""
     min_score: float | None = None
+    # The library page's bands (models.SCORE_BANDS, USAGE_BANDS) and order, so that its "Download these"
+    # links export what it lists.
+    score: str = ""
+    usage: str = ""
+    sort: str = ""
 
     def as_params(self) -> dict:
         """The non-empty filters, as query parameters (for links and the export's index)."""
@@ -67,6 +75,9 @@ class ExampleFilters:
             "model": self.model,
             "source": self.source,
             "min_score": self.min_score,
+            "score": self.score,
+            "usage": self.usage,
+            "sort": self.sort,
         }
         return {key: value for key, value in params.items() if value not in ("", None, [])}
 
@@ -86,56 +97,36 @@ def parse_filters(params: Mapping) -> ExampleFilters:
         q=_text(params, "q")[:500],
         tags=tuple(sorted({slugify(tag) for tag in tags if slugify(tag)})),
         language=_text(params, "language"),
-        # `type` and gpu=yes|no are how the library page spells them: its "export these" link passes them on.
+        # `type` and gpu=yes|no are how the library page spells them: its "Download these" links pass them on.
         example_type=_text(params, "example_type") or _text(params, "type"),
         gpu=None if not gpu else gpu in ("true", "1", "yes"),
         model=_text(params, "model"),
         source=_text(params, "source"),
         min_score=min_score,
+        score=_choice(params, "score", SCORE_BANDS),
+        usage=_choice(params, "usage", USAGE_BANDS),
+        sort=_choice(params, "sort", SORTS),
     )
 
 
 def find_examples(filters: ExampleFilters) -> Iterable[Example]:
-    """Listed examples (newest approved versions) that match: ranked by relevance when there is a
-    query, newest first otherwise. A QuerySet, or a list when ranked; either one paginates."""
-    queryset = (
-        _facets(Example.objects.listed(), filters).select_related("approved_by").prefetch_related("tags")
-    )
+    """Listed examples (newest approved versions) that match, in the library page's order: by relevance
+    when there is a query, newest first otherwise, or best scored first. A QuerySet, or a list when ranked;
+    either one paginates."""
+    listed = Example.objects.listed()
+    queryset = _facets(listed, filters).select_related("approved_by").prefetch_related("tags")
+    sort = filters.sort or ("relevance" if filters.q else "newest")
+    if sort == "score":
+        queryset = queryset.best_scored_first()
     if not filters.q:
         return queryset
-    return search_examples(queryset, filters.q)
-
-
-def search_examples(queryset, q: str) -> list[Example]:
-    """`queryset`'s examples that match q, best first, ranked by the library's search (full text fused
-    with semantic search, `library.search.ranked_ids`).
-
-    Where that module is not there, a plain word match stands in: every word must appear in the title,
-    summary, description, code, repository or tags; newest first.
-    """
-    ranked_ids = _ranked_ids()
-    if ranked_ids is not None:
-        ids = ranked_ids(q, within=queryset)
-        found = queryset.in_bulk(ids)
-        return [found[pk] for pk in ids if pk in found]
-    for word in q.split()[:20]:
-        queryset = queryset.filter(
-            Q(title__icontains=word)
-            | Q(summary__icontains=word)
-            | Q(description__icontains=word)
-            | Q(source_url__icontains=word)
-            | Q(files__icontains=word)
-            | Q(tags__name__iexact=word)
-        )
-    return list(queryset.distinct())
-
-
-def _ranked_ids():
-    try:
-        from library import search
-    except ImportError:
-        return None
-    return getattr(search, "ranked_ids", None)
+    # Ranked among all listed examples, then filtered, as the library page does: ranking only the filtered
+    # ones would find other matches (the any-word fallback, the semantic neighbours' cut-off) than it lists.
+    ids = search.ranked_ids(filters.q, within=listed)
+    if sort != "relevance":
+        return queryset.filter(pk__in=ids)
+    found = queryset.in_bulk(ids)
+    return [found[pk] for pk in ids if pk in found]
 
 
 def _facets(queryset, filters: ExampleFilters):
@@ -153,12 +144,19 @@ def _facets(queryset, filters: ExampleFilters):
         queryset = queryset.filter(source_url=filters.source)
     if filters.min_score is not None:
         queryset = queryset.filter(score__gte=filters.min_score)
-    return queryset
+    return queryset.score_band(filters.score).usage_band(filters.usage)
 
 
 def _text(params: Mapping, key: str) -> str:
     value = params.get(key)
     return "" if value is None else str(value).strip()
+
+
+def _choice(params: Mapping, key: str, choices) -> str:
+    value = _text(params, key)
+    if value and value not in choices:
+        raise BadParameter(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _as_list(value) -> list:

@@ -4,7 +4,6 @@ Readable like the library pages: by anyone while LIBRARY_PUBLIC, else after logg
 also send its API token (`Authorization: Bearer ...`) here.
 """
 
-from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -12,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from codedistiller_site.zipstream import zip_stream
-from library.api_auth import request_access
+from library.api_auth import refusal
 from library.export import (
     BadParameter,
     codeblock_entries,
@@ -29,7 +28,7 @@ FORMATS = {"zip": library_entries, "codeblocks": codeblock_entries}
 
 @require_safe
 def library_export(request):
-    if refused := _refused(request):
+    if refused := refusal(request):
         return refused
     kind = request.GET.get("format", "zip")
     if kind not in FORMATS:
@@ -50,22 +49,11 @@ def library_export(request):
 @require_safe
 def example_download(request, example_id: int):
     """Any version, retracted ones too: its metadata.json says so, and why."""
-    if refused := _refused(request):
+    if refused := refusal(request):
         return refused
     example = get_object_or_404(Example.objects.prefetch_related("tags"), pk=example_id)
     name = export_name(example)
     return _zip_response(example_entries(example, folder=name, url_for=_page_url(request)), f"{name}.zip")
-
-
-def _refused(request):
-    access = request_access(request)
-    if access.allowed:
-        return None
-    if "Authorization" in request.headers:
-        response = HttpResponse(access.error + "\n", status=401, content_type="text/plain; charset=utf-8")
-        response["WWW-Authenticate"] = 'Bearer realm="codedistiller"'
-        return response
-    return redirect_to_login(request.get_full_path())
 
 
 def _page_url(request):

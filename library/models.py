@@ -7,7 +7,7 @@ newest approved version is the one shown by default.
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 # Expert scores run from 1 to 5 (the review forms); a band is a facet of the library.
@@ -65,6 +65,10 @@ class ExampleQuerySet(models.QuerySet):
     def usage_band(self, band: str):
         return self.filter(USAGE_BANDS[band][1]) if band in USAGE_BANDS else self
 
+    def best_scored_first(self):
+        """The library page's "Best scored" order (the unscored last), which its export keeps too."""
+        return self.order_by(F("score").desc(nulls_last=True), "-score_count", "-approved_at", "-pk")
+
 
 class Example(models.Model):
     class Status(models.TextChoices):
@@ -118,8 +122,10 @@ class Example(models.Model):
     retracted_at = models.DateTimeField(null=True, blank=True)
 
     # The example itself, copied from the iteration.
-    files = models.JSONField(default=dict)  # name -> text: main.py, requirements.txt, runscript.sh, ...
-    metadata = models.JSONField(default=dict)
+    # name -> text: main.py, requirements.txt, runscript.sh, ... The JSON fields are blank=True: the admin must
+    # be able to save an example whose dict or list is empty.
+    files = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True)
     inclusion_criteria = models.TextField(blank=True)
     exclusion_criteria = models.TextField(blank=True)
@@ -129,7 +135,7 @@ class Example(models.Model):
     python_version = models.CharField(max_length=20, blank=True)
     results = models.JSONField(null=True, blank=True)
     stdout = models.TextField(blank=True)
-    saved_files = models.JSONField(default=list)  # [{"name", "size"}], copied under `files_dir`
+    saved_files = models.JSONField(default=list, blank=True)  # [{"name", "size"}], copied under `files_dir`
     measured = models.JSONField(null=True, blank=True)
     judgement = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)  # how much of the repository the program exercised
@@ -138,8 +144,9 @@ class Example(models.Model):
     score = models.FloatField(null=True, blank=True, db_index=True)
     score_count = models.PositiveIntegerField(default=0)
 
-    # all-MiniLM-L6-v2's unit vector of `semantic_text` (384 float32), for semantic search; computed lazily
-    # by library.search, and cleared when the text changes.
+    # all-MiniLM-L6-v2's unit vector of `semantic_text` (384 float32), for semantic search; computed when the
+    # example is approved (or by `manage.py embed_examples`), cleared and computed again when its title,
+    # summary or tags change (services.example_embeddings_refresh).
     embedding = models.BinaryField(null=True, blank=True, editable=False)
 
     objects = ExampleQuerySet.as_manager()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, F, TextField
 from django.db.models.functions import Cast, Substr
 from django.utils.html import escape
@@ -223,14 +223,27 @@ def _semantic_ids(q: str, within) -> list[int]:
 
 def embed_missing(queryset, *, limit: int | None = None) -> int:
     """Embed the examples of `queryset` that have no embedding yet; returns how many were done."""
+    return embed(queryset.filter(embedding__isnull=True)[:limit])
+
+
+def embed(queryset) -> int:
+    """Compute the embeddings of the examples of `queryset` (again, if they have one); returns how many.
+
+    semantic.encode runs them through the model in padded batches; the rows are written in one transaction.
+    """
     import numpy as np
 
-    todo = list(queryset.filter(embedding__isnull=True).prefetch_related("tags")[:limit])
+    todo = list(queryset.only("pk", "title", "summary").prefetch_related("tags"))
     if not todo:
         return 0
     vectors = semantic.encode([example.semantic_text for example in todo])
-    for example, vector in zip(todo, vectors, strict=True):
-        type(example).objects.filter(pk=example.pk).update(embedding=np.asarray(vector, np.float32).tobytes())
+    with transaction.atomic():
+        for example, vector in zip(todo, vectors, strict=True):
+            # Only if the text is still the one embedded: an edit meanwhile cleared the embedding, and its
+            # own embedding comes after it.
+            type(example).objects.filter(pk=example.pk, title=example.title, summary=example.summary).update(
+                embedding=np.asarray(vector, np.float32).tobytes()
+            )
     return len(todo)
 
 
@@ -284,9 +297,10 @@ def _vectors(within):
     return _cache.get(within)
 
 
-def forget_embedding(example) -> None:
-    """Clear an example's embedding after its text changed; the next search embeds it again."""
-    type(example).objects.filter(pk=example.pk).update(embedding=None)
+def forget_embeddings(queryset) -> int:
+    """Clear the embeddings of examples whose text changed: semantic search leaves them out (full text still
+    finds them) until they are embedded again. Returns how many were cleared."""
+    return queryset.exclude(embedding=None).update(embedding=None)
 
 
 # Browsing: facets ---------------------------------------------------------------------------------------

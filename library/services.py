@@ -1,4 +1,5 @@
-"""State changes of the library: approve an iteration into an example, reject a run, retract an example."""
+"""State changes of the library: approve an iteration into an example, reject a run, retract an example,
+and keep the embeddings of edited examples true to their text."""
 
 import shutil
 from decimal import Decimal
@@ -8,7 +9,11 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from distill.models import Iteration, Paper, Run
+from library import search, semantic
 from library.models import Example, Rejection, Tag
+
+# Examples embedded again inside the request that changed them (about 10 ms each); more go to a worker.
+EMBED_AT_ONCE = 32
 
 
 class LibraryRefused(Exception):
@@ -122,6 +127,31 @@ def example_retract(*, example: Example, retracted_by, reason: str) -> Example:
         _refresh_latest(example.source_url)
     example.refresh_from_db()
     return example
+
+
+def example_embeddings_refresh(*, example_ids) -> None:
+    """The title, summary or tags of these examples changed: their embeddings no longer say what they are.
+
+    Cleared now, in the caller's transaction, so that semantic search never ranks an example by its old text;
+    computed again once that transaction commits: here when they are few, by a worker when many (a renamed
+    tag can touch thousands). Without the model, cleared only.
+    """
+    ids = sorted(set(example_ids))
+    if not ids:
+        return
+    search.forget_embeddings(Example.objects.filter(pk__in=ids))
+    transaction.on_commit(lambda: _embed_again(ids))
+
+
+def _embed_again(ids: list[int]) -> None:
+    if not semantic.available():
+        return
+    if len(ids) <= EMBED_AT_ONCE:
+        search.embed_missing(Example.objects.filter(pk__in=ids))
+        return
+    from django_q.tasks import async_task
+
+    async_task("library.tasks.embed_examples", ids, task_name=f"embed-{len(ids)}-examples", group="library")
 
 
 def _usage(iteration: Iteration) -> dict | None:

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.db.models import F, Q
+from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -17,11 +17,12 @@ from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_respon
 from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
 from library import search, semantic, services
+from library.api_auth import refusal
+from library.export import SORTS
 from library.forms import ApproveForm, ReasonForm
 from library.models import Example
 
 PAGE_SIZE = 20
-SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
 
 
 def _may_read(request) -> bool:
@@ -64,6 +65,8 @@ def library_index(request):
         "total": Example.objects.listed().count(),
         "keep": [(param, value) for param, value in chosen.items() if value],
     }
+    # The export takes the page's own parameters, and lists the same examples in the same order.
+    context["export_query"] = urlencode(([("q", q)] if q else []) + context["keep"] + [("sort", sort)])
     for row in rows:
         row.snippet = context["snippets"].get(row.pk)
     context["previous_link"] = (
@@ -81,7 +84,7 @@ def _ordered(results, sort: str, ranked: list[int] | None):
         allowed = set(results.values_list("pk", flat=True))
         return [pk for pk in ranked if pk in allowed]
     if sort == "score":
-        results = results.order_by(F("score").desc(nulls_last=True), "-score_count", "-approved_at", "-pk")
+        results = results.best_scored_first()
     return list(results.values_list("pk", flat=True))
 
 
@@ -171,8 +174,9 @@ def _saved_files(example: Example) -> list[dict]:
 
 
 def example_file(request, example_id: int, path: str):
-    if not _may_read(request):
-        return redirect_to_login(request.get_full_path())
+    """A saved file (a plot, a table): the API links to it, so an agent's token opens it too."""
+    if refused := refusal(request):
+        return refused
     example = get_object_or_404(Example, pk=example_id)
     return saved_file_response(example.files_dir / "to_save", example.saved_files, path)
 

@@ -169,6 +169,26 @@ def test_it_filters_by_tag_language_type_gpu_and_model(client, curator):
     assert ids(tag="nothing-like-it") == []
 
 
+def test_it_filters_by_the_library_pages_score_and_usage_bands_and_sorts_as_it_does(client, curator):
+    low = make_example(curator, "low")
+    high = make_example(curator, "high")
+    unscored = make_example(curator, "unscored")
+    middle = make_example(curator, "middle")
+    for example, score, covered in [(low, 2.5, 0.05), (high, 4.5, 0.7), (middle, 3.5, 0.2)]:
+        Example.objects.filter(pk=example.pk).update(score=score, usage={"repo_share_covered": covered})
+
+    def ids(**params):
+        data = assert_matches(client.get(reverse("api_examples"), params), "/api/examples/")
+        return [item["id"] for item in data["results"]]
+
+    assert ids(score="4+") == [high.pk] and ids(score="under-3") == [low.pk]
+    assert ids(score="unscored") == [unscored.pk]
+    assert ids(usage="half") == [high.pk] and ids(usage="tenth", score="3-4") == [middle.pk]
+    assert ids(sort="score") == [high.pk, middle.pk, low.pk, unscored.pk]
+    assert ids() == [middle.pk, unscored.pk, high.pk, low.pk]  # newest first
+    assert client.get(reverse("api_examples"), {"sort": "score"}).json()["query"] == {"sort": "score"}
+
+
 def test_it_pages(client, curator):
     made = [make_example(curator, f"lib{n}") for n in range(5)]
     newest_first = [example.pk for example in reversed(made)]
@@ -192,6 +212,9 @@ def test_it_pages(client, curator):
         ({"page_size": "101"}, "page_size must be between 1 and 100"),
         ({"gpu": "maybe"}, "gpu must be true or false"),
         ({"min_score": "high"}, "min_score must be a number"),
+        ({"score": "5"}, "score must be one of 4+, 3-4, under-3, unscored"),
+        ({"usage": "most"}, "usage must be one of half, tenth, little"),
+        ({"sort": "oldest"}, "sort must be one of relevance, newest, score"),
     ],
 )
 def test_a_bad_parameter_is_a_400_that_names_it(client, params, message):

@@ -4,7 +4,9 @@ import zipfile
 
 import pytest
 from django.urls import reverse
+from django.utils.html import escape
 
+from library import semantic
 from library.export import codeblock_text, export_name, parse_codeblock
 from library.services import example_approve, example_retract
 from tests.factories import make_iteration, make_run
@@ -161,6 +163,61 @@ def test_facet_filters_narrow_the_export(client, curator):
     assert list(json.loads(archive.read("codeblock_summaries.json"))) == [export_name(gpu)]
 
 
+@pytest.fixture
+def scored(curator):
+    """Six examples with expert scores and repository usage across the library page's bands."""
+    made = []
+    for n, (score, covered) in enumerate(
+        [(4.5, 0.8), (3.2, 0.05), (None, None), (2.0, 0.3), (4.0, 0.6), (3.9, 0.02)]
+    ):
+        example = make_example(curator, f"lib{n}", title=f"Fitting spectra, take {n}")
+        usage = None if covered is None else {"repo_share_covered": covered}
+        type(example).objects.filter(pk=example.pk).update(score=score, score_count=n, usage=usage)
+        made.append(example)
+    return made
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"score": "4+"},
+        {"score": "3-4", "sort": "score"},
+        {"score": "unscored"},
+        {"usage": "half"},
+        {"usage": "little", "score": "3-4"},
+        {"q": "spectra", "score": "4+", "sort": "score"},
+        {"q": "fitting spectra", "usage": "tenth"},
+    ],
+)
+def test_an_export_from_a_filtered_library_page_holds_what_the_page_lists(client, scored, params):
+    page = client.get(reverse("library"), params)
+    listed = [row.pk for row in page.context["rows"]]
+    assert 0 < len(listed) < len(scored)  # the filter leaves some out
+    link = f"{reverse('library_export')}?format=zip&{page.context['export_query']}"
+    assert f'href="{escape(link)}"' in page.content.decode()
+
+    archive = unzip(client.get(link))
+    assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == listed
+    codeblocks = client.get(reverse("library_export") + f"?format=codeblocks&{page.context['export_query']}")
+    names = list(json.loads(unzip(codeblocks).read("codeblock_summaries.json")))
+    by_id = {example.pk: example for example in scored}
+    assert names == [export_name(by_id[pk]) for pk in listed]
+
+
+def test_a_search_is_ranked_among_the_whole_library_before_the_filters_as_the_page_does(
+    client, curator, monkeypatch
+):
+    monkeypatch.setattr(semantic, "model_dir", lambda: None)  # full text only: which words match decides
+    make_example(curator, "both", title="Quokka wombat census", tags=("marsupials",))
+    make_example(curator, "one", title="Quokka photographs", tags=("photography",))
+    params = {"q": "quokka wombat", "tag": "photography"}
+    # One example has both words, and the filter leaves it out: the page lists nothing rather than falling
+    # back to the examples with any of the words.
+    assert client.get(reverse("library"), params).context["rows"] == []
+    index = json.loads(unzip(client.get(reverse("library_export"), params)).read("index.json"))
+    assert index["examples"] == []
+
+
 def test_retracted_examples_and_older_versions_are_not_exported(client, curator):
     kept = make_example(curator, "kept")
     gone = make_example(curator, "gone")
@@ -240,6 +297,12 @@ def test_export_needs_a_login_when_the_library_is_not_public(client, reader_clie
 def test_export_refuses_bad_parameters_and_writes(client, curator):
     assert client.get(reverse("library_export"), {"format": "tar"}).status_code == 400
     assert client.get(reverse("library_export"), {"gpu": "maybe"}).status_code == 400
+    response = client.get(reverse("library_export"), {"score": "5+"})
+    assert (
+        response.status_code == 400 and b"score must be one of 4+, 3-4, under-3, unscored" in response.content
+    )
+    assert client.get(reverse("library_export"), {"usage": "all"}).status_code == 400
+    assert client.get(reverse("library_export"), {"sort": "random"}).status_code == 400
     assert client.post(reverse("library_export")).status_code == 405
 
 

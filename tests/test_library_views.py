@@ -4,6 +4,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from library.api_auth import api_token_create, api_token_revoke
 from library.models import Example, Rejection
 from library.services import example_approve, example_retract
 from tests.factories import make_iteration, make_run
@@ -332,3 +333,41 @@ def test_saved_files_are_served_safely(client, curator, tmp_path):
     copied.unlink()
     os.symlink(secret, copied)
     assert client.get(reverse("example_file", args=[example.pk, "data.csv"])).status_code == 404
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_saved_files_open_with_an_api_token_as_the_api_does(client, curator, reader, settings, public):
+    settings.LIBRARY_PUBLIC = public
+    run = make_run()
+    iteration = make_iteration(run, 1, saved_files=[{"name": "plot.png", "size": 4}])
+    (iteration.output_dir / "to_save").mkdir(parents=True)
+    (iteration.output_dir / "to_save" / "plot.png").write_bytes(b"\x89PNG")
+    example = approve(run, curator)
+    _token, key = api_token_create(user=reader, name="agent")
+    revoked, revoked_key = api_token_create(user=reader, name="old agent")
+    api_token_revoke(token=revoked)
+
+    # The link the API gives, fetched with the token that read the API.
+    detail = client.get(reverse("api_example", args=[example.pk]), HTTP_AUTHORIZATION=f"Bearer {key}").json()
+    url = detail["saved_files"][0]["url"]
+    response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 200 and b"".join(response.streaming_content) == b"\x89PNG"
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {key}").status_code == 200
+
+    for header, message in [
+        ("Bearer cd_not-a-real-key", b"Invalid token."),
+        (f"Bearer {revoked_key}", b"This token has been revoked."),
+        ("Basic dXNlcjpwYXNz", b"Malformed Authorization header"),
+    ]:
+        refused = client.get(url, HTTP_AUTHORIZATION=header)
+        assert refused.status_code == 401 and refused["WWW-Authenticate"].startswith("Bearer")
+        assert message in refused.content and b"PNG" not in refused.content
+
+    anonymous = client.get(url)
+    if public:
+        assert anonymous.status_code == 200
+    else:
+        assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+    session = Client()
+    session.force_login(reader)
+    assert session.get(url).status_code == 200

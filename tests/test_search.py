@@ -1,4 +1,8 @@
+import math
+from io import StringIO
+
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 
@@ -123,6 +127,50 @@ def test_the_embedding_ranks_obvious_pairs(db):
     assert abs(float(food @ food) - 1.0) < 1e-5
 
 
+@needs_model
+def test_it_gives_the_vector_it_gave_before_the_batched_forward_pass(db):
+    import numpy as np
+
+    # The first components of "A man is eating food." from the one-text-at-a-time pass this one replaced.
+    vector = semantic.encode(["A man is eating food."])[0]
+    expected = [0.033242, 0.004406, -0.006277, 0.048379, -0.138702, -0.033617]
+    assert np.allclose(vector[:6], expected, atol=1e-5)
+
+
+@needs_model
+@pytest.mark.parametrize("batch", [semantic.BATCH, 3])
+def test_a_padded_batch_embeds_each_text_as_it_is_embedded_alone(db, monkeypatch, batch):
+    import numpy as np
+
+    monkeypatch.setattr(semantic, "BATCH", batch)
+    texts = [
+        "Phonons.",
+        "",
+        "A man is eating a piece of bread.",
+        "Graph neural network for formation energies. machine-learning. " * 8,  # cut at MAX_TOKENS
+        "Relaxing a crystal structure with density functional theory: ünïcödé, 数値計算.",
+        "Phonons.",
+    ]
+    together = semantic.encode(texts)
+    tokens = semantic._model().tokenize(texts)
+    assert len({len(ids) for ids in tokens}) >= 4  # lengths differ: the batch is padded
+    assert max(len(ids) for ids in tokens) == semantic.MAX_TOKENS
+    for text, vector in zip(texts, together, strict=True):
+        assert np.abs(semantic.encode([text])[0] - vector).max() < 1e-5
+    assert np.array_equal(together[0], together[5])
+
+
+@needs_model
+def test_gelu_is_the_exact_one():
+    import numpy as np
+
+    x = np.linspace(-8, 8, 100_003, dtype=np.float32)
+    expected = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()])
+    computed = x.copy()
+    semantic._gelu(computed, chunk=4096)  # several pieces, the last one short
+    assert np.abs(computed - expected).max() < 2e-6
+
+
 def test_search_works_full_text_only_without_the_model(corpus, client, monkeypatch):
     monkeypatch.setattr(semantic, "model_dir", lambda: None)
     assert not semantic.available()
@@ -225,3 +273,24 @@ def test_search_results_are_ranked_and_filtered_in_the_page(corpus, client):
     filtered = client.get(reverse("library"), {"q": "crystal", "tag": "dft"})
     assert [row.pk for row in filtered.context["rows"]] == [corpus["lab/dft-relax"].pk]
     assert filtered.context["sort"] == "relevance"
+
+
+@needs_model
+def test_embed_examples_embeds_the_missing_ones_and_with_all_every_one_again(corpus):
+    import numpy as np
+
+    stale = corpus["lab/xrd-fit"]
+    Example.objects.filter(pk=stale.pk).update(embedding=np.zeros(semantic.DIMENSIONS, np.float32).tobytes())
+    Example.objects.filter(pk=corpus["lab/dft-relax"].pk).update(embedding=None)
+    out = StringIO()
+
+    call_command("embed_examples", stdout=out)
+    assert "done: 1 example(s) embedded" in out.getvalue()
+    assert not Example.objects.filter(embedding__isnull=True).exists()
+    assert not np.frombuffer(Example.objects.get(pk=stale.pk).embedding, np.float32).any()
+
+    call_command("embed_examples", "--all", "--batch", "2", stdout=out)
+    assert f"done: {len(CORPUS)} example(s) embedded" in out.getvalue()
+    for example in Example.objects.prefetch_related("tags"):
+        expected = semantic.encode([example.semantic_text])[0]
+        assert np.abs(np.frombuffer(example.embedding, np.float32) - expected).max() < 1e-5

@@ -1,0 +1,9 @@
+"""Thin django-q2 tasks: they take ids and call the library's services."""
+
+from library import search
+from library.models import Example
+
+
+def embed_examples(example_ids: list[int]) -> int:
+    """Embed those of the examples that have no embedding (an edit cleared it); idempotent."""
+    return search.embed_missing(Example.objects.filter(pk__in=example_ids))
