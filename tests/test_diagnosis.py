@@ -74,7 +74,9 @@ ModuleNotFoundError: No module named 'scipy'
 
 
 def test_a_missing_module_is_named_with_the_requirement_the_repository_declares():
-    found = diagnose(stderr=TRACEBACK, install_log="", packages={"kneed"}, declared=["numpy", "scipy>=1.0.0"])
+    found = diagnose(
+        stderr=TRACEBACK, install_log="", packages={"kneed": "kneed"}, declared=["numpy", "scipy>=1.0.0"]
+    )
 
     assert found == [
         "the module 'scipy' is not installed: add 'scipy>=1.0.0' to requirements.txt (the repository declares it)"
@@ -84,21 +86,29 @@ def test_a_missing_module_is_named_with_the_requirement_the_repository_declares(
 def test_a_missing_module_with_another_distribution_name_gets_that_name():
     stderr = "ModuleNotFoundError: No module named 'sklearn.linear_model'\n"
 
-    (found,) = diagnose(stderr=stderr, install_log="", packages=set(), declared=[])
+    (found,) = diagnose(stderr=stderr, install_log="", packages={}, declared=[])
 
     assert "'sklearn.linear_model' is not installed: add 'scikit-learn'" in found
     assert "declares" not in found
 
 
-def test_the_repositorys_own_package_missing_says_how_to_reach_it():
-    (found,) = diagnose(
-        stderr="ModuleNotFoundError: No module named 'kneed'\n",
-        install_log="",
-        packages={"kneed"},
-        declared=[],
-    )
+def test_the_repositorys_own_package_missing_says_the_line_that_reaches_it():
+    def found_for(module: str, packages: dict) -> str:
+        (found,) = diagnose(
+            stderr=f"ModuleNotFoundError: No module named '{module}'\n",
+            install_log="",
+            packages=packages,
+            declared=[],
+        )
+        return found
 
-    assert "own package 'kneed'" in found and "/repo to sys.path" in found
+    assert "own package 'kneed'" in found_for("kneed.knee_locator", {"kneed": "kneed"})
+    assert (
+        "`sys.path.insert(0, '/repo')` at the top of main.py, before the first import of kneed"
+        in found_for("kneed", {"kneed": "kneed"})
+    )
+    assert "sys.path.insert(0, '/repo/src')" in found_for("pwlf", {"pwlf": "src/pwlf"})
+    assert "sys.path.insert(0, '/repo/lib')" in found_for("tool", {"tool": "lib/tool.py"})
 
 
 def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_kept():
@@ -111,7 +121,7 @@ def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_k
         "ERROR: Could not find a version that satisfies the requirement kneeed==9.9 (from versions: none)\n"
     )
 
-    found = diagnose(stderr=stderr, install_log=install_log, packages={"minilib"}, declared=[])
+    found = diagnose(stderr=stderr, install_log=install_log, packages={"minilib": "minilib"}, declared=[])
 
     assert len(found) == 3
     assert found[0].startswith("pip could not install 'kneeed==9.9'")
@@ -125,7 +135,7 @@ def test_several_requirements_on_one_line_are_named_with_the_line():
         "ERROR: Invalid requirement: 'numpy!!' (from line 3 of requirements.txt)\n"
     )
 
-    found = diagnose(stderr="", install_log=install_log, packages=set(), declared=[])
+    found = diagnose(stderr="", install_log=install_log, packages={}, declared=[])
 
     assert found == [
         "line 1 of requirements.txt, 'numpy>=1.14.2 scipy>=1.0.0', is not a requirement pip can read: put each "
@@ -135,9 +145,7 @@ def test_several_requirements_on_one_line_are_named_with_the_line():
 
 
 def test_output_without_a_known_cause_gives_no_finding():
-    assert (
-        diagnose(stderr="ValueError: x must be positive\n", install_log="", packages=set(), declared=[]) == []
-    )
+    assert diagnose(stderr="ValueError: x must be positive\n", install_log="", packages={}, declared=[]) == []
 
 
 def test_the_recorders_frames_are_taken_out_of_a_traceback():

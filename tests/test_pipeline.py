@@ -175,6 +175,22 @@ def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iterat
     assert not any(r.startswith("unproven") for r in second.measured["reasons"]), second.measured["reasons"]
 
 
+def test_a_fix_that_sends_back_the_failed_program_unchanged_is_repaired_not_run(repo, tmp_path):
+    same = program(BROKEN_MAIN + "\n", changes="Root cause: a wrong name.")  # only whitespace differs
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(BROKEN_MAIN)), ("fix", same),
+         ("fix", program(WORKING_MAIN, changes="Import mean_squared.")), ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.iterations.count() == 2 and run.steps.filter(name="execute").count() == 2
+    first_try, second_try = LLMCall.objects.filter(run=run, stage="fix").order_by("pk")
+    assert "the files are the same as the version that failed" in second_try.prompt[-1]["content"]
+
+
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
     run = start(
         repo,

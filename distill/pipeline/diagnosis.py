@@ -7,10 +7,12 @@ shown to the curator on the iteration. Found nothing: the fixer reads the output
 """
 
 import re
+from pathlib import PurePosixPath
 
 from distill.pipeline.dependencies import normalized_name
 
 MAX_FINDINGS = 3
+REPO_MOUNT = "/repo"  # where the sandbox mounts the clone (distill/sandbox)
 
 # Import names whose distribution on PyPI is called otherwise (the common ones in scientific code).
 DISTRIBUTIONS = {
@@ -45,10 +47,11 @@ PIP_INVALID = re.compile(
 RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
 
 
-def diagnose(*, stderr: str, install_log: str, packages: set[str], declared: list[str]) -> list[str]:
+def diagnose(*, stderr: str, install_log: str, packages: dict[str, str], declared: list[str]) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
-    `packages` are the repository's own import names; `declared` its declared requirements.
+    `packages` maps the repository's own import names to where each lives in the clone ("kneed" ->
+    "src/kneed"); `declared` are its declared requirements.
     """
     findings: list[str] = []
     for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
@@ -65,9 +68,13 @@ def diagnose(*, stderr: str, install_log: str, packages: set[str], declared: lis
     for module in dict.fromkeys(NO_MODULE.findall(stderr)):
         top = module.split(".")[0]
         if top in packages:
+            # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
+            # model took neither and sent the same program back.
+            folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
             findings.append(
-                f"the repository's own package {top!r} could not be imported: install the repository "
-                "through requirements.txt if it is on PyPI, or add /repo to sys.path before importing it"
+                f"the repository's own package {top!r} could not be imported: the repository is at "
+                f"{REPO_MOUNT}, not installed; put `import sys` and `sys.path.insert(0, {folder!r})` at the "
+                f"top of main.py, before the first import of {top}"
             )
             continue
         distribution = DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top

@@ -256,7 +256,14 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         ),
         **_rules(run),
     )
-    program = _ask_for_program(run, stage="fix", prompt=prompt, iteration=number, require_change_log=True)
+    program = _ask_for_program(
+        run,
+        stage="fix",
+        prompt=prompt,
+        iteration=number,
+        require_change_log=True,
+        previous_files=previous.files,
+    )
     return _save_iteration(run, number, program, change_log=program.change_log)
 
 
@@ -307,7 +314,13 @@ def _program_text(files: dict) -> str:
 
 
 def _ask_for_program(
-    run: Run, *, stage: str, prompt: str, iteration: int, require_change_log: bool
+    run: Run,
+    *,
+    stage: str,
+    prompt: str,
+    iteration: int,
+    require_change_log: bool,
+    previous_files: dict | None = None,
 ) -> parsing.Program:
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)
@@ -321,7 +334,13 @@ def _ask_for_program(
             max_tokens=run.config.get("code_max_output_tokens", 16000),
         )
         try:
-            return parsing.parse_program(reply.text, require_change_log=require_change_log)
+            program = parsing.parse_program(reply.text, require_change_log=require_change_log)
+            if previous_files is not None and _same_program(program.files, previous_files):
+                # Running it again would fail again, and spend an iteration on nothing.
+                raise parsing.ReplyError(
+                    "the files are the same as the version that failed; change them to remove the root cause"
+                )
+            return program
         except parsing.ReplyError as exc:
             logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
             error = exc
@@ -331,6 +350,13 @@ def _ask_for_program(
                 {"role": "user", "content": prompts.render("repair", error=exc)},
             ]
     raise StepFailed(f"the code model's reply could not be used after {repairs + 1} tries: {error}")
+
+
+def _same_program(files: dict, previous: dict) -> bool:
+    def normal(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    return files.keys() == previous.keys() and all(normal(files[n]) == normal(previous[n]) for n in files)
 
 
 def _save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
@@ -411,7 +437,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         iteration.measured["diagnosis"] = diagnosis.diagnose(
             stderr=result.stderr,
             install_log=result.install_log,
-            packages={*packages.packages, *packages.modules},
+            packages={**packages.packages, **packages.modules},
             declared=dependencies.declared_dependencies(clone) if clone is not None else [],
         )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
