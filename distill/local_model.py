@@ -341,22 +341,39 @@ def generate(
         started = time.monotonic()
         expired = _Deadline(started + timeout if timeout else None)
         response = model.create_completion(prompt=tokens, stopping_criteria=expired, **options)
+        text = start + (response["choices"][0].get("text") or "")
+        usage = dict(response.get("usage") or {})
+        finish = response["choices"][0].get("finish_reason") or "stop"
+        if (
+            start == FIX_START
+            and PROGRAM_START.strip() not in text
+            and finish == "stop"
+            and not expired.reached
+        ):
+            # A fix that stated its root cause and ended there, without the program: seen again and again
+            # from the 1.5B model, repairs included. The reply goes on from the first file's marker.
+            text = text.rstrip() + "\n\n" + PROGRAM_START
+            more = model.tokenize(text[len(start) :].encode(), add_bos=False, special=True)
+            options["max_tokens"] = max(64, min(options["max_tokens"], N_CTX - len(tokens) - len(more)))
+            response = model.create_completion(prompt=[*tokens, *more], stopping_criteria=expired, **options)
+            text += response["choices"][0].get("text") or ""
+            finish = response["choices"][0].get("finish_reason") or "stop"
+            written = int((response.get("usage") or {}).get("completion_tokens", 0))
+            usage["completion_tokens"] = int(usage.get("completion_tokens", 0)) + written
         seconds = time.monotonic() - started
         read, read_seconds = _perf_prompt(model)
     if expired.reached:
-        written = int((response.get("usage") or {}).get("completion_tokens", 0))
+        written = int(usage.get("completion_tokens", 0))
         raise GenerationTimeout(
             f"the local model did not finish its reply within {timeout:.0f} s ({read} prompt tokens read, "
             f"{written} written); give it more time with the profile's llm_timeout_secs, or ask for less "
             "with code_max_output_tokens"
         )
-    choice = response["choices"][0]
-    usage = response.get("usage") or {}
     return Generation(
-        text=start + (choice.get("text") or ""),
+        text=text,
         prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
         completion_tokens=int(usage.get("completion_tokens", 0)),
-        finish_reason=choice.get("finish_reason") or "stop",
+        finish_reason=finish,
         seconds=seconds,
         prompt_read=read,
         prompt_seconds=read_seconds,

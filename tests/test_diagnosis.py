@@ -75,7 +75,7 @@ ModuleNotFoundError: No module named 'scipy'
 
 def test_a_missing_module_is_named_with_the_requirement_the_repository_declares():
     found = diagnose(
-        stderr=TRACEBACK, install_log="", packages={"kneed": "kneed"}, declared=["numpy", "scipy>=1.0.0"]
+        output=TRACEBACK, install_log="", packages={"kneed": "kneed"}, declared=["numpy", "scipy>=1.0.0"]
     )
 
     assert found == [
@@ -86,7 +86,7 @@ def test_a_missing_module_is_named_with_the_requirement_the_repository_declares(
 def test_a_missing_module_with_another_distribution_name_gets_that_name():
     stderr = "ModuleNotFoundError: No module named 'sklearn.linear_model'\n"
 
-    (found,) = diagnose(stderr=stderr, install_log="", packages={}, declared=[])
+    (found,) = diagnose(output=stderr, install_log="", packages={}, declared=[])
 
     assert "'sklearn.linear_model' is not installed: add 'scikit-learn'" in found
     assert "declares" not in found
@@ -95,7 +95,7 @@ def test_a_missing_module_with_another_distribution_name_gets_that_name():
 def test_the_repositorys_own_package_missing_says_the_line_that_reaches_it():
     def found_for(module: str, packages: dict) -> str:
         (found,) = diagnose(
-            stderr=f"ModuleNotFoundError: No module named '{module}'\n",
+            output=f"ModuleNotFoundError: No module named '{module}'\n",
             install_log="",
             packages=packages,
             declared=[],
@@ -121,7 +121,7 @@ def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_k
         "ERROR: Could not find a version that satisfies the requirement kneeed==9.9 (from versions: none)\n"
     )
 
-    found = diagnose(stderr=stderr, install_log=install_log, packages={"minilib": "minilib"}, declared=[])
+    found = diagnose(output=stderr, install_log=install_log, packages={"minilib": "minilib"}, declared=[])
 
     assert len(found) == 3
     assert found[0].startswith("pip could not install 'kneeed==9.9'")
@@ -135,7 +135,7 @@ def test_several_requirements_on_one_line_are_named_with_the_line():
         "ERROR: Invalid requirement: 'numpy!!' (from line 3 of requirements.txt)\n"
     )
 
-    found = diagnose(stderr="", install_log=install_log, packages={}, declared=[])
+    found = diagnose(output="", install_log=install_log, packages={}, declared=[])
 
     assert found == [
         "line 1 of requirements.txt, 'numpy>=1.14.2 scipy>=1.0.0', is not a requirement pip can read: put each "
@@ -144,8 +144,20 @@ def test_several_requirements_on_one_line_are_named_with_the_line():
     ]
 
 
+def test_a_librarys_own_advice_to_pip_install_something_is_passed_on():
+    stdout = (
+        "An error occurred: This function needs Matplotlib. Please run command `pip install kneed[plot]`\n"
+    )
+
+    found = diagnose(output=stdout, install_log="", packages={"kneed": "kneed"}, declared=[])
+
+    assert found == [
+        "the program's output asks for `pip install kneed[plot]`: add 'kneed[plot]' to requirements.txt"
+    ]
+
+
 def test_output_without_a_known_cause_gives_no_finding():
-    assert diagnose(stderr="ValueError: x must be positive\n", install_log="", packages={}, declared=[]) == []
+    assert diagnose(output="ValueError: x must be positive\n", install_log="", packages={}, declared=[]) == []
 
 
 def test_the_recorders_frames_are_taken_out_of_a_traceback():

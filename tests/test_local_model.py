@@ -186,7 +186,8 @@ class FakeLlama:
         with self._lock:
             self.active += 1
             self.overlapped |= self.active > 1
-        written = self.reply.split()
+        reply = self.reply.pop(0) if isinstance(self.reply, list) else self.reply
+        written = reply.split(" ")
         for count in range(1, len(written) + 1):  # one word a token, each after `delay`, as llama.cpp checks
             time.sleep(self.delay)
             if stopping_criteria is not None and stopping_criteria([], []):
@@ -293,6 +294,32 @@ def test_a_fix_is_begun_with_its_root_cause_and_a_repair_is_sampled_warmer(fake_
 
 
 @pytest.mark.django_db
+def test_a_fix_that_ends_after_its_root_cause_goes_on_with_the_program(fake_model):
+    program = "import sys\nprint(1)\n=== FILE: requirements.txt ===\n\n=== METADATA ===\n{}\n"
+    fake_model.reply = [" The import of minilib failed.\n", program]
+    messages = [{"role": "user", "content": "Fix it.\n=== CHANGES ===\n=== FILE: main.py ===\nprint(0)\n"}]
+
+    reply = llm.complete(run=None, stage="fix", model=local_model.MODEL_STRING, messages=messages)
+
+    assert reply.text == (
+        "=== CHANGES ===\nRoot cause: The import of minilib failed.\n\n=== FILE: main.py ===\n" + program
+    )
+    first, second = fake_model.calls
+    assert second["prompt_tokens"] > first["prompt_tokens"]  # the first part and the marker, read back
+    assert reply.tokens_out == len(" The import of minilib failed.\n".split(" ")) + len(program.split(" "))
+
+
+@pytest.mark.django_db
+def test_a_fix_that_gives_its_program_is_one_generation(fake_model):
+    fake_model.reply = " a typo.\n\n=== FILE: main.py ===\nprint(1)\n"
+    messages = [{"role": "user", "content": "Fix it.\n=== CHANGES ===\n=== FILE: main.py ===\nprint(0)\n"}]
+
+    reply = llm.complete(run=None, stage="fix", model=local_model.MODEL_STRING, messages=messages)
+
+    assert len(fake_model.calls) == 1 and reply.text.endswith("=== FILE: main.py ===\nprint(1)\n")
+
+
+@pytest.mark.django_db
 def test_a_system_message_of_the_caller_is_kept(fake_model, monkeypatch):
     prompts = []
     real = local_model._chat_prompt
@@ -367,7 +394,7 @@ def test_a_reply_not_finished_within_the_profiles_timeout_is_refused_once_not_re
 
 @pytest.mark.django_db
 def test_a_reply_finished_in_time_is_whole(fake_model):
-    fake_model.reply, fake_model.delay = "word " * 20, 0.001
+    fake_model.reply, fake_model.delay = " ".join(["word"] * 20), 0.001
 
     reply = llm.complete(
         run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES, timeout=30

@@ -43,13 +43,16 @@ PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies 
 PIP_INVALID = re.compile(
     r"^ERROR: Invalid requirement: '([^'\n]*)' \(from line (\d+) of requirements\.txt\)", re.M
 )
+# A library's own error message that says what to install ("... Please run `pip install kneed[plot]`").
+PIP_ADVICE = re.compile(r"\bpip install ([A-Za-z0-9][\w.-]*(?:\[[\w,-]+\])?)")
 # Frames of the sandbox's own recorder (distill/sandbox/audit.py runs as sitecustomize): not the program's.
 RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
 
 
-def diagnose(*, stderr: str, install_log: str, packages: dict[str, str], declared: list[str]) -> list[str]:
+def diagnose(*, output: str, install_log: str, packages: dict[str, str], declared: list[str]) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
+    `output` is the program's stderr and stdout (programs that catch an exception often print it there).
     `packages` maps the repository's own import names to where each lives in the clone ("kneed" ->
     "src/kneed"); `declared` are its declared requirements.
     """
@@ -65,7 +68,7 @@ def diagnose(*, stderr: str, install_log: str, packages: dict[str, str], declare
             f"line {number} of requirements.txt, {line!r}, is not a requirement pip can read"
             + (": put each requirement on a line of its own" if several else ": correct or remove it")
         )
-    for module in dict.fromkeys(NO_MODULE.findall(stderr)):
+    for module in dict.fromkeys(NO_MODULE.findall(output)):
         top = module.split(".")[0]
         if top in packages:
             # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
@@ -83,12 +86,16 @@ def diagnose(*, stderr: str, install_log: str, packages: dict[str, str], declare
             f"the module {module!r} is not installed: add {listed[0] if listed else distribution!r} to "
             "requirements.txt" + (" (the repository declares it)" if listed else "")
         )
-    for name, module in dict.fromkeys(NO_NAME.findall(stderr)):
+    for requirement in list(dict.fromkeys(PIP_ADVICE.findall(output)))[:2]:
+        findings.append(
+            f"the program's output asks for `pip install {requirement}`: add {requirement!r} to requirements.txt"
+        )
+    for name, module in dict.fromkeys(NO_NAME.findall(output)):
         findings.append(
             f"{module!r} has no name {name!r}: import only names defined in the repository's files shown "
             "above (check the module path, too)"
         )
-    for module, name in dict.fromkeys(NO_ATTRIBUTE.findall(stderr)):
+    for module, name in dict.fromkeys(NO_ATTRIBUTE.findall(output)):
         findings.append(f"the module {module!r} has no attribute {name!r}: use a name it defines")
     return findings[:MAX_FINDINGS]
 

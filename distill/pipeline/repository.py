@@ -435,7 +435,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
         iteration.measured["diagnosis"] = diagnosis.diagnose(
-            stderr=result.stderr,
+            output=result.stderr + "\n" + result.stdout[-20000:],
             install_log=result.install_log,
             packages={**packages.packages, **packages.modules},
             declared=dependencies.declared_dependencies(clone) if clone is not None else [],
