@@ -54,6 +54,17 @@ def test_a_reply_that_starts_over_is_cut_where_it_repeats():
         parse_program(early)
 
 
+def test_metadata_that_copies_the_formats_choices_gets_the_defaults():
+    copied = {"description": "Knee points.", "example_type": "demonstration | tutorial | benchmark | workflow",
+              "compute_needs": "cpu | gpu, with rough memory and time"}  # fmt: skip
+    parsed = parse_program(program(metadata=copied))
+    assert (parsed.metadata.example_type, parsed.metadata.compute_needs) == ("demonstration", "cpu")
+    chosen = parse_program(
+        program(metadata={**copied, "example_type": "tutorial", "compute_needs": "cpu, 1 GB"})
+    )
+    assert (chosen.metadata.example_type, chosen.metadata.compute_needs) == ("tutorial", "cpu, 1 GB")
+
+
 def test_missing_or_broken_metadata_is_refused():
     with pytest.raises(ReplyError, match="METADATA"):
         parse_program(program().split("=== METADATA ===")[0])

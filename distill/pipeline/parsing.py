@@ -23,6 +23,12 @@ SECTION = re.compile(
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
+FORMAT_CHOICES = {  # as program_format.txt gives them
+    "demonstration | tutorial | benchmark | workflow",
+    "cpu | gpu, with rough memory and time",
+}
+
+
 class ExampleMetadata(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -34,6 +40,15 @@ class ExampleMetadata(BaseModel):
     gpu_required: bool = False
     api_keys_needed: list[str] = []
     python_version: str = "3.11"
+
+    @field_validator("example_type", "compute_needs", mode="before")
+    @classmethod
+    def _unchosen(cls, value, info):
+        # The format's own text for the field ("demonstration | tutorial | ..."), copied: nothing was
+        # chosen, as if the field were left out; the default is kept (the format's first choice).
+        if isinstance(value, str) and " | " in value and value.strip() in FORMAT_CHOICES:
+            return cls.model_fields[info.field_name].default
+        return value
 
     @field_validator("api_keys_needed", mode="before")
     @classmethod
