@@ -1,7 +1,7 @@
 """Reading a repository's declared dependencies, and the likely root cause of a failed run from its output."""
 
 from distill.pipeline.dependencies import declared_dependencies
-from distill.pipeline.diagnosis import diagnose, without_recorder_frames
+from distill.pipeline.diagnosis import diagnose, unreached_imports, without_recorder_frames
 from tests.factories import make_git_repo
 
 PYPROJECT = """
@@ -154,6 +154,27 @@ def test_a_librarys_own_advice_to_pip_install_something_is_passed_on():
     assert found == [
         "the program's output asks for `pip install kneed[plot]`: add 'kneed[plot]' to requirements.txt"
     ]
+
+
+def test_an_import_of_the_repository_swallowed_by_the_program_is_still_found():
+    main = (
+        "import sys\ntry:\n    from kneed.knee_locator import KneeLocator\n    import numpy as np\n"
+        "except ImportError:\n    print('Error: kneed module not found. Please install it using pip.')\n"
+        "    sys.exit(1)\n"
+    )
+    packages = {"kneed": "kneed"}
+
+    assert unreached_imports(main, packages, imported=set()) == {"kneed"}
+    assert unreached_imports(main, packages, imported={"kneed"}) == set()
+    assert unreached_imports("def (:", packages, imported=set()) == set()
+    (found,) = diagnose(
+        output="Error: kneed module not found. Please install it using pip.\n",
+        install_log="",
+        packages=packages,
+        declared=[],
+        unreached={"kneed"},
+    )
+    assert found.startswith("the repository's own package 'kneed' could not be imported")
 
 
 def test_output_without_a_known_cause_gives_no_finding():

@@ -6,6 +6,7 @@ are plain in the output and cost nothing to name. What is found here is put firs
 shown to the curator on the iteration. Found nothing: the fixer reads the output itself, as before.
 """
 
+import ast
 import re
 from pathlib import PurePosixPath
 
@@ -49,12 +50,20 @@ PIP_ADVICE = re.compile(r"\bpip install ([A-Za-z0-9][\w.-]*(?:\[[\w,-]+\])?)")
 RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
 
 
-def diagnose(*, output: str, install_log: str, packages: dict[str, str], declared: list[str]) -> list[str]:
+def diagnose(
+    *,
+    output: str,
+    install_log: str,
+    packages: dict[str, str],
+    declared: list[str],
+    unreached: set[str] = frozenset(),
+) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
     `output` is the program's stderr and stdout (programs that catch an exception often print it there).
     `packages` maps the repository's own import names to where each lives in the clone ("kneed" ->
-    "src/kneed"); `declared` are its declared requirements.
+    "src/kneed"); `declared` are its declared requirements; `unreached` the repository's packages that
+    main.py imports but the recorder saw none of, in a program that failed (see `unreached_imports`).
     """
     findings: list[str] = []
     for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
@@ -68,17 +77,20 @@ def diagnose(*, output: str, install_log: str, packages: dict[str, str], declare
             f"line {number} of requirements.txt, {line!r}, is not a requirement pip can read"
             + (": put each requirement on a line of its own" if several else ": correct or remove it")
         )
+    # A program that catches its ImportError and prints its own words has no traceback to read.
+    missing = [m.split(".")[0] for m in NO_MODULE.findall(output)] + sorted(unreached)
+    for top in dict.fromkeys(m for m in missing if m in packages):
+        # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
+        # model took neither and sent the same program back.
+        folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
+        findings.append(
+            f"the repository's own package {top!r} could not be imported: the repository is at "
+            f"{REPO_MOUNT}, not installed; put `import sys` and `sys.path.insert(0, {folder!r})` at the "
+            f"top of main.py, before the first import of {top}"
+        )
     for module in dict.fromkeys(NO_MODULE.findall(output)):
         top = module.split(".")[0]
         if top in packages:
-            # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
-            # model took neither and sent the same program back.
-            folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
-            findings.append(
-                f"the repository's own package {top!r} could not be imported: the repository is at "
-                f"{REPO_MOUNT}, not installed; put `import sys` and `sys.path.insert(0, {folder!r})` at the "
-                f"top of main.py, before the first import of {top}"
-            )
             continue
         distribution = DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top
         listed = [r for r in declared if normalized_name(r) == normalized_name(distribution)]
@@ -98,6 +110,21 @@ def diagnose(*, output: str, install_log: str, packages: dict[str, str], declare
     for module, name in dict.fromkeys(NO_ATTRIBUTE.findall(output)):
         findings.append(f"the module {module!r} has no attribute {name!r}: use a name it defines")
     return findings[:MAX_FINDINGS]
+
+
+def unreached_imports(main_source: str, packages: dict[str, str], imported: set[str]) -> set[str]:
+    """The repository's top-level packages that main.py imports, of which the recorder saw no module."""
+    try:
+        tree = ast.parse(main_source)
+    except (SyntaxError, ValueError):
+        return set()
+    named = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            named |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            named.add(node.module.split(".")[0])
+    return {name for name in named & set(packages) if name not in imported}
 
 
 def without_recorder_frames(output: str) -> str:

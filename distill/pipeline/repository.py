@@ -439,6 +439,13 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
             install_log=result.install_log,
             packages={**packages.packages, **packages.modules},
             declared=dependencies.declared_dependencies(clone) if clone is not None else [],
+            unreached=diagnosis.unreached_imports(
+                iteration.files.get("main.py", ""),
+                {**packages.packages, **packages.modules},
+                {module[0].split(".")[0] for module in (iteration.proof or {}).get("modules", [])},
+            )
+            if iteration.proof and iteration.proof.get("verdict") == proof.UNUSED
+            else set(),
         )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
