@@ -73,6 +73,10 @@ section, fix that cause, and give every file in full again."""
 PROGRAM_START = "=== FILE: main.py ===\n"
 FIX_START = "=== CHANGES ===\nRoot cause:"
 PROGRAM_STOP = ["=== END ==="]
+# Headings of the fix prompt (distill/pipeline/prompts/fix.txt) that a reply never has: after its root
+# cause, the 1.5B model went on to copy the prompt from them (output, install log, the format's skeleton)
+# and never wrote the program. Stopped there, the reply is continued from the program's first marker.
+FIX_ECHO_STOP = ["\nChanges made so far:", "\nWhat went wrong:", "\nIt exited with code", "\n--- stdout ---"]
 # A repair asks again after an unusable reply: near-greedy sampling would write the same reply again.
 REPAIR_TEMPERATURE = 0.7
 
@@ -313,6 +317,7 @@ def generate(
         temperature = REPAIR_TEMPERATURE
     if start:
         stop = [*(stop or []), *PROGRAM_STOP]
+    first_stop = [*STOP, *(stop or []), *(FIX_ECHO_STOP if start == FIX_START else [])]
     tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
     room = N_CTX - len(tokens)
     if room < 64:
@@ -340,7 +345,9 @@ def generate(
         _perf_reset(model)
         started = time.monotonic()
         expired = _Deadline(started + timeout if timeout else None)
-        response = model.create_completion(prompt=tokens, stopping_criteria=expired, **options)
+        response = model.create_completion(
+            prompt=tokens, stopping_criteria=expired, **{**options, "stop": first_stop}
+        )
         text = start + (response["choices"][0].get("text") or "")
         usage = dict(response.get("usage") or {})
         finish = response["choices"][0].get("finish_reason") or "stop"

@@ -306,6 +306,9 @@ def test_a_fix_that_ends_after_its_root_cause_goes_on_with_the_program(fake_mode
     )
     first, second = fake_model.calls
     assert second["prompt_tokens"] > first["prompt_tokens"]  # the first part and the marker, read back
+    # The first part stops where the model would begin to copy the prompt's headings; the program may not.
+    assert "\nChanges made so far:" in first["stop"] and "\nWhat went wrong:" in first["stop"]
+    assert "\nChanges made so far:" not in second["stop"] and "=== END ===" in second["stop"]
     assert reply.tokens_out == len(" The import of minilib failed.\n".split(" ")) + len(program.split(" "))
 
 
