@@ -91,6 +91,7 @@ def main() -> None:
 
         run = services.run_until_finished(run_id=run.pk, on_step=progress)
         rows.append(summary(package, run, time.monotonic() - started, list(generations)))
+        print(f"[{package}] done: {rows[-1]}", flush=True)  # kept even if a later repository is cut short
 
     print()
     header = (
