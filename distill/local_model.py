@@ -73,6 +73,8 @@ section, fix that cause, and give every file in full again."""
 PROGRAM_START = "=== FILE: main.py ===\n"
 FIX_START = "=== CHANGES ===\nRoot cause:"
 PROGRAM_STOP = ["=== END ==="]
+# Where a program reply that stopped short goes on: its first file, then its metadata (program_format.txt).
+CONTINUE_AT = [PROGRAM_START, "=== METADATA ===\n"]
 # Headings of the fix prompt (distill/pipeline/prompts/fix.txt) that a reply never has: after its root
 # cause, the 1.5B model went on to copy the prompt from them (output, install log, the format's skeleton)
 # and never wrote the program. Stopped there, the reply is continued from the program's first marker.
@@ -317,7 +319,6 @@ def generate(
         temperature = REPAIR_TEMPERATURE
     if start:
         stop = [*(stop or []), *PROGRAM_STOP]
-    first_stop = [*STOP, *(stop or []), *(FIX_ECHO_STOP if start == FIX_START else [])]
     tokens = model.tokenize(prompt.encode(), add_bos=False, special=True)
     room = N_CTX - len(tokens)
     if room < 64:
@@ -331,7 +332,8 @@ def generate(
         "repeat_penalty": REPEAT_PENALTY,
         # Without a bound, llama.cpp writes until the context is full.
         "max_tokens": min(max_tokens or N_CTX // 4, room),
-        "stop": [*STOP, *(stop or [])],
+        # In every part of the reply: a program never holds the fix prompt's headings.
+        "stop": [*STOP, *(stop or []), *(FIX_ECHO_STOP if start == FIX_START else [])],
     }
     if json_object:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
@@ -345,28 +347,30 @@ def generate(
         _perf_reset(model)
         started = time.monotonic()
         expired = _Deadline(started + timeout if timeout else None)
-        response = model.create_completion(
-            prompt=tokens, stopping_criteria=expired, **{**options, "stop": first_stop}
-        )
+        response = model.create_completion(prompt=tokens, stopping_criteria=expired, **options)
         text = start + (response["choices"][0].get("text") or "")
         usage = dict(response.get("usage") or {})
         finish = response["choices"][0].get("finish_reason") or "stop"
-        if (
-            start == FIX_START
-            and PROGRAM_START.strip() not in text
-            and finish == "stop"
-            and not expired.reached
-        ):
-            # A fix that stated its root cause and ended there, without the program: seen again and again
-            # from the 1.5B model, repairs included. The reply goes on from the first file's marker.
-            text = text.rstrip() + "\n\n" + PROGRAM_START
+        budget = options["max_tokens"] - int(usage.get("completion_tokens", 0))
+        # A program reply that ended (or was stopped at an echo of the prompt) before one of its sections:
+        # seen again and again from the 1.5B model, repairs included (a fix that stated its root cause and
+        # stopped; a program without its METADATA). The reply goes on from the missing section's marker,
+        # in the format's order, within the reply's token budget.
+        while start and finish == "stop" and not expired.reached and budget >= 64:
+            marker = next((m for m in CONTINUE_AT if m.strip() not in text), None)
+            if marker is None:
+                break
+            text = text.rstrip() + "\n\n" + marker
             more = model.tokenize(text[len(start) :].encode(), add_bos=False, special=True)
-            options["max_tokens"] = max(64, min(options["max_tokens"], N_CTX - len(tokens) - len(more)))
+            options["max_tokens"] = min(budget, N_CTX - len(tokens) - len(more))
+            if options["max_tokens"] < 64:
+                break
             response = model.create_completion(prompt=[*tokens, *more], stopping_criteria=expired, **options)
             text += response["choices"][0].get("text") or ""
             finish = response["choices"][0].get("finish_reason") or "stop"
             written = int((response.get("usage") or {}).get("completion_tokens", 0))
             usage["completion_tokens"] = int(usage.get("completion_tokens", 0)) + written
+            budget -= written
         seconds = time.monotonic() - started
         read, read_seconds = _perf_prompt(model)
     if expired.reached:

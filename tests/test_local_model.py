@@ -265,20 +265,23 @@ def test_a_reply_that_must_be_a_program_is_begun_with_its_first_section(fake_mod
     monkeypatch.setattr(
         local_model, "_chat_prompt", lambda m, msgs: prompts.append(real(m, msgs)) or prompts[-1]
     )
-    fake_model.reply = "print('hi')\n=== FILE: requirements.txt ===\n"
+    fake_model.reply = "print('hi')\n=== FILE: requirements.txt ===\n=== METADATA ===\n{}\n"
     asking = [{"role": "user", "content": "Write it.\n\n=== FILE: main.py ===\n<the complete program>\n"}]
 
     reply = llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking)
     llm.complete(run=None, stage="rate", model=local_model.MODEL_STRING, messages=MESSAGES)
 
-    assert reply.text == "=== FILE: main.py ===\nprint('hi')\n=== FILE: requirements.txt ===\n"
+    assert (
+        reply.text
+        == "=== FILE: main.py ===\nprint('hi')\n=== FILE: requirements.txt ===\n=== METADATA ===\n{}\n"
+    )
     assert fake_model.calls[0]["prompt_tokens"] == len((prompts[0] + "=== FILE: main.py ===\n").split())
     assert fake_model.calls[1]["prompt_tokens"] == len(prompts[1].split())  # other stages: no start given
 
 
 @pytest.mark.django_db
 def test_a_fix_is_begun_with_its_root_cause_and_a_repair_is_sampled_warmer(fake_model):
-    fake_model.reply = " a wrong path.\n=== FILE: main.py ===\nprint('hi')\n"
+    fake_model.reply = " a wrong path.\n=== FILE: main.py ===\nprint('hi')\n=== METADATA ===\n{}\n"
     fix_format = "=== FILE: main.py ===\n<the complete program>\n=== CHANGES ===\n<what changes>\n=== END ==="
     asking = [{"role": "user", "content": f"Fix it.\n\n{fix_format}\n"}]
 
@@ -307,19 +310,40 @@ def test_a_fix_that_ends_after_its_root_cause_goes_on_with_the_program(fake_mode
     first, second = fake_model.calls
     assert second["prompt_tokens"] > first["prompt_tokens"]  # the first part and the marker, read back
     # The first part stops where the model would begin to copy the prompt's headings; the program may not.
-    assert "\nChanges made so far:" in first["stop"] and "\nWhat went wrong:" in first["stop"]
-    assert "\nChanges made so far:" not in second["stop"] and "=== END ===" in second["stop"]
+    # Each part stops where the model would begin to copy the prompt's headings.
+    for call in (first, second):
+        assert "\nChanges made so far:" in call["stop"] and "=== END ===" in call["stop"]
     assert reply.tokens_out == len(" The import of minilib failed.\n".split(" ")) + len(program.split(" "))
 
 
 @pytest.mark.django_db
 def test_a_fix_that_gives_its_program_is_one_generation(fake_model):
-    fake_model.reply = " a typo.\n\n=== FILE: main.py ===\nprint(1)\n"
+    fake_model.reply = " a typo.\n\n=== FILE: main.py ===\nprint(1)\n=== METADATA ===\n{}\n"
     messages = [{"role": "user", "content": "Fix it.\n=== CHANGES ===\n=== FILE: main.py ===\nprint(0)\n"}]
 
     reply = llm.complete(run=None, stage="fix", model=local_model.MODEL_STRING, messages=messages)
 
-    assert len(fake_model.calls) == 1 and reply.text.endswith("=== FILE: main.py ===\nprint(1)\n")
+    assert len(fake_model.calls) == 1 and reply.text.endswith(
+        "=== FILE: main.py ===\nprint(1)\n=== METADATA ===\n{}\n"
+    )
+
+
+@pytest.mark.django_db
+def test_a_program_that_ends_before_its_metadata_goes_on_with_it(fake_model):
+    files = "print(1)\n=== FILE: requirements.txt ===\n\n=== FILE: runscript.sh ===\n"
+    fake_model.reply = [files, '{"description": "d"}\n']
+    messages = [{"role": "user", "content": "Write it.\n=== FILE: main.py ===\n<the complete program>\n"}]
+
+    reply = llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=messages)
+
+    assert (
+        reply.text
+        == "=== FILE: main.py ===\n" + files.rstrip() + '\n\n=== METADATA ===\n{"description": "d"}\n'
+    )
+    assert len(fake_model.calls) == 2
+    assert (
+        "\nChanges made so far:" not in fake_model.calls[0]["stop"]
+    )  # not a fix: its prompt has other headings
 
 
 @pytest.mark.django_db
