@@ -172,7 +172,8 @@ def test_an_import_of_the_repository_swallowed_by_the_program_is_still_found():
         install_log="",
         packages=packages,
         declared=[],
-        unreached={"kneed"},
+        main_source=main,
+        imported=set(),
     )
     assert found.startswith("the repository's own package 'kneed' could not be imported")
 

@@ -56,14 +56,16 @@ def diagnose(
     install_log: str,
     packages: dict[str, str],
     declared: list[str],
-    unreached: set[str] = frozenset(),
+    main_source: str = "",
+    imported: set[str] | None = None,
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
     `output` is the program's stderr and stdout (programs that catch an exception often print it there).
     `packages` maps the repository's own import names to where each lives in the clone ("kneed" ->
-    "src/kneed"); `declared` are its declared requirements; `unreached` the repository's packages that
-    main.py imports but the recorder saw none of, in a program that failed (see `unreached_imports`).
+    "src/kneed"); `declared` are its declared requirements. `imported` are the repository's packages the
+    recorder saw imported when it found the program did not use the repository (None: not known); those
+    main.py imports but the recorder never saw are found even when the program swallowed the ImportError.
     """
     findings: list[str] = []
     for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
@@ -78,6 +80,7 @@ def diagnose(
             + (": put each requirement on a line of its own" if several else ": correct or remove it")
         )
     # A program that catches its ImportError and prints its own words has no traceback to read.
+    unreached = unreached_imports(main_source, packages, imported) if imported is not None else set()
     missing = [m.split(".")[0] for m in NO_MODULE.findall(output)] + sorted(unreached)
     for top in dict.fromkeys(m for m in missing if m in packages):
         # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small

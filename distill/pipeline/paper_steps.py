@@ -534,24 +534,11 @@ def fix(run: Run, previous: Iteration) -> Iteration:
     existing = run.iterations.filter(number=number).first()
     if existing:
         return existing
-    change_log = "\n".join(
-        f"Iteration {it.number}: {it.change_log}" for it in run.iterations.filter(number__lte=previous.number)
-    )
     prompt = prompts.render(
         "paper_fix",
         title=run.source_title or "(untitled)",
         purpose=run.repository_description,
-        iteration=previous.number,
-        current=repository._program_text(previous.files),
-        change_log=change_log or "(none)",
-        problems="\n".join(f"- {p}" for p in repository.problems_of(previous)) or "- (none recorded)",
-        exit_code=previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
-        stdout=repository.trim_output(previous.stdout),
-        stderr=repository.trim_output(previous.stderr),
-        install_log=repository.trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        format=prompts.render(
-            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-        ),
+        **repository.failed_version(run, previous),
         **_rules(run),
     )
     program = repository._ask_for_program(

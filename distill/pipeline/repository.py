@@ -235,25 +235,12 @@ def fix(run: Run, previous: Iteration) -> Iteration:
     existing = run.iterations.filter(number=number).first()
     if existing:
         return existing
-    change_log = "\n".join(
-        f"Iteration {it.number}: {it.change_log}" for it in run.iterations.filter(number__lte=previous.number)
-    )
     prompt = prompts.render(
         "fix",
         title=run.source_title or run.source_url,
         purpose=run.repository_description,
         files=_selected_files_text(run, share=0.5),
-        iteration=previous.number,
-        current=_program_text(previous.files),
-        change_log=change_log or "(none)",
-        problems="\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
-        exit_code=previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
-        stdout=trim_output(previous.stdout),
-        stderr=trim_output(diagnosis.without_recorder_frames(previous.stderr)),
-        install_log=trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        format=prompts.render(
-            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-        ),
+        **failed_version(run, previous),
         **_rules(run),
     )
     program = _ask_for_program(
@@ -265,6 +252,26 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         previous_files=previous.files,
     )
     return _save_iteration(run, number, program, change_log=program.change_log)
+
+
+def failed_version(run: Run, previous: Iteration) -> dict:
+    """What a fix prompt (fix.txt, paper_fix.txt) shows of the version that failed, and the format."""
+    change_log = "\n".join(
+        f"Iteration {it.number}: {it.change_log}" for it in run.iterations.filter(number__lte=previous.number)
+    )
+    return {
+        "iteration": previous.number,
+        "current": _program_text(previous.files),
+        "change_log": change_log or "(none)",
+        "problems": "\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
+        "exit_code": previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
+        "stdout": trim_output(previous.stdout),
+        "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
+        "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
+        "format": prompts.render(
+            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
+        ),
+    }
 
 
 def problems_of(iteration: Iteration) -> list[str]:
@@ -434,19 +441,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
-        iteration.measured["diagnosis"] = diagnosis.diagnose(
-            output=result.stderr + "\n" + result.stdout[-20000:],
-            install_log=result.install_log,
-            packages={**packages.packages, **packages.modules},
-            declared=dependencies.declared_dependencies(clone) if clone is not None else [],
-            unreached=diagnosis.unreached_imports(
-                iteration.files.get("main.py", ""),
-                {**packages.packages, **packages.modules},
-                {module[0].split(".")[0] for module in (iteration.proof or {}).get("modules", [])},
-            )
-            if iteration.proof and iteration.proof.get("verdict") == proof.UNUSED
-            else set(),
-        )
+        iteration.measured["diagnosis"] = _diagnose(iteration, result, packages, clone)
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -458,6 +453,20 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         ("install_log.txt", result.install_log),
     ):
         (job / name).write_text(text)
+
+
+def _diagnose(iteration: Iteration, result, packages: proof.Packages, clone: Path | None) -> list[str]:
+    """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
+    evidence = iteration.proof or {}
+    unused = evidence.get("verdict") == proof.UNUSED
+    return diagnosis.diagnose(
+        output=result.stderr + "\n" + result.stdout[-20000:],
+        install_log=result.install_log,
+        packages={**packages.packages, **packages.modules},
+        declared=dependencies.declared_dependencies(clone) if clone is not None else [],
+        main_source=iteration.files.get("main.py", ""),
+        imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+    )
 
 
 def _remove_links(job: Path) -> None:
@@ -508,7 +517,7 @@ def _measure(result, job: Path):
     results_ok = isinstance(results, dict) and bool(results)
     return results, {
         # The program never started: what it did not do (results, a record) follows from that.
-        "install_failed": (result.failure or "").startswith("install failed"),
+        "install_failed": result.install_failed,
         "exit_ok": exit_ok,
         "results_ok": results_ok,
         "passed": exit_ok and results_ok,

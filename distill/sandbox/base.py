@@ -55,6 +55,7 @@ class ExecutionResult:
     install_log: str
     failure: str  # "" or a one-line reason from the sandbox itself
     record: bytes | None = None  # the recorder's signed lines, when recording was asked for and done
+    install_failed: bool = False  # the install phase failed (timed out, cancelled): main.py never ran
 
     @property
     def ok(self) -> bool:
@@ -76,6 +77,7 @@ class ExecutionResult:
             stderr="",
             install_log=install.stdout,
             failure=failure,
+            install_failed=True,
         )
 
 
