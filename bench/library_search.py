@@ -12,11 +12,9 @@ indexing 10,000 examples under 2 minutes.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,27 +75,10 @@ def main() -> None:
     parser.add_argument("--skip-embeddings", action="store_true")
     args = parser.parse_args()
 
-    folder = tempfile.mkdtemp(prefix="bench-library-")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
-            "DEBUG": "false",
-            "SECRET_KEY": "bench-only",
-            "DATA_DIR": folder,
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    os.environ.pop("DATABASE_URL", None)  # the default: a SQLite file in DATA_DIR
-    import django
+    from bench import django_setup
 
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
+    django_setup.setup("bench-library-", test_client=True)
     from django.test import Client
-
-    settings.ALLOWED_HOSTS = ["testserver"]
-    settings.STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
-    call_command("migrate", verbosity=0)
 
     from library import search, semantic
     from library.models import Example, Tag

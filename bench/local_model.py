@@ -12,11 +12,9 @@ speed: prompt tokens/s (reading) and reply tokens/s (writing). Needs requirement
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,29 +31,13 @@ def main() -> None:
     parser.add_argument("--runtime-mins", type=float, default=5, help="max_runtime_mins of each program run")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-local-model-"))
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
-            "DEBUG": "false",
-            "SECRET_KEY": "bench-only",
-            "DATA_DIR": str(folder / "data"),
-            "DISTILL_ALLOW_LOCAL_SOURCES": "true",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    for name in ("DATABASE_URL", "DISTILL_LLM_REPLAY", "DISTILL_LLM_RECORD"):
-        os.environ.pop(name, None)
-    import django
+    from bench import django_setup
 
-    django.setup()
-    from django.core.management import call_command
-
+    folder = django_setup.setup("bench-local-model-", env={"DISTILL_ALLOW_LOCAL_SOURCES": "true"})
     from distill import local_model, services
     from distill.models import Run
     from distill.profiles import load_profile
 
-    call_command("migrate", verbosity=0)
     local_model.require_installed()  # one clear line now, not three failed runs later
     started = time.monotonic()
     local_model.get_model()
@@ -109,7 +91,7 @@ def main() -> None:
     for row in rows:
         if row["message"]:
             print(f"{row['package']}: {row['message']}")
-    print(f"\nruns and their output folders: {folder / 'data'}")
+    print(f"\nruns and their output folders: {folder}")
 
 
 def make_repository(package: str, parent: Path) -> Path:

@@ -10,11 +10,9 @@ worst time, and the number of queries of one request. The target is a median und
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -31,27 +29,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
 
-    folder = tempfile.mkdtemp(prefix="bench-run-pages-")
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "codedistiller_site.settings",
-            "DEBUG": "false",
-            "SECRET_KEY": "bench-only",
-            "DATA_DIR": folder,
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    os.environ.pop("DATABASE_URL", None)  # the default: a SQLite file in DATA_DIR
-    import django
+    from bench import django_setup
 
-    django.setup()
-    from django.conf import settings
-
-    settings.ALLOWED_HOSTS = ["testserver"]
-    settings.STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    folder = django_setup.setup("bench-run-pages-", test_client=True)
     started = time.perf_counter()
     run_id = build(args.runs, args.iterations)
     print(
