@@ -19,15 +19,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from library import api_schema
 from library.api_auth import request_access
-from library.export import (
-    MAX_PAGE_SIZE,
-    BadParameter,
-    find_examples,
-    parse_filters,
-    provenance,
-    retraction,
-    tag_names,
-)
+from library.export import MAX_PAGE_SIZE, provenance, retraction, tag_names
+from library.filters import BadParameter, LibraryFilters
 from library.models import Example
 
 DEFAULT_PAGE_SIZE = 20
@@ -113,10 +106,13 @@ def openapi(request):
 
 @api_view()
 def example_list(request):
-    filters = parse_filters(request.GET)
+    filters = LibraryFilters.parse(request.GET).check()
     page_number = _whole_number(request.GET, "page", default=1, low=1)
     page_size = _whole_number(request.GET, "page_size", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
-    paginator = Paginator(find_examples(filters), page_size)
+    examples = (
+        Example.objects.listed().matching(filters).select_related("approved_by").prefetch_related("tags")
+    )
+    paginator = Paginator(examples, page_size)
     try:
         page = paginator.page(page_number)
     except EmptyPage:

@@ -6,7 +6,7 @@ schemas here, so the two cannot drift apart silently.
 
 from django.conf import settings
 
-from library.export import SORTS
+from library.filters import SORTS
 from library.models import SCORE_BANDS, USAGE_BANDS
 
 API_VERSION = "1.1"  # 1.1: score, usage and sort, the library page's bands and orders
@@ -244,8 +244,8 @@ LIST_PARAMETERS = [
         style="form",
         explode=True,
     ),
-    _query("language", STRING, "Programming language, e.g. python."),
-    _query("example_type", STRING, "Kind of example, e.g. demonstration."),
+    _query("language", STRING, "Programming language, e.g. python (any case)."),
+    _query("example_type", STRING, "Kind of example, e.g. demonstration (any case)."),
     _query("gpu", {"type": "boolean"}, "true: only examples that need a GPU; false: only those that do not."),
     _query("model", STRING, "The code or fast model that wrote it, as a litellm model string."),
     _query("source", STRING, "Only examples of this repository (or paper) URL."),

@@ -1,4 +1,4 @@
-"""The library as data: finding examples by query and facets, their records, and the two export formats.
+"""The library as data: examples' records and the two export formats (library/filters.py finds them).
 
 Nothing here knows of requests or responses: the export views and the JSON API call these builders.
 
@@ -17,152 +17,23 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
 from codedistiller_site.zipstream import Entry
-from library import search
-from library.models import SCORE_BANDS, USAGE_BANDS, Example
+from library.filters import LibraryFilters
+from library.models import Example
 
 FORMAT_VERSION = 1
 MAX_PAGE_SIZE = 100
 # Files the export writes itself in each example folder; an example file of the same name is renamed.
 RESERVED = ("metadata.json", "results.json", "to_save")
 HEADER_KEYS = ("name", "description", "inclusion_criteria", "exclusion_criteria", "python_version")
-# The library page's orders; relevance needs a query, and without one is newest first.
-SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-class BadParameter(ValueError):
-    """A query parameter that cannot be understood; the message names it."""
-
-
-# Finding examples ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExampleFilters:
-    """A search and its facets, as the library page, the export and the API take them."""
-
-    q: str = ""
-    tags: tuple[str, ...] = ()
-    language: str = ""
-    example_type: str = ""
-    gpu: bool | None = None
-    model: str = ""
-    source: str = ""
-    min_score: float | None = None
-    # The library page's bands (models.SCORE_BANDS, USAGE_BANDS) and order, so that its "Download these"
-    # links export what it lists.
-    score: str = ""
-    usage: str = ""
-    sort: str = ""
-
-    def as_params(self) -> dict:
-        """The non-empty filters, as query parameters (for links and the export's index)."""
-        params = {
-            "q": self.q,
-            "tag": list(self.tags),
-            "language": self.language,
-            "example_type": self.example_type,
-            "gpu": None if self.gpu is None else str(self.gpu).lower(),
-            "model": self.model,
-            "source": self.source,
-            "min_score": self.min_score,
-            "score": self.score,
-            "usage": self.usage,
-            "sort": self.sort,
-        }
-        return {key: value for key, value in params.items() if value not in ("", None, [])}
-
-
-def parse_filters(params: Mapping) -> ExampleFilters:
-    """Filters from query parameters (a QueryDict or a plain dict); BadParameter names a bad one."""
-    tags = params.getlist("tag") if hasattr(params, "getlist") else _as_list(params.get("tag"))
-    gpu = _text(params, "gpu").lower()
-    if gpu not in ("", "true", "false", "1", "0", "yes", "no"):
-        raise BadParameter(f"gpu must be true or false, not {params.get('gpu')!r}")
-    min_score = _text(params, "min_score")
-    try:
-        min_score = float(min_score) if min_score else None
-    except ValueError:
-        raise BadParameter(f"min_score must be a number, not {min_score!r}") from None
-    return ExampleFilters(
-        q=_text(params, "q")[:500],
-        tags=tuple(sorted({slugify(tag) for tag in tags if slugify(tag)})),
-        language=_text(params, "language"),
-        # `type` and gpu=yes|no are how the library page spells them: its "Download these" links pass them on.
-        example_type=_text(params, "example_type") or _text(params, "type"),
-        gpu=None if not gpu else gpu in ("true", "1", "yes"),
-        model=_text(params, "model"),
-        source=_text(params, "source"),
-        min_score=min_score,
-        score=_choice(params, "score", SCORE_BANDS),
-        usage=_choice(params, "usage", USAGE_BANDS),
-        sort=_choice(params, "sort", SORTS),
-    )
-
-
-def find_examples(filters: ExampleFilters) -> Iterable[Example]:
-    """Listed examples (newest approved versions) that match, in the library page's order: by relevance
-    when there is a query, newest first otherwise, or best scored first. A QuerySet, or a list when ranked;
-    either one paginates."""
-    listed = Example.objects.listed()
-    queryset = _facets(listed, filters).select_related("approved_by").prefetch_related("tags")
-    sort = filters.sort or ("relevance" if filters.q else "newest")
-    if sort == "score":
-        queryset = queryset.best_scored_first()
-    if not filters.q:
-        return queryset
-    # Ranked among all listed examples, then filtered, as the library page does: ranking only the filtered
-    # ones would find other matches (the any-word fallback, the semantic neighbours' cut-off) than it lists.
-    ids = search.ranked_ids(filters.q, within=listed)
-    if sort != "relevance":
-        return queryset.filter(pk__in=ids)
-    found = queryset.in_bulk(ids)
-    return [found[pk] for pk in ids if pk in found]
-
-
-def _facets(queryset, filters: ExampleFilters):
-    for tag in filters.tags:
-        queryset = queryset.filter(tags__name=tag)
-    if filters.language:
-        queryset = queryset.filter(language__iexact=filters.language)
-    if filters.example_type:
-        queryset = queryset.filter(example_type__iexact=filters.example_type)
-    if filters.gpu is not None:
-        queryset = queryset.filter(gpu_required=filters.gpu)
-    if filters.model:
-        queryset = queryset.filter(Q(model_code=filters.model) | Q(model_fast=filters.model))
-    if filters.source:
-        queryset = queryset.filter(source_url=filters.source)
-    if filters.min_score is not None:
-        queryset = queryset.filter(score__gte=filters.min_score)
-    return queryset.score_band(filters.score).usage_band(filters.usage)
-
-
-def _text(params: Mapping, key: str) -> str:
-    value = params.get(key)
-    return "" if value is None else str(value).strip()
-
-
-def _choice(params: Mapping, key: str, choices) -> str:
-    value = _text(params, key)
-    if value and value not in choices:
-        raise BadParameter(f"{key} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 # Records ---------------------------------------------------------------------------------------------
@@ -326,7 +197,7 @@ def codeblock_summary(example: Example, *, url: str = "") -> dict:
 # Archives -------------------------------------------------------------------------------------------
 
 
-def library_entries(examples: Iterable[Example], *, filters: ExampleFilters, url_for=None) -> Iterator[Entry]:
+def library_entries(examples: Iterable[Example], *, filters: LibraryFilters, url_for=None) -> Iterator[Entry]:
     """The ZIP of example folders, `index.json` last (it lists what was written)."""
     index = []
     for example in examples:
@@ -377,7 +248,7 @@ def example_entries(example: Example, *, folder: str, url_for=None) -> Iterator[
 
 
 def codeblock_entries(
-    examples: Iterable[Example], *, filters: ExampleFilters, url_for=None
+    examples: Iterable[Example], *, filters: LibraryFilters, url_for=None
 ) -> Iterator[Entry]:
     summaries = {}
     for example in examples:
@@ -418,7 +289,7 @@ def saved_file_paths(example: Example) -> list[SavedFile]:
     return found
 
 
-def _index(filters: ExampleFilters, examples: list[dict], kind: str) -> dict:
+def _index(filters: LibraryFilters, examples: list[dict], kind: str) -> dict:
     return {
         "format": kind,
         "format_version": FORMAT_VERSION,

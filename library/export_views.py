@@ -12,15 +12,8 @@ from django.views.decorators.http import require_safe
 
 from codedistiller_site.zipstream import zip_stream
 from library.api_auth import refusal
-from library.export import (
-    BadParameter,
-    codeblock_entries,
-    example_entries,
-    export_name,
-    find_examples,
-    library_entries,
-    parse_filters,
-)
+from library.export import codeblock_entries, example_entries, export_name, library_entries
+from library.filters import BadParameter, LibraryFilters
 from library.models import Example
 
 FORMATS = {"zip": library_entries, "codeblocks": codeblock_entries}
@@ -34,13 +27,14 @@ def library_export(request):
     if kind not in FORMATS:
         return _bad_request(f"format must be zip or codeblocks, not {kind!r}")
     try:
-        filters = parse_filters(request.GET)
+        filters = LibraryFilters.parse(request.GET).check()
     except BadParameter as exc:
         return _bad_request(str(exc))
-    examples = find_examples(filters)
-    if hasattr(examples, "iterator"):
-        examples = examples.iterator(chunk_size=100)  # a QuerySet: a large library is not held at once
-    entries = FORMATS[kind](examples, filters=filters, url_for=_page_url(request))
+    examples = (
+        Example.objects.listed().matching(filters).select_related("approved_by").prefetch_related("tags")
+    )
+    # A large library is not held at once.
+    entries = FORMATS[kind](examples.iterator(chunk_size=100), filters=filters, url_for=_page_url(request))
     stem = "library" if kind == "zip" else "codeblocks"
     suffix = "-search" if filters.as_params() else ""
     return _zip_response(entries, f"codedistiller-{stem}{suffix}-{timezone.now():%Y%m%d}.zip")

@@ -50,14 +50,12 @@ class ExampleQuerySet(models.QuerySet):
     def versions_of(self, source_url: str):
         return self.filter(source_url=source_url).order_by("-version")
 
-    def search(self, q: str):
-        """Examples whose text matches q (full text, plus meaning when the semantic model is installed).
+    def matching(self, filters):
+        """The examples that match `filters` (a `library.filters.LibraryFilters`), in its order.
 
-        A filter only: `library.search.ranked_ids` gives the order, best first.
+        The filters are defined in library/filters.py, once for the page, the export, the API and the queues.
         """
-        from library import search
-
-        return self.filter(pk__in=search.ranked_ids(q, within=self))
+        return filters.matching(self)
 
     def score_band(self, band: str):
         return self.filter(SCORE_BANDS[band][1]) if band in SCORE_BANDS else self

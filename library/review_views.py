@@ -9,7 +9,8 @@ from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
 from distill.highlight import code_files, pretty_json
-from library import reviews, search
+from library import reviews
+from library.filters import FACETS, LibraryFilters
 from library.models import Example
 from library.review_forms import ComparisonForm, QueueForm, ScoreForm
 from library.review_models import Review, ReviewItem, ReviewQueue
@@ -47,8 +48,9 @@ def queue_new(request):
     params = request.POST if request.method == "POST" else request.GET
     creating = "create" in request.POST
     form = QueueForm(request.POST if creating else None, initial=QueueForm.initial_from(params))
-    filters = reviews.example_filters(params)
-    matching = reviews.matching_examples(filters)
+    filters = LibraryFilters.parse(params)
+    # In the library page's order: the queue offers its items in the order they were added.
+    matching = Example.objects.listed().matching(filters)
     if creating and form.is_valid():
         data = form.cleaned_data
         examples = list(data["examples"]) + (list(matching.only("pk")) if data["all_matching"] else [])
@@ -56,7 +58,7 @@ def queue_new(request):
             queue = reviews.queue_create(
                 name=data["name"], form=data["form"], examples=examples, experts=data["experts"],
                 created_by=request.user, scores_needed=data["scores_needed"],
-                saved_search=filters if data["all_matching"] else {},
+                saved_search=filters.as_params() if data["all_matching"] else {},
             )  # fmt: skip
         except reviews.ReviewRefused as exc:
             form.add_error(None, str(exc))
@@ -67,21 +69,27 @@ def queue_new(request):
     return render(request, "reviews/queue_new.html", context)
 
 
-def _example_picker(params, matching, filters: dict) -> dict:
+def _example_picker(params, matching, filters: LibraryFilters) -> dict:
     """The page of matching examples to tick, the ticks kept from other pages, and the filter's choices."""
     number = params.get("page") or ("1" if "filter" in params else params.get("at_page"))
     page = Paginator(matching.defer("files", "stdout", "embedding"), PICK_PAGE_SIZE).get_page(number)
     picked = {int(pk) for pk in params.getlist("examples") if pk.isdigit()}
     listed = Example.objects.listed()
     choices = []
-    for facet in search.facets():
+    for facet in FACETS:
         options = [(value, f"{label} ({count})") for value, label, count in facet.counts(listed)]
-        chosen = filters.get(facet.param, "")
+        # One value per facet here; the first of several tags (a library link may hold more) is kept.
+        chosen = next(iter(facet.chosen(filters)), "")
         if chosen and chosen not in {value for value, _label in options}:
             options.append((chosen, facet.label_of(chosen)))
         if options:
             choices.append({"param": facet.param, "label": facet.label, "options": options, "chosen": chosen})
+    params_set = filters.as_params()
     return {
+        "filter_params": params_set,
+        "filter_errors": [message for _param, message in filters.errors],
+        # Filters the picker has no field for (the order, a least score) go on with each post.
+        "kept_filters": [(key, params_set[key]) for key in ("sort", "min_score") if key in params_set],
         "page": page,
         "picked": picked,
         "picked_elsewhere": sorted(picked - {example.pk for example in page}),

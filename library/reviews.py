@@ -511,27 +511,3 @@ def ab_results() -> list[dict]:
             "total": total, "win_rate": (counts["wins"] + counts["ties"] / 2) / total if total else 0,
         })  # fmt: skip
     return sorted(rows, key=lambda row: (-row["win_rate"], row["arm"]))
-
-
-def example_filters(params) -> dict[str, str]:
-    """The library filters in `params` (a QueryDict or dict): `q` and the facets, as on /library/."""
-    from library import search
-
-    filters = {}
-    for name in ["q", *(facet.param for facet in search.facets())]:
-        value = str(params.get(name, "")).strip()[:500]
-        if value:
-            filters[name] = value
-    return filters
-
-
-def matching_examples(filters: dict[str, str]):
-    """The listed examples a library search with these filters finds now, by id (a QuerySet)."""
-    from library import search
-
-    listed = Example.objects.listed()
-    q = filters.get("q", "")
-    found = listed.filter(pk__in=search.ranked_ids(q, within=listed)) if q else listed
-    for facet in search.facets():
-        found = facet.apply(found, filters.get(facet.param, ""))
-    return found.order_by("id")

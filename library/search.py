@@ -12,7 +12,7 @@ import re
 import threading
 
 from django.db import connection, transaction
-from django.db.models import Count, F, TextField
+from django.db.models import F, TextField
 from django.db.models.functions import Cast, Substr
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -301,63 +301,3 @@ def forget_embeddings(queryset) -> int:
     """Clear the embeddings of examples whose text changed: semantic search leaves them out (full text still
     finds them) until they are embedded again. Returns how many were cleared."""
     return queryset.exclude(embedding=None).update(embedding=None)
-
-
-# Browsing: facets ---------------------------------------------------------------------------------------
-
-
-class Facet:
-    """One way of narrowing the library: a URL parameter, a label, and how values are counted and applied."""
-
-    def __init__(self, param: str, label: str, field: str | None = None, bands: dict | None = None, top=12):
-        self.param, self.label, self.field, self.bands, self.top = param, label, field, bands, top
-
-    def apply(self, queryset, value: str):
-        if not value:
-            return queryset
-        if self.bands is not None:
-            return queryset.filter(self.bands[value][1]) if value in self.bands else queryset.none()
-        if self.param == "gpu":
-            return queryset.filter(gpu_required=value == "yes")
-        return queryset.filter(**{self.field: value})
-
-    def counts(self, queryset) -> list[tuple[str, str, int]]:
-        """(value, label, number of examples), the most frequent first; values with none are left out."""
-        if self.bands is not None:
-            totals = queryset.aggregate(
-                **{key: Count("pk", filter=q) for key, (_label, q) in self.bands.items()}
-            )
-            return [(key, self.bands[key][0], totals[key]) for key in self.bands if totals[key]]
-        if self.param != "gpu":
-            queryset = queryset.exclude(**{self.field: ""})
-        rows = (
-            queryset.values_list(self.field)
-            # Only the tags' join can repeat an example.
-            .annotate(n=Count("pk", distinct=self.param == "tag"))
-            .order_by("-n", self.field)[: self.top]
-        )
-        if self.param == "gpu":
-            return [
-                ("yes" if value else "no", "needs a GPU" if value else "CPU only", n) for value, n in rows
-            ]
-        return [(value, self.label_of(value), n) for value, n in rows if value is not None]
-
-    def label_of(self, value: str) -> str:
-        if self.param == "source":
-            return value.removeprefix("https://").removeprefix("github.com/")
-        return value
-
-
-def facets():
-    from library.models import SCORE_BANDS, USAGE_BANDS
-
-    return [
-        Facet("tag", "Tag", "tags__name"),
-        Facet("source", "Repository", "source_url", top=10),
-        Facet("language", "Language", "language"),
-        Facet("type", "Example type", "example_type"),
-        Facet("gpu", "GPU", "gpu_required"),
-        Facet("model", "Model", "model_code"),
-        Facet("score", "Expert score", bands=SCORE_BANDS),
-        Facet("usage", "Repository exercised", bands=USAGE_BANDS),
-    ]

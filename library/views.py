@@ -18,7 +18,7 @@ from distill.highlight import code_files, flat_items, key_value_items, pretty_js
 from distill.models import Iteration, Run
 from library import search, semantic, services
 from library.api_auth import refusal
-from library.export import SORTS
+from library.filters import FACETS, OTHER_LABELS, SORTS, LibraryFilters
 from library.forms import ApproveForm, ReasonForm
 from library.models import Example
 
@@ -35,96 +35,91 @@ def _may_read(request) -> bool:
 def library_index(request):
     if not _may_read(request):
         return redirect_to_login(request.get_full_path())
-    q = request.GET.get("q", "").strip()[:500]
-    facets = search.facets()
-    chosen = {facet.param: request.GET.get(facet.param, "").strip() for facet in facets}
-    sort = request.GET.get("sort", "")
-    sort = sort if sort in SORTS and (sort != "relevance" or q) else ("relevance" if q else "newest")
-
+    filters = LibraryFilters.parse(request.GET)
     listed = Example.objects.listed()
-    ranked = search.ranked_ids(q, within=listed) if q else None
-    found = listed.filter(pk__in=ranked) if q else listed
-    results = found
-    for facet in facets:
-        results = facet.apply(results, chosen[facet.param])
-    page = Paginator(_ordered(results, sort, ranked), PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = _page_rows(page.object_list)
+    found, ranked = filters.search(listed)
+    results = filters.ordered(filters.narrow(found), ranked)
+    rows = results.prefetch_related("tags").defer("files", "stdout", "embedding")
+    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    snippets = search.snippets(filters.q, [row.pk for row in page]) if filters.q else {}
+    for row in page:
+        row.snippet = snippets.get(row.pk)
+    params = filters.as_params()
     context = {
-        "q": q,
-        "sort": sort,
-        "sorts": [(key, label) for key, label in SORTS.items() if key != "relevance" or q],
-        "page": page,
-        "rows": rows,
-        "snippets": search.snippets(q, [row.pk for row in rows]) if q else {},
-        "facets": _facet_panels(facets, found, chosen, request.GET),
-        "chosen": [
-            (f.label, f.label_of(chosen[f.param]), _link(request.GET, **{f.param: ""}))
-            for f in facets
-            if chosen[f.param]
+        "q": filters.q,
+        "sort": filters.order,
+        "sort_links": [
+            (key, label, _link(params, sort=key))
+            for key, label in SORTS.items()
+            if key != "relevance" or filters.q
         ],
-        "total": Example.objects.listed().count(),
-        "keep": [(param, value) for param, value in chosen.items() if value],
+        "page": page,
+        "rows": list(page),
+        "facets": _facet_panels(filters, found),
+        "chosen": _chosen(filters),
+        "filter_errors": [message for _param, message in filters.errors],
+        "total": listed.count(),
+        # The search bar keeps the filters; a new search starts from its own default order.
+        "keep": [
+            (key, v) for key, value in params.items() if key not in ("q", "sort") for v in _values(value)
+        ],
+        # The export and the review queue take the page's own parameters: they hold what it lists, in its order.
+        "filter_query": urlencode(params, doseq=True),
+        "previous_link": _link(params, page=page.previous_page_number()) if page.has_previous() else "",
+        "next_link": _link(params, page=page.next_page_number()) if page.has_next() else "",
     }
-    # The export takes the page's own parameters, and lists the same examples in the same order.
-    context["export_query"] = urlencode(([("q", q)] if q else []) + context["keep"] + [("sort", sort)])
-    for row in rows:
-        row.snippet = context["snippets"].get(row.pk)
-    context["previous_link"] = (
-        _link(request.GET, page=page.previous_page_number()) if page.has_previous() else ""
-    )
-    context["next_link"] = _link(request.GET, page=page.next_page_number()) if page.has_next() else ""
-    context["sort_links"] = [
-        (key, label, _link(request.GET, sort=key, page="")) for key, label in context["sorts"]
-    ]
     return render(request, "library/index.html", context)
 
 
-def _ordered(results, sort: str, ranked: list[int] | None):
-    if sort == "relevance":
-        allowed = set(results.values_list("pk", flat=True))
-        return [pk for pk in ranked if pk in allowed]
-    if sort == "score":
-        results = results.best_scored_first()
-    return list(results.values_list("pk", flat=True))
-
-
-def _page_rows(ids: list[int]) -> list[Example]:
-    examples = (
-        Example.objects.filter(pk__in=ids).prefetch_related("tags").defer("files", "stdout", "embedding")
-    )
-    by_id = {example.pk: example for example in examples}
-    return [by_id[pk] for pk in ids if pk in by_id]
-
-
-def _facet_panels(facets, found, chosen: dict, params) -> list[dict]:
+def _facet_panels(filters: LibraryFilters, found) -> list[dict]:
+    params = filters.as_params()
     panels = []
-    for facet in facets:
-        # Counted with the other facets applied but not this one, so that each value says what choosing it gives.
-        others = found
-        for other in facets:
-            if other is not facet:
-                others = other.apply(others, chosen[other.param])
+    for facet in FACETS:
+        chosen = facet.chosen(filters)
+        # Counted with the other facets applied but not this one, so that each value says what choosing it
+        # gives; choosing a current value again takes it away.
+        counted = facet.counts(filters.without(facet.param).narrow(found))
         values = [
             {
                 "label": label,
                 "count": count,
-                "current": chosen[facet.param] == value,
+                "current": value in chosen,
                 "link": _link(
-                    params, **{facet.param: "" if chosen[facet.param] == value else value, "page": ""}
+                    params, **{facet.param: [v for v in chosen if v != value] if value in chosen else value}
                 ),
             }
-            for value, label, count in facet.counts(others)
+            for value, label, count in counted
         ]
         if values:
             panels.append({"param": facet.param, "label": facet.label, "values": values})
     return panels
 
 
-def _link(params, **changes) -> str:
-    merged = {key: value for key, value in params.items()} | {
-        key: str(value) for key, value in changes.items()
-    }
-    query = urlencode({key: value for key, value in merged.items() if value})
+def _chosen(filters: LibraryFilters) -> list[tuple[str, str, str]]:
+    """(label, value, link without it) for each filter that is set, the search and the order aside."""
+    params = filters.as_params()
+    chips = []
+    for facet in FACETS:
+        chosen = facet.chosen(filters)
+        for value in chosen:
+            others = [v for v in chosen if v != value]
+            chips.append((facet.label, facet.label_of(value), _link(params, **{facet.param: others})))
+    for param, label in OTHER_LABELS.items():
+        if param in params:
+            chips.append((label, str(params[param]), _link(params, **{param: ""})))
+    return chips
+
+
+def _values(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _link(params: dict, **changes) -> str:
+    """The library page with `params` changed by `changes` (an empty value takes the parameter away)."""
+    merged = {**params, **changes}
+    query = urlencode(
+        {key: value for key, value in merged.items() if value not in ("", None, [])}, doseq=True
+    )
     return f"{reverse('library')}?{query}" if query else reverse("library")
 
 

@@ -193,12 +193,12 @@ def test_an_export_from_a_filtered_library_page_holds_what_the_page_lists(client
     page = client.get(reverse("library"), params)
     listed = [row.pk for row in page.context["rows"]]
     assert 0 < len(listed) < len(scored)  # the filter leaves some out
-    link = f"{reverse('library_export')}?format=zip&{page.context['export_query']}"
+    link = f"{reverse('library_export')}?format=zip&{page.context['filter_query']}"
     assert f'href="{escape(link)}"' in page.content.decode()
 
     archive = unzip(client.get(link))
     assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == listed
-    codeblocks = client.get(reverse("library_export") + f"?format=codeblocks&{page.context['export_query']}")
+    codeblocks = client.get(reverse("library_export") + f"?format=codeblocks&{page.context['filter_query']}")
     names = list(json.loads(unzip(codeblocks).read("codeblock_summaries.json")))
     by_id = {example.pk: example for example in scored}
     assert names == [export_name(by_id[pk]) for pk in listed]

@@ -130,7 +130,7 @@ def test_the_filter_takes_the_librarys_facets(curator_client, form, expert):
 
 def test_the_library_offers_curators_its_results_as_a_queue(curator_client, reader_client, form):
     make_example(1, main="import graphs\n")
-    link = f"{reverse('review_queue_new')}?q=graphs&amp;type=demonstration"
+    link = f"{reverse('review_queue_new')}?q=graphs&amp;example_type=demonstration"
     found = {"q": "graphs", "type": "demonstration"}
     assert link in curator_client.get(reverse("library"), found).content.decode()
     assert "Queue these for review" not in reader_client.get(reverse("library"), found).content.decode()
@@ -142,18 +142,19 @@ def test_turning_a_page_or_filtering_keeps_what_was_typed_and_ticked(
     curator_client, form, expert, small_pages
 ):
     examples = [make_example(n) for n in range(5)]
+    newest_first = examples[::-1]  # the picker lists the examples in the library page's order
     response = curator_client.post(
         reverse("review_queue_new"),
         {"name": "Half-typed", "form": form.pk, "scores_needed": 1, "experts": [expert.pk],
-         "examples": [examples[0].pk, examples[1].pk], "at_page": "1", "page": "2"},
+         "examples": [newest_first[0].pk, newest_first[1].pk], "at_page": "1", "page": "2"},
     )  # fmt: skip
     page = response.content.decode()
     assert response.status_code == 200 and not ReviewQueue.objects.exists()
     assert "Page 2 of 3" in page and 'value="Half-typed"' in page and "This field is required" not in page
     assert f'name="experts" value="{expert.pk}" id="id_experts_0" checked' in page
-    for kept in examples[:2]:
+    for kept in newest_first[:2]:
         assert f'<input type="hidden" name="examples" value="{kept.pk}">' in page
-    assert f'name="examples" value="{examples[2].pk}">' in page and "2</span> ticked" in page
+    assert f'name="examples" value="{newest_first[2].pk}">' in page and "2</span> ticked" in page
 
     # Filtering goes back to the first page and keeps the ticks too.
     response = curator_client.post(
