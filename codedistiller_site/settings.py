@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django_q",
     "distill",
     "library",
+    "reviews",
 ]
 
 MIDDLEWARE = [

@@ -10,7 +10,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("runs/", include("distill.urls")),
     path("library/", include("library.urls")),
-    path("reviews/", include("library.review_urls")),
+    path("reviews/", include("reviews.urls")),
     path("api/", include("library.api_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -67,6 +67,3 @@ class ApiTokenAdmin(admin.ModelAdmin):
             api_token_revoke(token=token)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} token(s).")
-
-
-import library.review_admin  # noqa: E402,F401  (the review app's admin)

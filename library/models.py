@@ -138,7 +138,8 @@ class Example(models.Model):
     judgement = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)  # how much of the repository the program exercised
 
-    # Kept in step by the review app (a later issue): the mean expert score, for sorting and facets.
+    # Kept in step by the reviews app (reviews.services.example_score_refresh): the mean expert score, for
+    # sorting and facets.
     score = models.FloatField(null=True, blank=True, db_index=True)
     score_count = models.PositiveIntegerField(default=0)
 
@@ -219,6 +220,3 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
-
-
-from library.review_models import *  # noqa: E402,F401,F403  (the review app's models, in their own module)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from library.agreement import category_counts, cohen_kappa, fleiss_kappa, krippendorff_alpha
+from reviews.agreement import category_counts, cohen_kappa, fleiss_kappa, krippendorff_alpha
 
 N = None
 

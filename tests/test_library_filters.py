@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from library.filters import BadParameter, LibraryFilters
 from library.models import Example
-from library.review_models import ReviewQueue, ScoringForm
 from library.services import example_approve, example_retract
+from reviews.models import ReviewQueue, ScoringForm
 from tests.conftest import logged_in
 from tests.factories import make_iteration, make_run
 from tests.test_export import unzip

@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 
-from library import review_views, reviews
-from library.review_models import Review, ReviewQueue, ScoringForm
+from reviews import services, views
+from reviews.models import Review, ReviewQueue, ScoringForm
 from tests.conftest import logged_in, make_user
 from tests.test_reviews import CODEDISTILLER, Clock, answers, make_example, shipped_forms
 
@@ -20,7 +20,7 @@ def form():
 @pytest.fixture
 def queue(form, expert, curator):
     examples = [make_example(1), make_example(2)]
-    return reviews.queue_create(
+    return services.queue_create(
         name="Batch", form=form, examples=examples, experts=[expert], created_by=curator, scores_needed=1
     )
 
@@ -95,7 +95,7 @@ def test_a_queue_form_refuses_too_many_scores_and_no_examples(curator_client, fo
 
 @pytest.fixture
 def small_pages(monkeypatch):
-    monkeypatch.setattr(review_views, "PICK_PAGE_SIZE", 2)
+    monkeypatch.setattr(views, "PICK_PAGE_SIZE", 2)
 
 
 def test_all_that_match_the_filter_takes_every_page_and_records_the_filter(
@@ -205,7 +205,7 @@ def test_an_expert_scores_the_next_item_beside_its_code_and_moves_on(expert_clie
     ],
 )
 def test_the_scoring_form_shows_an_error_per_question_type(expert_client, expert, queue, field, value, error):
-    item = reviews.item_next(queue=queue, expert=expert)
+    item = services.item_next(queue=queue, expert=expert)
     response = expert_client.post(reverse("review_item", args=[item.pk]), post_answers(**{field: value}))
     assert response.status_code == 200
     assert error in response.content.decode()
@@ -214,7 +214,7 @@ def test_the_scoring_form_shows_an_error_per_question_type(expert_client, expert
 
 def test_an_item_held_by_another_expert_is_refused(django_user_model, expert, form):
     other = make_user(django_user_model, "olga", "expert")
-    queue = reviews.queue_create(
+    queue = services.queue_create(
         name="Q",
         form=form,
         examples=[make_example()],
@@ -222,7 +222,7 @@ def test_an_item_held_by_another_expert_is_refused(django_user_model, expert, fo
         created_by=None,
         scores_needed=2,
     )
-    item = reviews.item_next(queue=queue, expert=other)
+    item = services.item_next(queue=queue, expert=other)
     response = logged_in(expert).get(reverse("review_item", args=[item.pk]))
     assert response.status_code == 302 and response["Location"] == reverse("reviews")
 
@@ -233,7 +233,7 @@ def shared(django_user_model, expert, form):
     other = make_user(django_user_model, "olga", "expert")
 
     def make(scores_needed):
-        queue = reviews.queue_create(
+        queue = services.queue_create(
             name="Q", form=form, examples=[make_example()], experts=[expert, other], created_by=None,
             scores_needed=scores_needed,
         )  # fmt: skip
@@ -247,8 +247,8 @@ def lose_the_lock(expert_client, queue, other, monkeypatch):
     clock = Clock(monkeypatch)
     item = queue.items.get()
     assert expert_client.get(reverse("review_item", args=[item.pk])).status_code == 200
-    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
-    assert reviews.item_next(queue=queue, expert=other).pk == item.pk
+    clock.advance(minutes=services.LOCK_MINUTES + 1)
+    assert services.item_next(queue=queue, expert=other).pk == item.pk
     return item
 
 
@@ -269,7 +269,7 @@ def test_answers_for_an_example_that_filled_up_meanwhile_are_shown_again(
 ):
     queue, other = shared(1)
     item = lose_the_lock(expert_client, queue, other, monkeypatch)
-    reviews.answer_submit(item=item, expert=other, values=answers())
+    services.answer_submit(item=item, expert=other, values=answers())
     notes = "Seed it <script>alert(1)</script>"
     response = expert_client.post(
         reverse("review_item", args=[item.pk]), post_answers(q_helps_agent="2", q_notes=notes)
@@ -289,17 +289,17 @@ def test_answers_for_an_example_that_filled_up_meanwhile_are_shown_again(
 def test_the_heartbeat_renews_the_hold_and_says_when_it_is_lost(expert_client, expert, shared, monkeypatch):
     queue, other = shared(2)
     clock = Clock(monkeypatch)
-    item = reviews.item_next(queue=queue, expert=expert)
+    item = services.item_next(queue=queue, expert=expert)
     url = reverse("review_hold", args=[item.pk])
     clock.advance(minutes=20)
     response = expert_client.post(url, headers={"HX-Request": "true"})
     assert response.status_code == 200 and "Held for you for" in response.content.decode()
     assert "<html" not in response.content.decode()
     item.refresh_from_db()
-    assert item.locked_until == clock.now + timedelta(minutes=reviews.LOCK_MINUTES)
+    assert item.locked_until == clock.now + timedelta(minutes=services.LOCK_MINUTES)
 
-    clock.advance(minutes=reviews.LOCK_MINUTES + 1)
-    reviews.item_next(queue=queue, expert=other)
+    clock.advance(minutes=services.LOCK_MINUTES + 1)
+    services.item_next(queue=queue, expert=other)
     page = expert_client.post(url, headers={"HX-Request": "true"}).content.decode()
     assert "another expert has taken this example too. It still needs 2 scores" in page
     item.refresh_from_db()
@@ -316,7 +316,7 @@ def test_only_experts_beat_the_heart(client, curator_client, queue):
 
 
 def test_skipping_moves_on(expert_client, expert, queue):
-    item = reviews.item_next(queue=queue, expert=expert)
+    item = services.item_next(queue=queue, expert=expert)
     response = expert_client.post(reverse("review_skip", args=[item.pk]))
     other = queue.items.exclude(pk=item.pk).get()
     assert response["Location"] == reverse("review_item", args=[other.pk])
@@ -325,7 +325,7 @@ def test_skipping_moves_on(expert_client, expert, queue):
 
 def test_the_results_page_and_the_csv(curator_client, expert, queue):
     for item in queue.items.all():
-        reviews.answer_submit(item=item, expert=expert, values=answers(notes="=cmd|' /C calc'!A0"))
+        services.answer_submit(item=item, expert=expert, values=answers(notes="=cmd|' /C calc'!A0"))
     page = curator_client.get(reverse("review_queue", args=[queue.pk])).content.decode()
     assert "2 of 2" in page and "Would it help a coding agent" in page
     response = curator_client.get(reverse("review_queue_csv", args=[queue.pk]))
@@ -358,7 +358,7 @@ def test_blind_ab_hides_the_models_and_records_the_verdict(expert_client, curato
 
 
 def test_admins_write_forms_with_inline_questions(admin_client, form):
-    assert admin_client.get(reverse("admin:library_scoringform_change", args=[form.pk])).status_code == 200
+    assert admin_client.get(reverse("admin:reviews_scoringform_change", args=[form.pk])).status_code == 200
     data = {
         "name": "Quick check", "description": "", "guidelines": "Be brief.", "created_at_0": "2026-01-01",
         "created_at_1": "00:00:00",
@@ -369,11 +369,11 @@ def test_admins_write_forms_with_inline_questions(admin_client, form):
         "questions-1-order": "1", "questions-1-key": "kind", "questions-1-kind": "single",
         "questions-1-text": "Which kind?", "questions-1-choices": '["only one"]',
     }  # fmt: skip
-    response = admin_client.post(reverse("admin:library_scoringform_add"), data)
+    response = admin_client.post(reverse("admin:reviews_scoringform_add"), data)
     assert response.status_code == 200 and "two or more choices" in response.content.decode()
     assert not ScoringForm.objects.filter(name="Quick check").exists()
     data["questions-1-choices"] = '["demo", "tutorial"]'
-    response = admin_client.post(reverse("admin:library_scoringform_add"), data)
+    response = admin_client.post(reverse("admin:reviews_scoringform_add"), data)
     assert response.status_code == 302
     created = ScoringForm.objects.get(name="Quick check")
     assert list(created.questions.values_list("key", "kind")) == [("useful", "rating"), ("kind", "single")]

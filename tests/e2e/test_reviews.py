@@ -3,8 +3,8 @@ import re
 
 from playwright.sync_api import expect
 
-from library import reviews
-from library.review_models import Review, ScoringForm
+from reviews import services
+from reviews.models import Review, ScoringForm
 from tests.test_reviews import CODEDISTILLER, answers, make_example, shipped_forms
 
 # REVIEW_SHOTS=folder keeps screenshots of the scoring and results pages, to look at them.
@@ -17,7 +17,7 @@ def test_an_expert_scores_two_items_and_the_curator_sees_the_results(page, login
         make_example(1, main="import numpy as np\nprint(np.mean([1, 2, 3]))\n"),
         make_example(2, judgement={"faithful": False, "accurate": True, "complete": True}),
     ]
-    queue = reviews.queue_create(
+    queue = services.queue_create(
         name="Materials batch", form=ScoringForm.objects.get(name=CODEDISTILLER), examples=examples,
         experts=[expert], created_by=curator, scores_needed=1,
     )  # fmt: skip
@@ -58,12 +58,12 @@ def test_activity_keeps_the_hold_and_answers_survive_losing_it(page, login, expe
 
     from django.utils import timezone
 
-    from library.review_models import ReviewItem
+    from reviews.models import ReviewItem
     from tests.conftest import make_user
 
     shipped_forms()
     other = make_user(django_user_model, "olga", "expert")
-    queue = reviews.queue_create(
+    queue = services.queue_create(
         name="Shared batch", form=ScoringForm.objects.get(name=CODEDISTILLER), examples=[make_example()],
         experts=[expert, other], created_by=None, scores_needed=1,
     )  # fmt: skip
@@ -80,12 +80,12 @@ def test_activity_keeps_the_hold_and_answers_survive_losing_it(page, login, expe
         notes.fill("Needs a seed.")
     item.refresh_from_db()
     assert item.locked_by == expert
-    assert item.locked_until > timezone.now() + timedelta(minutes=reviews.LOCK_MINUTES - 1)
+    assert item.locked_until > timezone.now() + timedelta(minutes=services.LOCK_MINUTES - 1)
 
     # The expert stays away; the lock lapses and the other expert scores the example meanwhile.
     ReviewItem.objects.filter(pk=item.pk).update(locked_until=timezone.now() - timedelta(minutes=1))
-    reviews.item_next(queue=queue, expert=other)
-    reviews.answer_submit(item=item, expert=other, values=answers())
+    services.item_next(queue=queue, expert=other)
+    services.answer_submit(item=item, expert=other, values=answers())
     page.clock.fast_forward("01:01")
     with page.expect_response(re.compile(r"/hold/$")):
         page.get_by_role("group", name="Would it help a coding agent").get_by_label("2").check()
@@ -104,10 +104,10 @@ def test_activity_keeps_the_hold_and_answers_survive_losing_it(page, login, expe
 def test_a_curator_selects_a_page_at_a_time_and_keeps_the_ticks_across_pages(
     page, login, curator, expert, monkeypatch
 ):
-    from library import review_views
-    from library.review_models import ReviewQueue
+    from reviews import views
+    from reviews.models import ReviewQueue
 
-    monkeypatch.setattr(review_views, "PICK_PAGE_SIZE", 2)
+    monkeypatch.setattr(views, "PICK_PAGE_SIZE", 2)
     shipped_forms()
     examples = [make_example(n) for n in range(3)]
     login(curator, next_path="/reviews/queues/new/")
@@ -117,7 +117,8 @@ def test_a_curator_selects_a_page_at_a_time_and_keeps_the_ticks_across_pages(
     toggle = page.get_by_label("Select all on this page (2)")
     ticked = page.locator("[data-picked-count]")
     toggle.check()
-    expect(page.get_by_label("Example 0")).to_be_checked()
+    # The picker lists the library page's order, newest first.
+    expect(page.get_by_label("Example 2")).to_be_checked()
     expect(page.get_by_label("Example 1")).to_be_checked()
     expect(ticked).to_have_text("2")
     page.get_by_label("Example 1").uncheck()

@@ -17,9 +17,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from library import agreement
 from library.models import Example
-from library.review_models import (
+from reviews import agreement
+from reviews.models import (
     Answer,
     Comparison,
     Question,
@@ -121,7 +121,7 @@ def queue_create(
     return queue
 
 
-def _open_items(queue: ReviewQueue, expert):
+def open_items(queue: ReviewQueue, expert):
     """Items this expert may take: still short of scores, not scored or skipped by them."""
     return (
         queue.items.with_counts()
@@ -137,8 +137,8 @@ def item_next(*, queue: ReviewQueue, expert) -> ReviewItem | None:
         raise ReviewRefused("You are not assigned to this queue.")
     now = timezone.now()
     free = Q(locked_by=None) | Q(locked_until__lt=now) | Q(locked_by=expert)
-    held = _open_items(queue, expert).filter(locked_by=expert, locked_until__gte=now).first()
-    candidates = [held] if held else _open_items(queue, expert).filter(free).order_by("scored", "id")[:50]
+    held = open_items(queue, expert).filter(locked_by=expert, locked_until__gte=now).first()
+    candidates = [held] if held else open_items(queue, expert).filter(free).order_by("scored", "id")[:50]
     for item in candidates:
         if item_lock(item=item, expert=expert, now=now):
             item.refresh_from_db()

@@ -1,8 +1,8 @@
-"""Admin of the review app: scoring forms with their questions inline, queues, answers to look at."""
+"""Admin of expert review: scoring forms with their questions inline, queues, answers to look at."""
 
 from django.contrib import admin
 
-from library.review_models import Answer, Comparison, Question, Review, ReviewQueue, ScoringForm
+from reviews.models import Answer, Comparison, Question, Review, ReviewQueue, ScoringForm
 
 
 class QuestionInline(admin.StackedInline):

@@ -9,11 +9,11 @@ from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
 from distill.highlight import code_files, pretty_json
-from library import reviews
 from library.filters import FACETS, LibraryFilters
 from library.models import Example
-from library.review_forms import ComparisonForm, QueueForm, ScoreForm
-from library.review_models import Review, ReviewItem, ReviewQueue
+from reviews import services
+from reviews.forms import ComparisonForm, QueueForm, ScoreForm
+from reviews.models import Review, ReviewItem, ReviewQueue
 
 
 @login_required
@@ -26,7 +26,7 @@ def review_index(request):
     if has_role(request.user, EXPERT):
         for queue in ReviewQueue.objects.filter(experts=request.user).select_related("form"):
             queue.mine = Review.objects.filter(item__queue=queue, expert=request.user).count()
-            queue.open = reviews._open_items(queue, request.user).exists()
+            queue.open = services.open_items(queue, request.user).exists()
             context["my_queues"].append(queue)
     return render(request, "reviews/index.html", context)
 
@@ -55,12 +55,12 @@ def queue_new(request):
         data = form.cleaned_data
         examples = list(data["examples"]) + (list(matching.only("pk")) if data["all_matching"] else [])
         try:
-            queue = reviews.queue_create(
+            queue = services.queue_create(
                 name=data["name"], form=data["form"], examples=examples, experts=data["experts"],
                 created_by=request.user, scores_needed=data["scores_needed"],
                 saved_search=filters.as_params() if data["all_matching"] else {},
             )  # fmt: skip
-        except reviews.ReviewRefused as exc:
+        except services.ReviewRefused as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Queue “{queue.name}” is ready: {queue.items.count()} examples.")
@@ -101,14 +101,14 @@ def _example_picker(params, matching, filters: LibraryFilters) -> dict:
 @curator_required
 def queue_detail(request, queue_id: int):
     queue = get_object_or_404(ReviewQueue.objects.select_related("form"), pk=queue_id)
-    context = {"queue": queue, "results": reviews.queue_results(queue), "experts": queue.experts.all()}
+    context = {"queue": queue, "results": services.queue_results(queue), "experts": queue.experts.all()}
     return render(request, "reviews/queue_detail.html", context)
 
 
 @curator_required
 def queue_csv(request, queue_id: int):
     queue = get_object_or_404(ReviewQueue, pk=queue_id)
-    response = HttpResponse(reviews.answers_csv(queue), content_type="text/csv; charset=utf-8")
+    response = HttpResponse(services.answers_csv(queue), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="queue-{queue.pk}-answers.csv"'
     return response
 
@@ -118,8 +118,8 @@ def queue_csv(request, queue_id: int):
 def queue_next(request, queue_id: int):
     queue = get_object_or_404(ReviewQueue, pk=queue_id)
     try:
-        item = reviews.item_next(queue=queue, expert=request.user)
-    except reviews.ReviewRefused as exc:
+        item = services.item_next(queue=queue, expert=request.user)
+    except services.ReviewRefused as exc:
         messages.error(request, str(exc))
         return redirect("reviews")
     if item is None:
@@ -131,24 +131,24 @@ def queue_next(request, queue_id: int):
 @expert_required
 def item_score(request, item_id: int):
     item = get_object_or_404(ReviewItem.objects.select_related("queue__form", "example"), pk=item_id)
-    refusal = reviews.item_may_score(item=item, expert=request.user)
+    refusal = services.item_may_score(item=item, expert=request.user)
     # Answers posted for an example that filled up while they were typed are shown again below, not
     # dropped with a redirect: the expert may want to keep their notes.
-    if refusal and not (request.method == "POST" and refusal == reviews.ALL_SCORED):
+    if refusal and not (request.method == "POST" and refusal == services.ALL_SCORED):
         messages.error(request, refusal)
         return redirect("reviews")
     questions = list(item.queue.form.questions.all())
     form = ScoreForm(request.POST or None, questions=questions, example=item.example)
     if request.method == "POST" and form.is_valid():
         try:
-            reviews.answer_submit(item=item, expert=request.user, values=form.values())
-        except reviews.ReviewRefused as exc:
+            services.answer_submit(item=item, expert=request.user, values=form.values())
+        except services.ReviewRefused as exc:
             form.add_error(None, f"{exc} Your answers were not saved; they are still below.")
         else:
             messages.success(request, f"Scored “{item.example.title}”.")
-            following = reviews.item_next(queue=item.queue, expert=request.user)
+            following = services.item_next(queue=item.queue, expert=request.user)
             return redirect("review_item", following.pk) if following else redirect("reviews")
-    hold = reviews.item_hold(item=item, expert=request.user)
+    hold = services.item_hold(item=item, expert=request.user)
     if request.method == "GET" and not hold.held:
         messages.error(request, "Another expert is scoring this example; take the next one.")
         return redirect("reviews")
@@ -169,7 +169,7 @@ def item_hold(request, item_id: int):
     item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
     if not request.htmx:
         return redirect("review_item", item.pk)
-    hold = reviews.item_hold(item=item, expert=request.user)
+    hold = services.item_hold(item=item, expert=request.user)
     return render(request, "reviews/item_score.html#hold", {"item": item, "hold": hold})
 
 
@@ -185,12 +185,12 @@ def _example_context(example: Example) -> dict:
 def item_skip(request, item_id: int):
     item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
     try:
-        reviews.item_skip(item=item, expert=request.user)
-    except reviews.ReviewRefused as exc:
+        services.item_skip(item=item, expert=request.user)
+    except services.ReviewRefused as exc:
         messages.error(request, str(exc))
         return redirect("reviews")
     messages.info(request, "Skipped: it will not be offered to you again.")
-    following = reviews.item_next(queue=item.queue, expert=request.user)
+    following = services.item_next(queue=item.queue, expert=request.user)
     return redirect("review_item", following.pk) if following else redirect("reviews")
 
 
@@ -202,12 +202,12 @@ def ab_compare(request):
         pair = Example.objects.in_bulk([data["left"], data["right"]])
         try:
             if len(pair) != 2:
-                raise reviews.ReviewRefused("One of these examples no longer exists.")
-            reviews.ab_submit(
+                raise services.ReviewRefused("One of these examples no longer exists.")
+            services.ab_submit(
                 expert=request.user, left=pair[data["left"]], right=pair[data["right"]],
                 picked=data["picked"], reason=data["reason"],
             )  # fmt: skip
-        except reviews.ReviewRefused as exc:
+        except services.ReviewRefused as exc:
             messages.error(request, str(exc))
         else:
             messages.success(request, "Comparison recorded.")
@@ -219,7 +219,7 @@ def ab_compare(request):
             return redirect("review_ab")
         left, right = found[ids[0]], found[ids[1]]
     else:
-        pair = reviews.ab_next(expert=request.user)
+        pair = services.ab_next(expert=request.user)
         if pair is None:
             return render(request, "reviews/ab.html", {"pair": None})
         left, right = pair
@@ -233,4 +233,4 @@ def ab_compare(request):
 
 @curator_required
 def ab_results(request):
-    return render(request, "reviews/ab_results.html", {"rows": reviews.ab_results()})
+    return render(request, "reviews/ab_results.html", {"rows": services.ab_results()})

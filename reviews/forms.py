@@ -5,8 +5,8 @@ from django.contrib.auth import get_user_model
 
 from codedistiller_site.roles import EXPERT
 from library.models import Example
-from library.review_models import Question, ScoringForm
-from library.reviews import RATINGS, ReviewRefused, answer_check, suggestion
+from reviews.models import Question, ScoringForm
+from reviews.services import RATINGS, ReviewRefused, answer_check, suggestion
 
 YES_NO = [("yes", "Yes"), ("no", "No")]
 ONE_ANSWER = (Question.Kind.RATING, Question.Kind.YES_NO, Question.Kind.SINGLE)

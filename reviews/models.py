@@ -1,11 +1,12 @@
 """Expert review: scoring forms as data, review queues and their items, answers, blind A/B comparisons.
 
+The tables keep the names they had when these models lived in the library app (`library_*`): the move to
+this app changed Django's state only (library migration 0007, reviews migration 0001), not the database.
+
 A form is a list of questions; admins write forms in the admin. A queue asks its experts to score a set
 of examples on one form, `scores_needed` times each. An item is one example in one queue; while an
 expert works on it, it is locked to them until `locked_until`.
 """
-
-__all__ = ["Answer", "Comparison", "Question", "Review", "ReviewItem", "ReviewQueue", "ScoringForm", "Skip"]
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -20,6 +21,7 @@ class ScoringForm(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "library_scoringform"
         ordering = ["name"]
 
     def __str__(self):
@@ -54,6 +56,7 @@ class Question(models.Model):
     suggest_from = models.CharField(max_length=20, choices=Suggestion.choices, blank=True, default="")
 
     class Meta:
+        db_table = "library_question"
         ordering = ["form", "order", "id"]
         constraints = [models.UniqueConstraint(fields=["form", "key"], name="unique_question_key_per_form")]
 
@@ -93,6 +96,7 @@ class ReviewQueue(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "library_reviewqueue"
         ordering = ["-created_at", "-id"]
 
     def __str__(self):
@@ -115,6 +119,7 @@ class ReviewItem(models.Model):
     objects = ReviewItemQuerySet.as_manager()
 
     class Meta:
+        db_table = "library_reviewitem"
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["queue", "example"], name="unique_example_per_queue")]
 
@@ -130,6 +135,7 @@ class Review(models.Model):
     submitted_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "library_review"
         ordering = ["submitted_at", "id"]
         constraints = [models.UniqueConstraint(fields=["item", "expert"], name="one_review_per_expert_item")]
 
@@ -143,6 +149,7 @@ class Answer(models.Model):
     changed = models.BooleanField(default=False)  # a suggestion was shown and the expert answered otherwise
 
     class Meta:
+        db_table = "library_answer"
         ordering = ["review", "question__order", "question_id"]
         constraints = [models.UniqueConstraint(fields=["review", "question"], name="one_answer_per_question")]
 
@@ -153,6 +160,7 @@ class Skip(models.Model):
     skipped_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "library_skip"
         constraints = [models.UniqueConstraint(fields=["item", "expert"], name="one_skip_per_expert_item")]
 
 
@@ -173,6 +181,7 @@ class Comparison(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "library_comparison"
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from library import review_views as views
+from reviews import views
 
 urlpatterns = [
     path("", views.review_index, name="reviews"),
