@@ -78,18 +78,19 @@ def _example_picker(params, matching, filters: LibraryFilters) -> dict:
     choices = []
     for facet in FACETS:
         options = [(value, f"{label} ({count})") for value, label, count in facet.counts(listed)]
-        # One value per facet here; the first of several tags (a library link may hold more) is kept.
+        # One value per facet here: a library link's further tags go on as hidden fields (kept_filters).
         chosen = next(iter(facet.chosen(filters)), "")
         if chosen and chosen not in {value for value, _label in options}:
             options.append((chosen, facet.label_of(chosen)))
         if options:
             choices.append({"param": facet.param, "label": facet.label, "options": options, "chosen": chosen})
-    params_set = filters.as_params()
+    asked = filters.as_params()
     return {
-        "filter_params": params_set,
+        "filter_params": asked,
         "filter_errors": [message for _param, message in filters.errors],
-        # Filters the picker has no field for (the order, a least score) go on with each post.
-        "kept_filters": [(key, params_set[key]) for key in ("sort", "min_score") if key in params_set],
+        # What the picker has no field for (the order, a least score, more tags) goes on with each post.
+        "kept_filters": [("tag", tag) for tag in filters.tags[1:]]
+        + [(key, asked[key]) for key in ("sort", "min_score") if key in asked],
         "page": page,
         "picked": picked,
         "picked_elsewhere": sorted(picked - {example.pk for example in page}),

@@ -138,6 +138,17 @@ def test_the_library_offers_curators_its_results_as_a_queue(curator_client, read
     assert "match this filter, on every page: <strong>1</strong>" in page
 
 
+def test_the_filter_keeps_what_it_has_no_field_for_and_says_what_it_left_out(curator_client, form):
+    make_example(1)
+    params = {"tag": ["dft", "phonons"], "sort": "score", "min_score": "2", "gpu": "maybe"}
+    page = curator_client.get(reverse("review_queue_new"), params).content.decode()
+    # The tag select posts the first tag; the rest of a library link's filter goes on in hidden fields.
+    assert '<option value="dft" selected>dft</option>' in page
+    for name, value in [("tag", "phonons"), ("sort", "score"), ("min_score", "2.0")]:
+        assert f'<input type="hidden" name="{name}" value="{value}">' in page
+    assert "Left out: gpu must be true or false, not &#x27;maybe&#x27;." in page
+
+
 def test_turning_a_page_or_filtering_keeps_what_was_typed_and_ticked(
     curator_client, form, expert, small_pages
 ):
