@@ -60,7 +60,12 @@ KINDS: dict[str, program.Kind] = {Run.Kind.REPOSITORY: repository, Run.Kind.PAPE
 
 
 class RunRefused(Exception):
-    """A submission or action that cannot be done; the message says why, for the person who asked."""
+    """A submission or action that cannot be done; the message says why, for the person who asked.
+    `running`: the source's active run, when that is why."""
+
+    def __init__(self, message: str, *, running: Run | None = None):
+        super().__init__(message)
+        self.running = running
 
 
 # Submit -----------------------------------------------------------------------------------------------
@@ -77,6 +82,7 @@ def run_submit(
         )
     except sources.SourceRefused as exc:
         raise RunRefused(str(exc)) from None
+    _check_one_active_run(normalised, f"{normalised} already has a run in progress")
     _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
@@ -89,6 +95,13 @@ def run_submit(
         if enqueue:
             transaction.on_commit(lambda: _enqueue(run.pk))
     return run
+
+
+def _check_one_active_run(source: str, refusal: str) -> None:
+    """A source has one active run at a time: a second would spend as much again on the same answer."""
+    running = Run.objects.in_progress_for(source)
+    if running:
+        raise RunRefused(f"{refusal}: run {running.pk}.", running=running)
 
 
 def _check_sandbox(profile: Profile) -> None:
@@ -108,9 +121,7 @@ def run_submit_paper(
         paper.url
         or f"paper:{slugify(paper.title)[:60] or 'untitled'}-{sha256(paper.text.encode()).hexdigest()[:10]}"
     )
-    running = in_progress_for(source)
-    if running:
-        raise RunRefused(f"This paper already has a run in progress: run {running.pk}.")
+    _check_one_active_run(source, "This paper already has a run in progress")
     _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
@@ -131,9 +142,42 @@ def run_submit_paper(
     return run
 
 
-def in_progress_for(source: str) -> Run | None:
-    """An active run of the same source, so that a second submission can link to it instead."""
-    return Run.objects.active().for_source(source).first()
+def run_submit_many(
+    *,
+    sources: list[str | papers.PaperText],
+    profile_name: str,
+    profile: Profile,
+    submitted_by=None,
+    enqueue: bool = True,
+) -> list[Run]:
+    """Runs of several sources (repositories given as text, papers as read), all of them or none: one
+    refused source, or two of the same, starts nothing."""
+    options = {
+        "profile_name": profile_name,
+        "profile": profile,
+        "submitted_by": submitted_by,
+        "enqueue": enqueue,
+    }
+    runs: list[Run] = []
+    with transaction.atomic():
+        for source in sources:
+            try:
+                if isinstance(source, papers.PaperText):
+                    runs.append(run_submit_paper(paper=source, **options))
+                else:
+                    runs.append(run_submit(source=source, **options))
+            except RunRefused as exc:
+                if exc.running in runs:  # that run is this batch's own, and is not made either
+                    raise RunRefused(f"{exc.running.source_url} is given twice.") from None
+                raise
+    return runs
+
+
+def paper_reading(run: Run) -> dict | None:
+    """How much of each of a paper's sections the planner read (its page shows this where a repository's
+    shows file ratings); None when the run has no paper."""
+    paper = Paper.objects.filter(run=run).first()
+    return paper_steps.sections_read(run, paper) if paper else None
 
 
 # Advance ----------------------------------------------------------------------------------------------
@@ -429,8 +473,6 @@ def run_retry(*, run: Run) -> Run:
 
 def run_rerun(*, run: Run, profile_name: str, profile: Profile, submitted_by=None) -> Run:
     """A new run of the same source, e.g. with another profile; the old run stays as it is."""
-    if in_progress_for(run.source_url):
-        raise RunRefused(f"{run.source_url} already has a run in progress.")
     if run.kind == Run.Kind.PAPER:
         paper = paper_steps.paper_text_of(run)
         return run_submit_paper(
