@@ -5,7 +5,7 @@ import os
 from django import forms
 from django.conf import settings
 
-from distill import services
+from distill.models import Run
 from distill.pipeline import papers, sources
 from distill.profiles import Profile, ProfileError, list_profiles, load_profile
 
@@ -161,7 +161,7 @@ class SubmitForm(ProfileFields):
                 self.refused.append(RefusedLine(number, line, f"the same repository as line {seen[url]}"))
                 continue
             seen[url] = number
-            running = services.in_progress_for(url)
+            running = Run.objects.in_progress_for(url)
             if running:
                 self.refused.append(RefusedLine(number, line, "already has a run in progress", run=running))
                 continue

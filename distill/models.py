@@ -3,9 +3,11 @@
 A run is a small state machine (see `Run.Status`); `distill.services` is the only code that moves it.
 """
 
+from collections import defaultdict
+
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 
@@ -18,6 +20,10 @@ class RunQuerySet(models.QuerySet):
 
     def for_source(self, url: str):
         return self.filter(source_url=url)
+
+    def in_progress_for(self, url: str) -> "Run | None":
+        """The active run of a source, if any: a source has one active run at a time (distill.services)."""
+        return self.active().for_source(url).first()
 
     def stale(self, *, claimed_before, unclaimed_before):
         """Active runs whose worker stopped sending heartbeats (it died), or that nobody picked up."""
@@ -181,6 +187,17 @@ class Run(models.Model):
         return any(str(name).startswith("local/") for name in models_used)
 
 
+class RunStepQuerySet(models.QuerySet):
+    def runtimes(self, *, labelled: bool = False) -> dict[str, float]:
+        """Seconds per step name; `labelled`, per name as people read it ("plan the code" in a paper's
+        run). Iterates this QuerySet, so one already evaluated costs no query."""
+        runtimes = defaultdict(float)
+        for step in self:
+            if step.duration_secs is not None:
+                runtimes[step.label.lower() if labelled else step.name] += step.duration_secs
+        return dict(runtimes)
+
+
 class RunStep(models.Model):
     """One step of a run's timeline (fetch, survey, generate, execute, judge, fix)."""
 
@@ -212,6 +229,8 @@ class RunStep(models.Model):
     message = models.TextField(blank=True)
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunStepQuerySet.as_manager()
 
     class Meta:
         ordering = ["started_at", "id"]
@@ -247,6 +266,12 @@ class FileRating(models.Model):
     class Meta:
         ordering = ["-selected", "-rating", "path"]
         constraints = [models.UniqueConstraint(fields=["run", "path"], name="unique_rating_per_file")]
+
+
+class IterationQuerySet(models.QuerySet):
+    def last_succeeded(self) -> "Iteration | None":
+        """The final successful iteration: what a curator approves unless they choose another."""
+        return self.filter(succeeded=True).order_by("-number").first()
 
 
 class Iteration(models.Model):
@@ -297,6 +322,8 @@ class Iteration(models.Model):
     judgement = models.JSONField(null=True, blank=True)
     succeeded = models.BooleanField(null=True, blank=True)
 
+    objects = IterationQuerySet.as_manager()
+
     class Meta:
         ordering = ["run", "number"]
         constraints = [models.UniqueConstraint(fields=["run", "number"], name="unique_iteration_number")]
@@ -325,6 +352,15 @@ class Iteration(models.Model):
         return self.PROOF_LABELS.get((self.proof or {}).get("verdict"), "")
 
 
+class LLMCallQuerySet(models.QuerySet):
+    def stage_totals(self) -> dict[str, dict]:
+        """{stage: {"stage", "cost", "tokens_in", "tokens_out", "calls"}}, in one query."""
+        rows = self.values("stage").annotate(
+            cost=Sum("cost_usd"), tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), calls=Count("id")
+        )
+        return {row["stage"]: row for row in rows}
+
+
 class LLMCall(models.Model):
     """Every LLM call: saved before the call is made, completed after. The audit log and the cost ledger."""
 
@@ -348,6 +384,8 @@ class LLMCall(models.Model):
     reply = models.TextField(blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = LLMCallQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from hashlib import sha256
 
 from django.conf import settings
@@ -24,8 +25,9 @@ from django.utils.text import slugify
 
 from distill import llm
 from distill.models import Iteration, Paper, Run, RunStep
-from distill.pipeline import paper_steps, papers, repository, sources
+from distill.pipeline import paper_steps, papers, program, repository, sources
 from distill.profiles import Profile
+from distill.sandbox import SandboxUnavailable, get_sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +54,18 @@ STATUS_OF_STEP = {
 }
 
 
+# What differs by kind of run: how the source is read and the first version written, and the prompts
+# (the names each defines: distill.pipeline.program.Kind). The loop after it is distill.pipeline.program.
+KINDS: dict[str, program.Kind] = {Run.Kind.REPOSITORY: repository, Run.Kind.PAPER: paper_steps}
+
+
 class RunRefused(Exception):
-    """A submission or action that cannot be done; the message says why, for the person who asked."""
+    """A submission or action that cannot be done; the message says why, for the person who asked.
+    `running`: the source's active run, when that is why."""
+
+    def __init__(self, message: str, *, running: Run | None = None):
+        super().__init__(message)
+        self.running = running
 
 
 # Submit -----------------------------------------------------------------------------------------------
@@ -70,6 +82,7 @@ def run_submit(
         )
     except sources.SourceRefused as exc:
         raise RunRefused(str(exc)) from None
+    _check_one_active_run(normalised, f"{normalised} already has a run in progress")
     _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
@@ -84,11 +97,16 @@ def run_submit(
     return run
 
 
+def _check_one_active_run(source: str, refusal: str) -> None:
+    """A source has one active run at a time: a second would spend as much again on the same answer."""
+    running = Run.objects.in_progress_for(source)
+    if running:
+        raise RunRefused(f"{refusal}: run {running.pk}.", running=running)
+
+
 def _check_sandbox(profile: Profile) -> None:
     """A profile whose sandbox cannot run here is refused at once, before a run is made."""
     if profile.sandbox != "local":
-        from distill.sandbox import SandboxUnavailable, get_sandbox
-
         try:
             get_sandbox(profile.sandbox, profile.model_dump().get("modal"))
         except SandboxUnavailable as exc:
@@ -103,9 +121,7 @@ def run_submit_paper(
         paper.url
         or f"paper:{slugify(paper.title)[:60] or 'untitled'}-{sha256(paper.text.encode()).hexdigest()[:10]}"
     )
-    running = in_progress_for(source)
-    if running:
-        raise RunRefused(f"This paper already has a run in progress: run {running.pk}.")
+    _check_one_active_run(source, "This paper already has a run in progress")
     _check_sandbox(profile)
     with transaction.atomic():
         run = Run.objects.create(
@@ -126,9 +142,42 @@ def run_submit_paper(
     return run
 
 
-def in_progress_for(source: str) -> Run | None:
-    """An active run of the same source, so that a second submission can link to it instead."""
-    return Run.objects.active().for_source(source).first()
+def run_submit_many(
+    *,
+    sources: list[str | papers.PaperText],
+    profile_name: str,
+    profile: Profile,
+    submitted_by=None,
+    enqueue: bool = True,
+) -> list[Run]:
+    """Runs of several sources (repositories given as text, papers as read), all of them or none: one
+    refused source, or two of the same, starts nothing."""
+    options = {
+        "profile_name": profile_name,
+        "profile": profile,
+        "submitted_by": submitted_by,
+        "enqueue": enqueue,
+    }
+    runs: list[Run] = []
+    with transaction.atomic():
+        for source in sources:
+            try:
+                if isinstance(source, papers.PaperText):
+                    runs.append(run_submit_paper(paper=source, **options))
+                else:
+                    runs.append(run_submit(source=source, **options))
+            except RunRefused as exc:
+                if exc.running in runs:  # that run is this batch's own, and is not made either
+                    raise RunRefused(f"{exc.running.source_url} is given twice.") from None
+                raise
+    return runs
+
+
+def paper_reading(run: Run) -> dict | None:
+    """How much of each of a paper's sections the planner read (its page shows this where a repository's
+    shows file ratings); None when the run has no paper."""
+    paper = Paper.objects.filter(run=run).first()
+    return paper_steps.sections_read(run, paper) if paper else None
 
 
 # Advance ----------------------------------------------------------------------------------------------
@@ -162,7 +211,7 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     )
     with _Heartbeat(run.pk, token):
         try:
-            next_status, message = _do_step(run, token, latest)
+            next_status, message = _do_step(run, latest)
         except Exception as exc:  # every failure ends in a status and a message, never a crashed worker
             next_status, message = _classify_failure(run, exc)
             step.outcome, step.message = RunStep.Outcome.FAILED, message
@@ -186,44 +235,61 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     return bool(updated)
 
 
-def _do_step(run: Run, token: str, latest: Iteration | None) -> tuple[str, str]:
-    """Does the step of the run's status; returns the next status and a message for people."""
-    if run.kind == Run.Kind.PAPER:
-        return paper_steps.do_step(run, latest, should_cancel=lambda: _cancel_requested(run.pk))
+def _do_step(run: Run, latest: Iteration | None) -> tuple[str, str]:
+    """Does the step of the run's status; returns the next status and a message for people.
+
+    The one state machine of both kinds of run: only reading the source and writing the first version
+    are the kind's own (KINDS); executing, judging and fixing are the program loop they share.
+    """
+    kind = KINDS[run.kind]
     status = run.status
-    if status == S.FETCHING:
-        repository.fetch(run)
-        return S.SURVEYING, f"Fetched {run.source_title} at {run.commit_sha[:12] or 'a local folder'}."
-    if status == S.SURVEYING:
-        repository.survey_repository(run)
-        selected = run.file_ratings.filter(selected=True).count()
-        return S.GENERATING, f"Rated {run.file_ratings.count()} files; selected {selected}."
-    if status == S.GENERATING:
-        repository.generate(run)
-        return S.EXECUTING, "Wrote iteration 1."
-    if status == S.FIXING:
-        iteration = repository.fix(run, latest)
-        return S.EXECUTING, f"Wrote iteration {iteration.number}."
+    should_cancel = partial(_cancel_requested, run.pk)
+    try:
+        if status == S.FETCHING:
+            return S.SURVEYING, kind.read_source(run)
+        if status == S.SURVEYING:
+            return S.GENERATING, kind.survey_source(run, should_cancel=should_cancel)
+        if status == S.GENERATING:
+            first = kind.write_first_version(run, should_cancel=should_cancel)
+            return S.EXECUTING, f"Wrote iteration 1: {len(first.files)} files."
+    except program.Cancelled:
+        # What was made so far is saved: a retry goes on from there.
+        return S.CANCELLED, "Cancelled by a curator between two calls of the code model."
     if status == S.EXECUTING:
         if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING):
-            repository.execute(run, latest, should_cancel=lambda: _cancel_requested(run.pk))
+            program.execute(run, latest, repository=kind.repository_of(run), should_cancel=should_cancel)
             latest.refresh_from_db()
         if (latest.sandbox or {}).get("cancelled"):
             return S.CANCELLED, "Cancelled by a curator while the program ran."
         return S.JUDGING, f"Iteration {latest.number} exited with code {latest.exit_code}."
     if status == S.JUDGING:
-        if repository.judge(run, latest):
-            return S.SUCCEEDED, f"Iteration {latest.number} ran and passed the judge."
-        if latest.number >= run.max_iterations:
-            return S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
-        return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
+        if program.judge(run, latest, prompt=kind.judge_prompt):
+            next_status, message = S.SUCCEEDED, f"Iteration {latest.number} ran and passed the judge."
+        elif latest.number >= run.max_iterations:
+            next_status, message = S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
+        else:
+            return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
+        return next_status, message + _conclusion(kind, run, latest)
+    if status == S.FIXING:
+        iteration = program.fix(run, latest, prompt=kind.fix_prompt)
+        return S.EXECUTING, f"Wrote iteration {iteration.number}."
     raise AssertionError(f"no step for status {status}")
+
+
+def _conclusion(kind: program.Kind, run: Run, final: Iteration) -> str:
+    """What the kind adds to the last message (a paper's quality score). It informs; it must never change
+    how the run ends."""
+    try:
+        return kind.conclude(run, final)
+    except Exception:
+        logger.exception("run %s: the conclusion failed", run.pk)
+        return ""
 
 
 def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
     if isinstance(exc, sources.SourceRefused):
         return S.ERROR, f"The source was refused: {exc}"
-    if isinstance(exc, repository.StepFailed):
+    if isinstance(exc, program.StepFailed):
         return S.ERROR, str(exc)[:1].upper() + str(exc)[1:]
     if isinstance(exc, llm.BudgetExceeded):
         return S.FAILED, f"Stopped before a call that would pass the run's cap: {exc}"
@@ -231,11 +297,7 @@ def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
         return S.ERROR, f"The model provider kept failing: {exc}. Retry the run later."
     if isinstance(exc, llm.LLMRefused):
         return S.ERROR, f"The model call was refused: {exc}"
-    try:
-        from distill.sandbox import SandboxUnavailable
-    except ImportError:  # pragma: no cover
-        SandboxUnavailable = ()
-    if SandboxUnavailable and isinstance(exc, SandboxUnavailable):
+    if isinstance(exc, SandboxUnavailable):
         return S.ERROR, f"The sandbox is not available: {exc}"
     logger.exception("run %s: unexpected error in status %s", run.pk, run.status)
     return S.ERROR, f"Internal error ({type(exc).__name__}: {exc}). The step can be retried."
@@ -247,7 +309,7 @@ def _finish(run: Run, token: str, status: str, message: str) -> None:
         error_information=message if status == S.ERROR else "",
     )  # fmt: skip
     # Environments can take gigabytes; a retry rebuilds one in a minute.
-    shutil.rmtree(repository.env_dir(run), ignore_errors=True)
+    shutil.rmtree(program.env_dir(run), ignore_errors=True)
     _write_outputs(run.pk)
 
 
@@ -363,12 +425,10 @@ def run_until_finished(*, run_id: int, on_step: Callable[[Run], None] | None = N
 
 def resume_status(run: Run) -> str | None:
     """Where a stopped run would go on from, derived from what it has already made."""
-    if run.kind == Run.Kind.PAPER:
-        if not paper_steps.is_planned(run):
-            return S.SURVEYING
-    elif not run.commit_sha and not run.source_title:
+    kind = KINDS[run.kind]
+    if not kind.is_read(run):
         return S.FETCHING
-    elif not run.repository_description or not run.file_ratings.exists():
+    if not kind.is_surveyed(run):
         return S.SURVEYING
     latest = run.iterations.order_by("-number").first()
     if latest is None:
@@ -413,8 +473,6 @@ def run_retry(*, run: Run) -> Run:
 
 def run_rerun(*, run: Run, profile_name: str, profile: Profile, submitted_by=None) -> Run:
     """A new run of the same source, e.g. with another profile; the old run stays as it is."""
-    if in_progress_for(run.source_url):
-        raise RunRefused(f"{run.source_url} already has a run in progress.")
     if run.kind == Run.Kind.PAPER:
         paper = paper_steps.paper_text_of(run)
         return run_submit_paper(

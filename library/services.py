@@ -20,11 +20,6 @@ class LibraryRefused(Exception):
     """An action that cannot be done; the message says why, for the curator who asked."""
 
 
-def default_iteration(run: Run) -> Iteration | None:
-    """The final successful iteration: what a curator approves unless they choose another."""
-    return run.iterations.filter(succeeded=True).order_by("-number").first()
-
-
 def example_approve(
     *,
     run: Run,
@@ -35,7 +30,7 @@ def example_approve(
     iteration: Iteration | None = None,
     override_reason: str = "",
 ) -> Example:
-    iteration = iteration or default_iteration(run)
+    iteration = iteration or run.iterations.last_succeeded()
     if iteration is None:
         raise LibraryRefused(
             f"Run {run.pk} has no successful iteration; choose one and give a reason to approve it anyway."

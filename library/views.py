@@ -187,7 +187,7 @@ def run_approve(request, run_id: int):
     iterations = list(
         run.iterations.filter(ran).defer("stdout", "stderr", "install_log", "log").order_by("number")
     )
-    default = services.default_iteration(run)
+    default = run.iterations.last_succeeded()
     initial = {
         "iteration": default.number if default else None,
         "title": run.source_title or run.source_url,

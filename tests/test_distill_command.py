@@ -12,7 +12,7 @@ from django.db import connection
 
 from distill import services
 from distill.models import Iteration, LLMCall, Paper, Run, RunStep
-from tests.factories import make_git_repo
+from tests.factories import make_git_repo, make_run
 from tests.paper_pdfs import encrypted_pdf, paper_pdf
 from tests.replies import WORKING_MAIN, cassette, program, verdict
 from tests.test_many_workers import database_url
@@ -96,6 +96,29 @@ def test_refused_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, message)
     assert len(lines) == 1 and lines[0].startswith(message), err
     assert "Traceback" not in err and "s3cr3tpass" not in err
     assert not Run.objects.exists(), "nothing half-made"
+
+
+def test_a_source_with_a_run_in_progress_is_refused_and_nothing_starts(tmp_path):
+    free = make_git_repo(tmp_path / "free", MINILIB)
+    busy_repo = make_git_repo(tmp_path / "busy", MINILIB)
+    busy = make_run(source_url=str(busy_repo.resolve()), status=Run.Status.EXECUTING)
+    proc = distill(str(free), str(busy_repo), "--profile", "local", tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert lines == [f"error: {busy_repo.resolve()} already has a run in progress: run {busy.pk}."], err
+    assert list(Run.objects.all()) == [busy], "nothing started, not even the free source before it"
+
+
+def test_the_same_source_twice_is_refused_and_nothing_starts(tmp_path):
+    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    proc = distill(str(repo), str(repo), "--profile", "local", tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 2, out + err
+    assert err.strip().splitlines() == [f"error: {repo.resolve()} is given twice."], err
+    assert not Run.objects.exists()
 
 
 def test_a_text_file_of_sources_is_read_and_runs_in_parallel(tmp_path):

@@ -92,14 +92,15 @@ def test_two_clusters_complete_twenty_runs_exactly_once(tmp_path, data_dir, sett
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
     # Enqueue through the broker (the test settings run tasks in-process).
     monkeypatch.setattr(Conf, "SYNC", False)
-    repo = make_git_repo(tmp_path / "minilib", MINILIB)
+    # A source has one active run at a time: twenty runs need twenty repositories.
+    repos = [make_git_repo(tmp_path / f"minilib-{i}", MINILIB) for i in range(RUNS)]
     replay = cassette(
         tmp_path / "c.json", [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
     )
     profile = load_profile("local", {"replay": str(replay), "max_runtime_mins": 1, "max_debug_iterations": 1})
     runs = [
         services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=True)
-        for _ in range(RUNS)
+        for repo in repos
     ]
 
     clusters = [start_cluster(tmp_path, f"cluster-{i}") for i in range(2)]

@@ -10,7 +10,7 @@ from django.db import connection
 
 from distill import llm, services
 from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
-from distill.pipeline import repository
+from distill.pipeline.program import env_dir
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
 from tests.replies import BROKEN_MAIN, FAKE_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
@@ -333,7 +333,7 @@ def test_links_a_program_leaves_behind_cannot_reach_the_host(repo, tmp_path):
     assert canary.read_text() == "untouched"
     assert iteration.saved_files == []
     assert not (iteration.output_dir / "to_save").is_symlink()
-    assert not repository.env_dir(run).exists(), "a finished run's environment is removed"
+    assert not env_dir(run).exists(), "a finished run's environment is removed"
 
 
 def test_a_refused_source_is_a_clear_error_on_submit(settings):

@@ -9,9 +9,10 @@ A paper's run goes through the statuses of a repository's run, each doing the pa
 - generating: an analysis per file, then the code file by file in the task list's order, each file seeing
   the ones before it, then main.py, requirements.txt and a runscript that run a small configuration:
   iteration 1;
-- executing, judging, fixing: the repository's sandbox step as it is, and a judge and a fixer that speak
-  of the paper instead of a repository. When the run ends, PaperCoder's reference-free evaluation scores
-  the final code (several samples of per-file critiques and a 1-5 score, averaged).
+- executing, judging, fixing: the program loop that repositories share (`distill.pipeline.program`),
+  with a judge's and a fixer's prompt that speak of the paper instead of a repository. When the run
+  ends, PaperCoder's reference-free evaluation scores the final code (several samples of per-file
+  critiques and a 1-5 score, averaged).
 
 Every reply has a strict schema (pydantic for the planning stages), a malformed one is repaired a bounded
 number of times, and every stage's result is saved as it is made, so a resumed step goes on where it
@@ -31,12 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill import llm
 from distill.models import Iteration, Paper, Run
-from distill.pipeline import papers, parsing, prompts, repository, survey
-from distill.pipeline.repository import StepFailed
+from distill.pipeline import papers, parsing, program, prompts, survey
+from distill.pipeline.program import StepFailed
 
 logger = logging.getLogger(__name__)
 
-S = Run.Status
 MAX_PLAN_FILES = 20
 # Written by the planning and entry stages, not one by one.
 NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
@@ -260,51 +260,27 @@ def parse_evaluation(text: str) -> EvaluationReply:
 # The steps ---------------------------------------------------------------------------------------------
 
 
-def do_step(run: Run, latest: Iteration | None, *, should_cancel: Callable[[], bool]) -> tuple[str, str]:
-    """Does the step of the paper run's status; returns the next status and a message for people."""
-    status = run.status
-    if status == S.FETCHING:
-        paper = _paper(run)
-        if not paper.text.strip():
-            raise StepFailed("the paper has no text; submit it again")
-        pages = f"{paper.pages} pages, " if paper.pages else ""
-        return S.SURVEYING, f"Read the paper: {pages}{len(paper.sections)} sections."
-    try:
-        if status == S.SURVEYING:
-            plan(run, should_cancel=should_cancel)
-            return S.GENERATING, f"Planned {len(_paper(run).plan['architecture']['files'])} files."
-        if status == S.GENERATING:
-            iteration = generate(run, should_cancel=should_cancel)
-            return S.EXECUTING, f"Wrote iteration 1: {len(iteration.files)} files."
-    except _Cancelled:
-        # What was made so far is saved: a retry goes on from there.
-        return S.CANCELLED, "Cancelled by a curator between two calls of the code model."
-    if status == S.FIXING:
-        iteration = fix(run, latest)
-        return S.EXECUTING, f"Wrote iteration {iteration.number}."
-    if status == S.EXECUTING:
-        if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING):
-            repository.execute(run, latest, should_cancel=should_cancel)
-            latest.refresh_from_db()
-        if (latest.sandbox or {}).get("cancelled"):
-            return S.CANCELLED, "Cancelled by a curator while the program ran."
-        return S.JUDGING, f"Iteration {latest.number} exited with code {latest.exit_code}."
-    if status == S.JUDGING:
-        if judge(run, latest):
-            next_status, message = S.SUCCEEDED, f"Iteration {latest.number} ran and passed the judge."
-        elif latest.number >= run.max_iterations:
-            next_status, message = S.FAILED, f"No iteration passed within the limit of {run.max_iterations}."
-        else:
-            return S.FIXING, f"Iteration {latest.number} did not pass; fixing it."
-        try:
-            evaluation = evaluate(run, latest)
-        except Exception:  # the score informs; it must never change how the run ends
-            logger.exception("run %s: the quality score failed", run.pk)
-            evaluation = None
-        if evaluation and evaluation.get("score") is not None:
-            message += f" Quality score {evaluation['score']:.1f} of 5."
-        return next_status, message
-    raise AssertionError(f"no step for status {status}")
+def read_source(run: Run) -> str:
+    """The paper was read when it was submitted (`distill.pipeline.papers`): this step checks it."""
+    paper = _paper(run)
+    if not paper.text.strip():
+        raise StepFailed("the paper has no text; submit it again")
+    pages = f"{paper.pages} pages, " if paper.pages else ""
+    return f"Read the paper: {pages}{len(paper.sections)} sections."
+
+
+def is_read(run: Run) -> bool:
+    return True  # at submission: a run is made only of a paper that could be read
+
+
+def survey_source(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> str:
+    """A paper's survey is its plan: the files to write, their logic and order, config.yaml."""
+    paper = plan(run, should_cancel=should_cancel)
+    return f"Planned {len(paper.plan['architecture']['files'])} files."
+
+
+def is_surveyed(run: Run) -> bool:
+    return is_planned(run)
 
 
 def is_planned(run: Run) -> bool:
@@ -326,15 +302,6 @@ def _save_plan(paper: Paper) -> None:
 # Planning ---------------------------------------------------------------------------------------------
 
 
-class _Cancelled(Exception):
-    pass
-
-
-def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
-    if should_cancel is not None and should_cancel():
-        raise _Cancelled
-
-
 def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     """The four planning stages in one conversation; stages already done are skipped, not asked again."""
     paper = _paper(run)
@@ -350,7 +317,7 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
                 {"role": "assistant", "content": replies[stage]},
             ]
             continue
-        _check_cancel(should_cancel)
+        program.stop_if_cancelled(should_cancel)
         if stage == "plan":
             parse = parse_overall_plan
         elif stage == "architecture":
@@ -359,7 +326,7 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             parse = partial(parse_logic_design, files=files)
         else:
             parse = parse_config_yaml
-        value, text = _ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
+        value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
                            max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
@@ -384,7 +351,7 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
 
 
 def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
-    runtime = _rules(run)["runtime_mins"]
+    runtime = program.rules(run, None)["runtime_mins"]
     if stage == "plan":
         return prompts.render(
             "paper_plan",
@@ -402,7 +369,8 @@ def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
 # Analysis, code and the entry point: iteration 1 -------------------------------------------------------
 
 
-def generate(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Iteration:
+def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Iteration:
+    """Iteration 1: an analysis per file, the files in the task list's order, then the entry point."""
     existing = run.iterations.filter(number=1).first()
     if existing:
         return existing
@@ -414,13 +382,13 @@ def generate(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> It
     analyses = data.setdefault("analyses", {})
     for name in [*to_code, "main.py"]:
         if name not in analyses:
-            _check_cancel(should_cancel)
+            program.stop_if_cancelled(should_cancel)
             analyses[name] = _analyse(run, paper, name)
             _save_plan(paper)
     code = data.setdefault("code", {})
     for name in to_code:
         if name not in code:
-            _check_cancel(should_cancel)
+            program.stop_if_cancelled(should_cancel)
             code[name] = _write_file(run, paper, name, written={n: code[n] for n in to_code if n in code})
             _save_plan(paper)
 
@@ -434,16 +402,16 @@ def generate(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> It
         written=_files_text(written, budget=_budget(run, 0.3)),
         analysis=analyses.get("main.py", ""),
         format=prompts.render("program_format", changes_section=""),
-        **_rules(run),
+        **program.rules(run, None),
     )
-    program = repository._ask_for_program(
-        run, stage="entry", prompt=prompt, iteration=1, require_change_log=False
-    )
-    files = {**written, **program.files}
+    entry = program.ask_for_program(run, stage="entry", prompt=prompt, iteration=1)
+    files = {**written, **entry.files}
     files = {name: files[name] for name in _ordered_names(files, data["task_order"])}
-    program = parsing.Program(files=files, metadata=program.metadata, change_log=program.change_log)
-    return repository._save_iteration(
-        run, 1, program, change_log=program.change_log or "First version, written from the paper's plan."
+    return program.save_iteration(
+        run,
+        1,
+        entry.model_copy(update={"files": files}),
+        change_log=entry.change_log or "First version, written from the paper's plan.",
     )
 
 
@@ -461,7 +429,7 @@ def _analyse(run: Run, paper: Paper, name: str) -> str:
             raise parsing.ReplyError(f"the analysis of {name} is empty")
         return text.strip()[:ANALYSIS_MAX_CHARS]
 
-    value, _ = _ask(run, stage="analysis", messages=_conversation(prompt), parse=parse,
+    value, _ = program.ask(run, stage="analysis", messages=_conversation(prompt), parse=parse,
                     max_tokens=min(4000, run.config.get("code_max_output_tokens", 16000)))  # fmt: skip
     return value
 
@@ -476,7 +444,7 @@ def _write_file(run: Run, paper: Paper, name: str, *, written: dict[str, str]) -
         analysis=paper.plan["analyses"].get(name, "(none)"),
         file=name,
     )
-    value, _ = _ask(run, stage="code", messages=_conversation(prompt), parse=lambda text: parse_code_file(text, name),
+    value, _ = program.ask(run, stage="code", messages=_conversation(prompt), parse=lambda text: parse_code_file(text, name),
                     max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
     return value
 
@@ -488,67 +456,41 @@ def _ordered_names(files: dict, task_order: list[str]) -> list[str]:
     return names + [name for name in files if name not in names]
 
 
-# Judge, fix -------------------------------------------------------------------------------------------
+# The prompts of the shared loop ---------------------------------------------------------------------
 
 
-def judge(run: Run, iteration: Iteration) -> bool:
-    """As for repositories: measured first; only a program that passed it is put before the LLM judge."""
-    if iteration.state == Iteration.State.JUDGED:
-        return bool(iteration.succeeded)
-    measured = iteration.measured or {"passed": False, "reasons": ["the program did not run"]}
-    judgement = _llm_judgement(run, iteration) if measured.get("passed") else None
-    iteration.judgement = judgement
-    iteration.succeeded = bool(measured.get("passed") and judgement and judgement.get("passed"))
-    iteration.state = Iteration.State.JUDGED
-    iteration.save(update_fields=["judgement", "succeeded", "state"])
-    return iteration.succeeded
-
-
-def _llm_judgement(run: Run, iteration: Iteration) -> dict:
-    flags = "\n".join(f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", []))
-    prompt = prompts.render(
+def judge_prompt(run: Run, iteration: Iteration) -> str:
+    return prompts.render(
         "paper_judge",
         title=run.source_title or "(untitled)",
         purpose=run.repository_description,
         code=_files_text(_code_files(iteration.files), budget=_budget(run, 0.4)),
-        exit_code=iteration.exit_code,
-        duration=f"{iteration.duration_secs or 0:.1f}",
-        stdout=repository.trim_output(iteration.stdout),
-        stderr=repository.trim_output(iteration.stderr),
-        results=json.dumps(iteration.results, indent=1)[: repository.PROMPT_OUTPUT_CHARS],
-        evidence=flags,
+        evidence="\n".join(f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", [])),
+        **program.judge_output(iteration),
     )
-    try:
-        verdict, _ = _ask(run, stage="judge", messages=[{"role": "user", "content": prompt}],
-                          parse=parsing.parse_judgement, max_tokens=1200, iteration=iteration.number)  # fmt: skip
-    except StepFailed as exc:
-        # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
-        return {"faithful": False, "accurate": False, "complete": False, "issues": [],
-                "critical_issues": [f"the judge's reply could not be read: {exc}"], "explanation": "",
-                "passed": False, "unreadable": True}  # fmt: skip
-    return {**verdict.model_dump(), "passed": verdict.passed}
 
 
-def fix(run: Run, previous: Iteration) -> Iteration:
-    number = previous.number + 1
-    existing = run.iterations.filter(number=number).first()
-    if existing:
-        return existing
-    prompt = prompts.render(
+def fix_prompt(run: Run, previous: Iteration) -> str:
+    return prompts.render(
         "paper_fix",
         title=run.source_title or "(untitled)",
         purpose=run.repository_description,
-        **repository.failed_version(run, previous),
-        **_rules(run),
+        **program.failed_version(run, previous),
+        **program.rules(run, None),
     )
-    program = repository._ask_for_program(
-        run, stage="fix", prompt=prompt, iteration=number, require_change_log=True
-    )
-    # A paper's program has many files, and models leave out the ones they did not change even when told
-    # not to: those are kept as they were.
-    files = {**previous.files, **program.files}
-    program = parsing.Program(files=files, metadata=program.metadata, change_log=program.change_log)
-    return repository._save_iteration(run, number, program, change_log=program.change_log)
+
+
+def repository_of(run: Run) -> None:
+    """A paper's program has no repository to be proven to use."""
+    return None
+
+
+def conclude(run: Run, iteration: Iteration) -> str:
+    """PaperCoder's quality score of the final code, for the run's last message."""
+    evaluation = evaluate(run, iteration)
+    if evaluation and evaluation.get("score") is not None:
+        return f" Quality score {evaluation['score']:.1f} of 5."
+    return ""
 
 
 # Reference-free evaluation ----------------------------------------------------------------------------
@@ -575,7 +517,7 @@ def evaluate(run: Run, iteration: Iteration) -> dict | None:
     samples, errors = [], []
     for _sample in range(count):
         try:
-            reply, _ = _ask(run, stage="evaluate", messages=[{"role": "user", "content": prompt}],
+            reply, _ = program.ask(run, stage="evaluate", messages=[{"role": "user", "content": prompt}],
                             parse=parse_evaluation, max_tokens=2000, iteration=iteration.number)  # fmt: skip
         except (StepFailed, llm.LLMError) as exc:
             errors.append(str(exc))
@@ -624,28 +566,6 @@ def paper_text_of(run: Run) -> papers.PaperText:
 # Helpers ----------------------------------------------------------------------------------------------
 
 
-def _ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
-    """(parsed value, reply text). A malformed reply is sent back for repair a bounded number of times."""
-    repairs = run.config.get("max_reply_repairs", 2)
-    error = None
-    for attempt in range(repairs + 1):
-        reply = llm.complete(
-            run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
-            max_tokens=max_tokens,
-        )  # fmt: skip
-        try:
-            return parse(reply.text), reply.text
-        except parsing.ReplyError as exc:
-            logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
-            error = exc
-            messages = [
-                *messages,
-                {"role": "assistant", "content": reply.text},
-                {"role": "user", "content": prompts.render("repair", error=exc)},
-            ]
-    raise StepFailed(f"the code model's {stage} reply could not be used after {repairs + 1} tries: {error}")
-
-
 def _write_artefact(run: Run, name: str, data: dict) -> None:
     """A copy for the run's output folder, beside report.html; the database holds the original."""
     try:
@@ -660,10 +580,6 @@ def _conversation(prompt: str) -> list[dict]:
         {"role": "system", "content": prompts.render("paper_system")},
         {"role": "user", "content": prompt},
     ]
-
-
-def _rules(run: Run) -> dict:
-    return repository._rules(run)
 
 
 def _budget(run: Run, share: float) -> int:

@@ -46,14 +46,6 @@ class Packages:
     packages: dict[str, str] = field(default_factory=dict)  # name -> folder ("minilib", "src/minilib")
     modules: dict[str, str] = field(default_factory=dict)  # name -> file ("lib.py")
 
-    def as_dict(self) -> dict:
-        return {"packages": self.packages, "modules": self.modules}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "Packages":
-        data = data or {}
-        return cls(dict(data.get("packages", {})), dict(data.get("modules", {})))
-
     @property
     def names(self) -> list[str]:
         return sorted({*self.packages, *self.modules})

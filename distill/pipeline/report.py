@@ -12,14 +12,12 @@ import base64
 import json
 import mimetypes
 import os
-from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
-from django.db.models import Count, Sum
 from django.template.loader import render_to_string
 
-from distill.models import Iteration, Run, RunStep
+from distill.models import Iteration, Run
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp"}
 MAX_INLINE_IMAGE_BYTES = 2 * 1024 * 1024
@@ -37,30 +35,11 @@ def write_outputs(run: Run) -> Path:
     return out
 
 
-def stage_totals(run: Run) -> dict[str, dict]:
-    rows = run.llm_calls.values("stage").annotate(
-        cost=Sum("cost_usd"), tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), calls=Count("id")
-    )
-    return {row["stage"]: row for row in rows}
-
-
-def step_runtimes(
-    run: Run, *, labelled: bool = False, steps: list[RunStep] | None = None
-) -> dict[str, float]:
-    """Seconds per step name; `labelled`, per name as people read it ("plan the code" in a paper's run).
-    `steps`: the run's steps when the caller has them already."""
-    runtimes = defaultdict(float)
-    for step in run.steps.all() if steps is None else steps:
-        if step.duration_secs is not None:
-            runtimes[step.label.lower() if labelled else step.name] += step.duration_secs
-    return dict(runtimes)
-
-
 def current_state(run: Run, iterations: list[Iteration]) -> dict:
     last = iterations[-1] if iterations else None
     ran = [it for it in iterations if it.exit_code is not None or it.state in ("ran", "judged")]
     last_ran = ran[-1] if ran else None
-    runtimes = step_runtimes(run)
+    runtimes = run.steps.runtimes()
     return {
         "repo_url": run.source_url,
         "commit_sha": run.commit_sha,
@@ -71,7 +50,7 @@ def current_state(run: Run, iterations: list[Iteration]) -> dict:
         "model_str_fast": run.config.get("model_fast"),
         "profile": run.profile,
         "total_cost": float(run.cost_usd),
-        "costs": {stage: float(row["cost"] or 0) for stage, row in stage_totals(run).items()},
+        "costs": {stage: float(row["cost"] or 0) for stage, row in run.llm_calls.stage_totals().items()},
         "tokens": {"in": run.tokens_in, "out": run.tokens_out},
         "total_runtime_secs": round(sum(runtimes.values()), 3),
         "runtimes": {name: round(secs, 3) for name, secs in runtimes.items()},
@@ -143,8 +122,8 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
     last = iterations[-1] if iterations else None
     ran = [it for it in iterations if it.exit_code is not None]
     last_ran = ran[-1] if ran else None
-    totals = stage_totals(run)
-    runtimes = step_runtimes(run, labelled=True)
+    totals = run.llm_calls.stage_totals()
+    runtimes = run.steps.runtimes(labelled=True)
     stages = sorted(set(totals) | set(runtimes))
     return render_to_string(
         "distill/report.html",

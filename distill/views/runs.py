@@ -7,7 +7,6 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import TextField
 from django.db.models.functions import Cast, Length
 from django.http import FileResponse, Http404, StreamingHttpResponse
@@ -23,7 +22,6 @@ from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
 from distill.highlight import CodeFile
 from distill.models import Iteration, LLMCall, Paper, Run
-from distill.pipeline import paper_steps, report
 from distill.profiles import default_profile_name, list_profiles, load_profile
 
 PAGE_SIZE = 25
@@ -106,16 +104,12 @@ def run_new(request):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            with transaction.atomic():  # all of them or none, as the page promises
-                started = [
-                    services.run_submit(
-                        source=source,
-                        profile_name=data["profile"],
-                        profile=data["profile_obj"],
-                        submitted_by=request.user,
-                    )
-                    for source in data["sources"]
-                ]
+            started = services.run_submit_many(  # all of them or none, as the page promises
+                sources=data["sources"],
+                profile_name=data["profile"],
+                profile=data["profile_obj"],
+                submitted_by=request.user,
+            )
         except services.RunRefused as exc:
             form.add_error(None, f"Nothing was started: {exc}")
         else:
@@ -172,7 +166,7 @@ def run_detail(request, run_id: int):
 
 def _live_context(request, run: Run) -> dict:
     now = timezone.now()
-    steps = list(run.steps.all())
+    steps = run.steps.all()
     for step in steps:
         running = step.finished_at is None
         step.duration_text = human_duration(
@@ -203,12 +197,12 @@ def _live_context(request, run: Run) -> dict:
     for call in calls:
         if call.pk in bodies:
             call.body = {**bodies[call.pk], "error": call.error}
-    totals = report.stage_totals(run)
-    secs = report.step_runtimes(run, labelled=True, steps=steps)
+    totals = run.llm_calls.stage_totals()
+    secs = steps.runtimes(labelled=True)
     stages = sorted(set(totals) | set(secs), key=_stage_order)
     is_curator = has_role(request.user, CURATOR)
     resume = services.resume_status(run) if is_curator and run.status in _STOPPED else None
-    other_active = services.in_progress_for(run.source_url) if is_curator and run.is_finished else None
+    other_active = Run.objects.in_progress_for(run.source_url) if is_curator and run.is_finished else None
     return {
         **_paper_context(run),
         "run": run,
@@ -236,8 +230,7 @@ def _live_context(request, run: Run) -> dict:
 def _ratings_context(run: Run) -> dict:
     if run.kind == Run.Kind.PAPER:
         # A paper has no files to rate: its sections, and what the planner read of them, stand in.
-        paper = Paper.objects.filter(run=run).first()
-        return {"run": run, "reading": paper_steps.sections_read(run, paper) if paper else None}
+        return {"run": run, "reading": services.paper_reading(run)}
     return {
         "run": run,
         "ratings": list(run.file_ratings.defer("excerpt")),

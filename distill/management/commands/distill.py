@@ -6,7 +6,8 @@
 A SOURCE is a repository URL, a local folder (when DISTILL_ALLOW_LOCAL_SOURCES=true), a paper (a .pdf,
 .md or .markdown file; an arXiv link, `arxiv:<id>` or a bare arXiv identifier), or a .txt file of any of
 these, one a line. A paper in plain text is given with --paper, since a .txt SOURCE is read as a list.
-Papers are read, and every source checked, before anything starts; one refused input starts nothing.
+Papers are read, and every source checked, before anything starts; one refused input (a source that
+already has a run in progress among them) starts nothing.
 The runs are ordinary runs: they appear on the site too. Exit code 0 only if every run succeeded; a
 refused input exits 2 with one line on stderr.
 """
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.db import connection
 
 from distill import services
 from distill.models import Run
@@ -65,14 +66,8 @@ class Command(BaseCommand):
             if parallel < 1:
                 raise CommandError("--parallel must be at least 1")
             # Every paper is read before any run is made, so an unreadable one leaves nothing behind.
-            read = [(kind, self._read_paper(value) if kind == "paper" else value) for kind, value in given]
-            with transaction.atomic():  # all of them or none, as on the site
-                runs = [
-                    services.run_submit_paper(paper=value, profile_name=name, profile=chosen, enqueue=False)
-                    if kind == "paper"
-                    else services.run_submit(source=value, profile_name=name, profile=chosen, enqueue=False)
-                    for kind, value in read
-                ]
+            read = [self._read_paper(value) if kind == "paper" else value for kind, value in given]
+            runs = services.run_submit_many(sources=read, profile_name=name, profile=chosen, enqueue=False)
         except (CommandError, ProfileError, services.RunRefused, OSError) as exc:
             # One clear line, never a traceback (the design's rule for refused input).
             self.stderr.write(f"error: {exc}")

@@ -1,0 +1,517 @@
+"""The program loop that repository and paper runs share: ask for a program (and repair a malformed reply),
+save it as an iteration, execute it in the sandbox, measure, prove, judge, fix.
+
+A kind of run (`repository.py`, `paper_steps.py`) brings only its prompts and, for a repository, the code
+the program must be proven to use (`Repository`); the order of the steps and the state changes live in
+`distill.services`. Each step is a small function of its own, so that a step can be put between two.
+
+Every step is idempotent: run again after a crash, it redoes or skips its own work and never touches an
+earlier step's results.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from django.conf import settings
+from django.utils import timezone
+
+from distill import llm
+from distill.models import Iteration, Run
+from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof
+from distill.pipeline.live import LiveOutput
+from distill.sandbox import ExecutionRequest, Limits, get_sandbox
+
+logger = logging.getLogger(__name__)
+
+RESULTS_MAX_BYTES = 2 * 1024 * 1024
+PROMPT_OUTPUT_CHARS = 6000  # of stdout/stderr shown to the judge and the fixer
+
+
+class StepFailed(Exception):
+    """A step could not do its work for a reason the curator should read (permanent for this run)."""
+
+
+class ReplyUnusable(StepFailed):
+    """The model's reply was still malformed after its repairs; `error` is the last problem found."""
+
+    def __init__(self, message: str, error: Exception):
+        super().__init__(message)
+        self.error = error
+
+
+class Cancelled(Exception):
+    """A curator cancelled between two model calls; what was made so far is saved, and a retry goes on."""
+
+
+def stop_if_cancelled(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled
+
+
+class Kind(Protocol):
+    """What a kind of run brings to the loop: `distill.pipeline.repository` and `paper_steps` each define
+    these. `distill.services` calls them in the order of the run's statuses; the rest is this module's."""
+
+    def read_source(self, run: Run) -> str: ...  # fetching; returns what it did, for people
+
+    def is_read(self, run: Run) -> bool: ...
+
+    def survey_source(self, run: Run, *, should_cancel: Callable[[], bool]) -> str: ...
+
+    def is_surveyed(self, run: Run) -> bool: ...
+
+    def write_first_version(self, run: Run, *, should_cancel: Callable[[], bool]) -> Iteration: ...
+
+    def repository_of(self, run: Run) -> "Repository | None": ...  # what the program must be proven to use
+
+    def judge_prompt(self, run: Run, iteration: Iteration) -> str: ...
+
+    def fix_prompt(self, run: Run, previous: Iteration) -> str: ...
+
+    def conclude(self, run: Run, iteration: Iteration) -> str: ...  # added to the run's last message
+
+
+def env_dir(run: Run) -> Path:
+    """Where the sandbox keeps the program's environments across the iterations of one run."""
+    return settings.DATA_DIR / "envs" / str(run.pk)
+
+
+@dataclass
+class Repository:
+    """The repository a program must be proven to use. `clone` is None when the clone is gone: nothing
+    can then be proven used, and the program cannot pass. A paper's run has no repository at all."""
+
+    clone: Path | None
+
+    @cached_property
+    def packages(self) -> proof.Packages:
+        return proof.repository_packages(self.clone) if self.clone is not None else proof.Packages()
+
+    @cached_property
+    def declared(self) -> list[str]:
+        return dependencies.declared_dependencies(self.clone) if self.clone is not None else []
+
+
+def rules(run: Run, repository: Repository | None) -> dict:
+    """The limits a program is written for, as the generate and fix prompts state them."""
+    declared = repository.declared if repository is not None else []
+    return {
+        "runtime_mins": run.config.get("max_runtime_mins", 45),
+        "memory_mb": run.config.get("memory_mb", 4096),
+        "network": "with network access" if run.config.get("network_run") else "without network access",
+        # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
+        "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
+    }
+
+
+# Ask --------------------------------------------------------------------------------------------------
+
+
+def ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
+    """(parsed value, reply text) of the code model. A malformed reply is sent back for repair a bounded
+    number of times, then the step fails with the last problem found."""
+    repairs = run.config.get("max_reply_repairs", 2)
+    error = None
+    for attempt in range(repairs + 1):
+        reply = llm.complete(
+            run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
+            max_tokens=max_tokens,
+        )  # fmt: skip
+        try:
+            return parse(reply.text), reply.text
+        except parsing.ReplyError as exc:
+            logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
+            error = exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": prompts.render("repair", error=exc)},
+            ]
+    raise ReplyUnusable(
+        f"the code model's {stage} reply could not be used after {repairs + 1} tries: {error}", error
+    )
+
+
+def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=None) -> parsing.Program:
+    """A whole program (files, metadata, change log) in the sectioned format of program_format.txt."""
+    program, _ = ask(
+        run,
+        stage=stage,
+        messages=[{"role": "user", "content": prompt}],
+        parse=parse or parsing.parse_program,
+        max_tokens=run.config.get("code_max_output_tokens", 16000),
+        iteration=iteration,
+    )
+    return program
+
+
+def save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
+    iteration = Iteration.objects.create(
+        run=run,
+        number=number,
+        files=program.files,
+        metadata=program.metadata.model_dump(),
+        change_log=change_log,
+    )
+    Run.objects.filter(pk=run.pk).update(iteration_count=number)
+    run.iteration_count = number
+    return iteration
+
+
+# Fix --------------------------------------------------------------------------------------------------
+
+
+def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str]) -> Iteration:
+    """The next version of a program that did not pass, written from `prompt(run, previous)`."""
+    number = previous.number + 1
+    existing = run.iterations.filter(number=number).first()
+    if existing:
+        return existing
+
+    def parse(text: str) -> parsing.Program:
+        program = parsing.parse_program(text, require_change_log=True)
+        # Models leave out files they did not change even when told to give every file (a paper's
+        # program has many): those are kept as they were.
+        files = {**previous.files, **program.files}
+        if _same_program(files, previous.files):
+            # Running it again would fail again, and spend an iteration on nothing.
+            raise parsing.ReplyError(
+                "the files are the same as the version that failed; change them to remove the root cause"
+            )
+        return program.model_copy(update={"files": files})
+
+    program = ask_for_program(run, stage="fix", prompt=prompt(run, previous), iteration=number, parse=parse)
+    return save_iteration(run, number, program, change_log=program.change_log)
+
+
+def failed_version(run: Run, previous: Iteration) -> dict:
+    """What a fix prompt (fix.txt, paper_fix.txt) shows of the version that failed, and the format."""
+    change_log = "\n".join(
+        f"Iteration {it.number}: {it.change_log}" for it in run.iterations.filter(number__lte=previous.number)
+    )
+    return {
+        "iteration": previous.number,
+        "current": program_text(previous.files),
+        "change_log": change_log or "(none)",
+        "problems": "\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
+        "exit_code": previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
+        "stdout": trim_output(previous.stdout),
+        "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
+        "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
+        "format": prompts.render(
+            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
+        ),
+    }
+
+
+def problems_of(iteration: Iteration) -> list[str]:
+    """What the fixer must address: a root cause read from the output, the measured failures, then the
+    judge's critical issues."""
+    measured = iteration.measured or {}
+    problems = [
+        f"likely root cause, found in its output: {finding}" for finding in measured.get("diagnosis", [])
+    ]
+    problems += [f"critical: {reason}" for reason in measured.get("critical", [])]
+    problems += measured.get("reasons", [])
+    problems += [f"flag: {flag}" for flag in measured.get("flags", [])]
+    judgement = iteration.judgement or {}
+    problems += [f"critical: {issue}" for issue in judgement.get("critical_issues", [])]
+    problems += judgement.get("issues", [])
+    for name in ("faithful", "accurate", "complete"):
+        if judgement.get(name) is False:
+            problems.append(f"the judge found it not {name}: {judgement.get('explanation', '')}".strip())
+    return problems
+
+
+def program_text(files: dict) -> str:
+    return "\n".join(f"=== FILE: {name} ===\n{content.rstrip()}" for name, content in files.items())
+
+
+def _same_program(files: dict, previous: dict) -> bool:
+    def normal(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    return files.keys() == previous.keys() and all(normal(files[n]) == normal(previous[n]) for n in files)
+
+
+# Execute, measure, prove ------------------------------------------------------------------------------
+
+
+def execute(
+    run: Run, iteration: Iteration, *, repository: Repository | None, should_cancel: Callable[[], bool]
+) -> None:
+    """Runs the iteration in the sandbox and saves what it did, measured and, given a repository, proven."""
+    job = iteration.output_dir
+    if job.exists():  # a half-run of an interrupted execution: start clean
+        shutil.rmtree(job)
+    job.mkdir(parents=True)
+    config = run.config
+    packages = repository.packages if repository is not None else proof.Packages()
+    clone = repository.clone if repository is not None else None
+    recording = proof.recording_config(packages) if repository is not None else None
+    request = ExecutionRequest(
+        files=iteration.files,
+        job_dir=job,
+        env_dir=env_dir(run),
+        repo_dir=clone,
+        recording=recording,
+        limits=Limits(
+            wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
+            memory_mb=config.get("memory_mb", 4096),
+            max_procs=config.get("max_procs", 256),
+            network_run=bool(config.get("network_run", False)),
+        ),
+    )
+    Iteration.objects.filter(pk=iteration.pk).update(
+        state=Iteration.State.RUNNING,
+        started_at=timezone.now(),
+        stdout="",
+        stderr="",
+        install_log="",
+        exit_code=None,
+    )
+    live = LiveOutput(iteration_id=iteration.pk, should_cancel=should_cancel)
+    result = get_sandbox(config.get("sandbox", "local"), config.get("modal")).execute(
+        request, on_output=live.on_output, should_cancel=live.should_cancel
+    )
+    live.close()
+    _remove_links(job)
+
+    iteration.state = Iteration.State.RAN
+    iteration.finished_at = timezone.now()
+    iteration.exit_code = result.exit_code
+    iteration.timed_out = result.timed_out
+    iteration.duration_secs = result.duration_secs
+    iteration.stdout = result.stdout
+    iteration.stderr = result.stderr
+    iteration.install_log = result.install_log
+    iteration.sandbox = {
+        "install_secs": result.install_secs,
+        "env_reused": result.env_reused,
+        "out_of_memory": result.out_of_memory,
+        "cancelled": result.cancelled,
+        "failure": result.failure,
+    }
+    iteration.log, _ = _read_json(job / "log.json")
+    iteration.results, iteration.measured = _measure(result, job)
+    _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
+    if not iteration.measured["passed"]:
+        iteration.measured["diagnosis"] = _diagnose(iteration, result, repository)
+    flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
+    if flag:
+        iteration.measured["flags"] = [flag["message"]]
+    iteration.saved_files = _saved_files(job / "to_save")
+    iteration.save()
+    for name, text in (
+        ("stdout.txt", result.stdout),
+        ("stderr.txt", result.stderr),
+        ("install_log.txt", result.install_log),
+    ):
+        (job / name).write_text(text)
+
+
+def _diagnose(iteration: Iteration, result, repository: Repository | None) -> list[str]:
+    """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
+    evidence = iteration.proof or {}
+    unused = evidence.get("verdict") == proof.UNUSED
+    packages = repository.packages if repository is not None else proof.Packages()
+    return diagnosis.diagnose(
+        output=result.stderr + "\n" + result.stdout[-20000:],
+        install_log=result.install_log,
+        packages={**packages.packages, **packages.modules},
+        declared=repository.declared if repository is not None else [],
+        main_source=iteration.files.get("main.py", ""),
+        imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+    )
+
+
+def _remove_links(job: Path) -> None:
+    """Delete every symlink and special file the program left in its folder.
+
+    The worker reads and writes this folder with the app's rights after the program ended; a link left
+    there (`to_save -> /`, `stdout.txt -> ~/.ssh/authorized_keys`) would otherwise turn those reads and
+    writes onto the host. Programs have no reason to leave links among their outputs.
+    """
+    for folder, dirs, files in os.walk(job, followlinks=False):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                path.unlink()
+
+
+def _read_json(path: Path):
+    """(value, problem): the parsed JSON file, or None and why not."""
+    if not path.is_file() or path.is_symlink():
+        return None, f"{path.name} was not written"
+    if path.stat().st_size > RESULTS_MAX_BYTES:
+        return None, f"{path.name} is larger than {RESULTS_MAX_BYTES // 1024 // 1024} MB"
+    try:
+        return json.loads(path.read_text(errors="replace")), ""
+    except ValueError as exc:
+        return None, f"{path.name} is not valid JSON ({exc})"
+
+
+def _measure(result, job: Path):
+    """The measured verdict: exit 0 within the limit and a valid results.json (the proof comes after)."""
+    reasons = []
+    if result.cancelled:
+        reasons.append("the run was cancelled")
+    if result.failure and not result.timed_out:
+        reasons.append(result.failure)
+    if result.timed_out:
+        reasons.append("the program did not finish within its time limit")
+    elif result.out_of_memory:
+        reasons.append("the program ran out of memory")
+    elif result.exit_code != 0:
+        reasons.append(f"the program exited with code {result.exit_code}")
+    results, problem = _read_json(job / "results.json")
+    if problem:
+        reasons.append(problem)
+    elif not isinstance(results, dict) or not results:
+        reasons.append("results.json must hold a non-empty JSON object")
+    exit_ok = result.exit_code == 0 and not result.timed_out and not result.cancelled
+    results_ok = isinstance(results, dict) and bool(results)
+    return results, {
+        # The program never started: what it did not do (results, a record) follows from that.
+        "install_failed": result.install_failed,
+        "exit_ok": exit_ok,
+        "results_ok": results_ok,
+        "passed": exit_ok and results_ok,
+        "reasons": reasons,
+    }
+
+
+def _prove(iteration: Iteration, evidence: dict | None) -> None:
+    """Adds the proof to the measured verdict: without it, a run that exits 0 with results is not a pass."""
+    iteration.proof = evidence
+    if evidence is None:  # nothing to prove: a paper's run has no repository
+        iteration.repo_modules_imported = iteration.repo_functions_executed = None
+        iteration.repo_lines_executed = iteration.repo_share_covered = None
+        return
+    measured = iteration.measured
+    measured["proof"] = evidence["verdict"]
+    measured["uses_repository"] = evidence["verdict"] == proof.PROVEN
+    if evidence["verdict"] == proof.UNUSED and not measured["exit_ok"]:
+        # It failed before it got to the repository's code (often at an import): that failure is the
+        # cause to fix. Listed as critical, "does not use the repository" sent fixers after the wrong one.
+        measured["reasons"] = [*measured["reasons"], *(f"{r} before it failed" for r in evidence["reasons"])]
+    elif evidence["verdict"] == proof.UNUSED:
+        measured["critical"] = evidence["reasons"]
+    elif evidence["verdict"] == proof.UNPROVEN and not measured.get("install_failed"):
+        measured["reasons"] = [*measured["reasons"], *(f"unproven: {r}" for r in evidence["reasons"])]
+    measured["passed"] = bool(measured["passed"] and measured["uses_repository"])
+    iteration.repo_modules_imported = len(evidence["modules"])
+    iteration.repo_functions_executed = evidence["functions_executed"]
+    iteration.repo_lines_executed = evidence["lines_executed"]
+    iteration.repo_share_covered = evidence["share_covered"]
+
+
+def _saved_files(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        return []
+    saved = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            saved.append({"name": path.relative_to(folder).as_posix(), "size": path.stat().st_size})
+    return saved[:500]
+
+
+# Judge ------------------------------------------------------------------------------------------------
+
+
+def judge(run: Run, iteration: Iteration, *, prompt: Callable[[Run, Iteration], str]) -> bool:
+    """Measured first; only a program that passed the measurement is put before the LLM judge, asked
+    with `prompt(run, iteration)`."""
+    if iteration.state == Iteration.State.JUDGED:
+        return bool(iteration.succeeded)
+    measured = iteration.measured or {"passed": False, "reasons": ["the program did not run"]}
+    judgement = _llm_judgement(run, iteration, prompt(run, iteration)) if measured.get("passed") else None
+    iteration.judgement = judgement
+    iteration.succeeded = bool(measured.get("passed") and judgement and judgement.get("passed"))
+    iteration.state = Iteration.State.JUDGED
+    iteration.save(update_fields=["judgement", "succeeded", "state"])
+    return iteration.succeeded
+
+
+def _llm_judgement(run: Run, iteration: Iteration, prompt: str) -> dict:
+    try:
+        verdict, _ = ask(
+            run,
+            stage="judge",
+            messages=[{"role": "user", "content": prompt}],
+            parse=parsing.parse_judgement,
+            max_tokens=1200,
+            iteration=iteration.number,
+        )
+    except ReplyUnusable as exc:
+        # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
+        return {
+            "faithful": False,
+            "accurate": False,
+            "complete": False,
+            "issues": [],
+            "critical_issues": [f"the judge's reply could not be read: {exc.error}"],
+            "explanation": "",
+            "passed": False,
+            "unreadable": True,
+        }
+    return {**verdict.model_dump(), "passed": verdict.passed}
+
+
+def judge_output(iteration: Iteration) -> dict:
+    """What a judge prompt (judge.txt, paper_judge.txt) shows of the run: exit code, time, output, results."""
+    return {
+        "exit_code": iteration.exit_code,
+        "duration": f"{iteration.duration_secs or 0:.1f}",
+        "stdout": trim_output(iteration.stdout),
+        "stderr": trim_output(iteration.stderr),
+        "results": json.dumps(iteration.results, indent=1)[:PROMPT_OUTPUT_CHARS],
+    }
+
+
+def evidence_text(iteration: Iteration) -> str:
+    """What the recorder saw, for the judge: measured facts it should weigh, not take on trust."""
+    evidence = iteration.proof
+    lines = []
+    if evidence is None:
+        lines.append("No record was made of which code ran.")
+    else:
+        names = sorted({module[0] for module in evidence.get("modules", [])})
+        functions = ", ".join(f"{f[1]} ({f[0]})" for f in evidence.get("functions", [])[:15])
+        share = evidence.get("share_covered")
+        lines.append(
+            f"It imported {len(names)} of the repository's modules ({', '.join(names[:15]) or 'none'}) and ran "
+            f"{evidence.get('functions_executed', 0)} of its functions ({functions or 'none'}), at least "
+            f"{evidence.get('lines_executed', 0)} lines"
+            + (f", {share:.0%} of its code." if share is not None else ".")
+        )
+    lines += [f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", [])]
+    return "\n".join(lines)
+
+
+ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)
+
+
+def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
+    """Head, every error-looking line, and tail, within `limit` characters: the root cause is rarely
+    in the middle of a log, but the error lines may be anywhere."""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines()
+    head, tail = lines[:20], lines[-60:]
+    middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
+    kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
+    trimmed = "\n".join(line[:500] for line in kept)
+    return (
+        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
+        if len(trimmed) > limit
+        else trimmed
+    )
