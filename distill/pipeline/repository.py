@@ -37,6 +37,18 @@ def clone_dir(run: Run) -> Path:
     return settings.DATA_DIR / "clones" / str(run.pk)
 
 
+# The profile's fields that are the sandbox's Limits of the same name (their defaults are the profile's).
+SANDBOX_LIMITS = (
+    "memory_mb",
+    "max_procs",
+    "disk_mb",
+    "env_disk_mb",
+    "shm_mb",
+    "max_saved_files",
+    "max_saved_mb",
+)
+
+
 def env_dir(run: Run) -> Path:
     return settings.DATA_DIR / "envs" / str(run.pk)
 
@@ -402,9 +414,8 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         recording=recording,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
-            memory_mb=config.get("memory_mb", 4096),
-            max_procs=config.get("max_procs", 256),
             network_run=bool(config.get("network_run", False)),
+            **{name: config[name] for name in SANDBOX_LIMITS if name in config},
         ),
     )
     Iteration.objects.filter(pk=iteration.pk).update(
@@ -436,6 +447,9 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         "out_of_memory": result.out_of_memory,
         "cancelled": result.cancelled,
         "failure": result.failure,
+        "cpu_secs": result.cpu_secs,
+        "memory_mb": request.limits.memory_mb,
+        "notes": result.notes,
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
@@ -466,6 +480,7 @@ def _diagnose(iteration: Iteration, result, packages: proof.Packages, clone: Pat
         declared=dependencies.declared_dependencies(clone) if clone is not None else [],
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+        out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
     )
 
 
