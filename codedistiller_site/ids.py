@@ -6,6 +6,8 @@ integer, so anything longer is simply not an id of ours (a 404, or left out of a
 
 import re
 
+from django.urls import register_converter
+
 ID = re.compile(r"[0-9]{1,18}")
 
 
@@ -25,3 +27,7 @@ class IdConverter:
 
     def to_url(self, value: int) -> str:
         return str(value)
+
+
+# On import: each urls module that uses <id:> imports this one, so that it loads alone (as a test does) too.
+register_converter(IdConverter, "id")

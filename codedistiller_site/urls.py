@@ -1,11 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path, register_converter
+from django.urls import include, path
 
 from codedistiller_site import views
-from codedistiller_site.ids import IdConverter
-
-register_converter(IdConverter, "id")  # before the apps' patterns, which use it
 
 urlpatterns = [
     path("", views.home, name="home"),

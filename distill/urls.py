@@ -1,5 +1,6 @@
 from django.urls import path
 
+from codedistiller_site import ids  # noqa: F401  (registers the <id:> converter)
 from distill.views import iterations, runs
 
 urlpatterns = [
