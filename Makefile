@@ -67,12 +67,13 @@ $(DATA_DIR)/secret_key:
 	mkdir -p $(DATA_DIR)
 	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
-# System packages: bubblewrap for the sandbox (and git, which gitpython drives), Chromium for the browser tests.
+# System packages: bubblewrap for the sandbox, slirp4netns (with nsenter and ip) for its network without the
+# host's loopback, git, which gitpython drives; for the tests Chromium and redis-server (the Redis broker).
 sysdeps:
-	@bash .ci/apt-install bwrap:bubblewrap git:git setpriv:util-linux prlimit:util-linux $$(/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || echo no-ensurepip:python3-venv)
+	@bash .ci/apt-install bwrap:bubblewrap git:git setpriv:util-linux prlimit:util-linux nsenter:util-linux slirp4netns:slirp4netns ip:iproute2 $$(/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || echo no-ensurepip:python3-venv)
 
 sysdeps-test:
-	@bash .ci/apt-install chromium:chromium
+	@bash .ci/apt-install chromium:chromium redis-server:redis-server
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache test-results

@@ -27,7 +27,7 @@ from distill import llm
 from distill.models import Iteration, Paper, Run, RunStep
 from distill.pipeline import paper_steps, papers, program, repository, sources
 from distill.profiles import Profile
-from distill.sandbox import SandboxUnavailable, get_sandbox
+from distill.sandbox import SandboxUnavailable, get_sandbox, kill_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +404,9 @@ def sweep_stale_runs(*, stale_after: timedelta | None = None) -> list[int]:
             RunStep.objects.filter(run_id=run.pk, outcome=RunStep.Outcome.RUNNING).update(
                 outcome=RunStep.Outcome.INTERRUPTED, finished_at=now, message="The worker stopped; resumed."
             )
+            # What its sandbox left on this machine goes before the run goes on (the next execution of
+            # the run, wherever it runs, kills what is left on its own machine too).
+            kill_leftovers(program.env_dir(run))
         revived.append(run.pk)
         transaction.on_commit(lambda pk=run.pk: _enqueue(pk))
     return revived

@@ -7,6 +7,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from codedistiller_site.ids import parse_id
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
 from distill.highlight import code_files, pretty_json
 from library.filters import FACETS, LibraryFilters
@@ -73,7 +74,7 @@ def _example_picker(params, matching, filters: LibraryFilters) -> dict:
     """The page of matching examples to tick, the ticks kept from other pages, and the filter's choices."""
     number = params.get("page") or ("1" if "filter" in params else params.get("at_page"))
     page = Paginator(matching.defer("files", "stdout", "embedding"), PICK_PAGE_SIZE).get_page(number)
-    picked = {int(pk) for pk in params.getlist("examples") if pk.isdigit()}
+    picked = {pk for pk in map(parse_id, params.getlist("examples")) if pk is not None}
     listed = Example.objects.listed()
     choices = []
     for facet in FACETS:

@@ -98,7 +98,7 @@ def test_the_document_describes_every_api_address():
 
     described = set(DOCUMENT["paths"])
     for pattern in api_urls.urlpatterns:
-        address = "/api/" + str(pattern.pattern).replace("<int:example_id>", "{id}")
+        address = "/api/" + str(pattern.pattern).replace("<id:example_id>", "{id}")
         assert address in described
     for path in described:
         operation = DOCUMENT["paths"][path]["get"]

@@ -187,3 +187,16 @@ def test_the_recorders_frames_are_taken_out_of_a_traceback():
 
     assert "/sandbox/record/" not in cleaned and "super().exec_module" not in cleaned
     assert cleaned.count('  File "') == 2 and cleaned.endswith("No module named 'scipy'\n")
+
+
+def test_a_program_stopped_at_the_memory_limit_is_told_so_first():
+    found = diagnose(
+        output="No module named 'nothing'\n",
+        install_log="",
+        packages={},
+        declared=[],
+        out_of_memory_mb=4096,
+    )
+
+    assert found[0].startswith("the program was stopped at the sandbox's memory limit (4096 MB for all")
+    assert diagnose(output="", install_log="", packages={}, declared=[]) == []

@@ -88,10 +88,45 @@ def stop(proc: subprocess.Popen) -> None:
             return
 
 
-def test_two_clusters_complete_twenty_runs_exactly_once(tmp_path, data_dir, settings, monkeypatch):
+NEEDS_REDIS = pytest.mark.skipif(
+    not shutil.which("redis-server"), reason="redis-server is not installed (apt-get install redis-server)"
+)
+
+
+@pytest.fixture
+def redis_url():
+    """A throwaway Redis on a spare loopback port, nothing saved."""
+    port = spare_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis_client.from_url(url).ping()
+            break
+        except redis_client.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    yield url
+    stop(redis)
+
+
+@pytest.mark.parametrize("broker", ["orm", pytest.param("redis", marks=NEEDS_REDIS)])
+def test_two_clusters_complete_twenty_runs_exactly_once(
+    broker, tmp_path, data_dir, settings, monkeypatch, request
+):
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
     # Enqueue through the broker (the test settings run tasks in-process).
     monkeypatch.setattr(Conf, "SYNC", False)
+    cluster_env = {}
+    if broker == "redis":
+        url = request.getfixturevalue("redis_url")
+        monkeypatch.setattr(Conf, "ORM", None)  # django-q2 falls back to Redis, at Conf.REDIS
+        monkeypatch.setattr(Conf, "REDIS", url)
+        cluster_env["REDIS_URL"] = url
     # A source has one active run at a time: twenty runs need twenty repositories.
     repos = [make_git_repo(tmp_path / f"minilib-{i}", MINILIB) for i in range(RUNS)]
     replay = cassette(
@@ -103,7 +138,10 @@ def test_two_clusters_complete_twenty_runs_exactly_once(tmp_path, data_dir, sett
         for repo in repos
     ]
 
-    clusters = [start_cluster(tmp_path, f"cluster-{i}") for i in range(2)]
+    if broker == "redis":  # the tasks wait in Redis, none in the database
+        assert redis_client.from_url(url).llen("django_q:codedistiller:q") == RUNS
+        assert not OrmQ.objects.exists()
+    clusters = [start_cluster(tmp_path, f"cluster-{i}", **cluster_env) for i in range(2)]
     try:
         deadline = time.monotonic() + 300  # about 90 s on two idle cores
         while Run.objects.filter(pk__in=[r.pk for r in runs]).exclude(status__in=Run.FINISHED).exists():
@@ -145,16 +183,8 @@ def spare_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(
-    not shutil.which("redis-server"), reason="redis-server is not installed (apt-get install redis-server)"
-)
-def test_a_task_goes_through_redis_to_a_cluster(tmp_path):
-    port = spare_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    redis_url = f"redis://127.0.0.1:{port}/0"
+@NEEDS_REDIS
+def test_a_task_goes_through_redis_to_a_cluster(tmp_path, redis_url):
     cluster = None
     try:
         enqueued = subprocess.run(
@@ -177,7 +207,6 @@ def test_a_task_goes_through_redis_to_a_cluster(tmp_path):
     finally:
         if cluster is not None:
             stop(cluster)
-        stop(redis)
 
     task = Task.objects.get(id=task_id)
     assert task.success and task.result == 2 and task.name == "via-redis"

@@ -53,3 +53,15 @@ def test_a_private_library_sends_anonymous_visitors_to_log_in(client, reader_cli
 def test_reviews_need_a_login(client, expert_client):
     assert client.get(reverse("reviews")).status_code == 302
     assert expert_client.get(reverse("reviews")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_refused_request_is_logged_in_one_line_without_a_traceback(reader_client, caplog):
+    response = reader_client.get("/runs/new/")
+
+    assert response.status_code == 403
+    [record] = [r for r in caplog.records if r.name == "django.request"]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == "Forbidden (Permission denied): /runs/new/"
+    assert record.exc_info is None
+    assert "\n" not in caplog.text.strip()

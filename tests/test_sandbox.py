@@ -1,7 +1,10 @@
 """The local sandbox, with real bubblewrap and real processes; no database."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -62,9 +65,9 @@ def run(sandbox, shared_env, data_dir):
     return run
 
 
-def host_processes_with(marker: str) -> list[int]:
+def host_processes_with(marker: str, wait: float = 2) -> list[int]:
     """Processes on the host whose command line holds marker, waiting a moment for ones that are dying."""
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + wait
     while True:
         found = []
         for entry in Path("/proc").iterdir():
@@ -313,22 +316,31 @@ def test_it_kills_a_cancelled_program_quickly(run):
     assert host_processes_with(marker) == []
 
 
-def test_it_has_no_network_while_the_program_runs(run):
+def test_it_has_no_network_while_the_program_runs_and_never_the_hosts_loopback(run):
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         main = f"""
-            import socket
+            import json, socket
+            seen = {{}}
             try:
                 socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
-                print("connected")
+                seen["loopback"] = "connected"
             except OSError as error:
-                print("no network:", error)
+                seen["loopback"] = str(error)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect(("1.1.1.1", 53))  # a route lookup: nothing is sent
+                    seen["outbound"] = "routed"
+                except OSError as error:
+                    seen["outbound"] = str(error)
+            print(json.dumps(seen))
             """
-        offline = run(main)
-        online = run(main, network_run=True)
+        offline = json.loads(run(main).stdout)
+        online = json.loads(run(main, network_run=True).stdout)
 
-    assert offline.stdout.startswith("no network"), offline.stdout
-    assert online.stdout == "connected\n", "the same program reaches the host when the network is on"
+    assert offline["outbound"] == "[Errno 101] Network is unreachable"
+    assert online["outbound"] == "routed", "with the network on, the program has a way out"
+    assert "connected" not in (offline["loopback"], online["loopback"])
 
 
 def test_it_reuses_the_environment_until_the_requirements_change(sandbox, tmp_path):
@@ -416,3 +428,215 @@ def test_it_reads_the_repository_read_only(sandbox, shared_env, tmp_path):
     assert result.stdout == "42\n"
     assert "Read-only file system" in result.stderr
     assert not (repo / "x").exists()
+
+
+# Escapes that once held (issue 17): each test shows the escape and fails without its fix. -------------
+
+
+def test_its_memory_limit_holds_for_the_whole_sandbox_not_each_process(run):
+    # Three children of 200 MB each fit a per-process limit of 300 MB; together they do not.
+    result = run(
+        """
+        import os, select, sys
+        ready_read, ready_write = os.pipe()
+        children = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                block = b"x" * (200 * 1024 * 1024)
+                os.write(ready_write, b"1")
+                select.select([], [], [], 30)
+                os._exit(0)
+            children.append(pid)
+        held = b""
+        while len(held) < 3:
+            if not select.select([ready_read], [], [], 0.2)[0]:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid and os.WIFSIGNALED(status):
+                    print("a child was killed", flush=True)
+                    sys.exit(1)
+                continue
+            held += os.read(ready_read, 3)
+        print("all held", flush=True)
+        """,
+        memory_mb=300,
+    )
+
+    assert "all held" not in result.stdout
+    assert result.out_of_memory, (result.stdout, result.stderr, result.failure)
+    assert result.failure == "out of memory (limit 300 MB)"
+
+
+def test_it_stops_a_program_that_fills_its_folder(run, data_dir):
+    # Each file is under the size of one file allowed; together they pass the folder's limit.
+    result = run(
+        """
+        import time
+        for n in range(8):
+            with open(f"to_save/part{n}", "wb") as f:
+                f.write(b"x" * (20 * 1024 * 1024))
+            time.sleep(0.3)
+        time.sleep(30)
+        """,
+        disk_mb=50,
+    )
+
+    assert result.failure == "disk limit exceeded: the job folder passed 50 MB"
+    assert not result.timed_out
+    assert result.duration_secs < 15
+    job_dir = data_dir / "runs" / "1" / "job"
+    assert sum(f.stat().st_size for f in job_dir.rglob("*") if f.is_file()) < 120 * 1024 * 1024
+
+
+def test_it_stops_a_file_larger_than_the_folder_allows(run):
+    result = run("open('to_save/big', 'wb').write(b'x' * (80 * 1024 * 1024))", disk_mb=50)
+
+    assert result.exit_code != 0
+    assert "disk limit exceeded" in result.failure
+
+
+def test_it_stops_a_program_that_fills_the_environment_cache(run):
+    result = run(
+        """
+        import time
+        for n in range(8):
+            open(f"/cache/junk{n}", "wb").write(b"x" * (20 * 1024 * 1024))
+        time.sleep(30)
+        """,
+        env_disk_mb=50,
+    )
+
+    assert result.failure == "disk limit exceeded: the environment folder passed 50 MB"
+
+
+def test_its_dev_is_read_only_and_its_shared_memory_small(run):
+    result = run(
+        """
+        import json
+        written = 0
+        try:
+            with open("/dev/shm/fill", "wb") as f:
+                for _ in range(200):
+                    f.write(b"x" * (1024 * 1024))
+                    f.flush()
+                    written += 1
+        except OSError:
+            pass
+        dev = []
+        for path in ["/dev/fill-me", "/dev/null"]:
+            try:
+                open(path, "w").write("x")
+                dev.append(path)
+            except OSError:
+                pass
+        print(json.dumps({"shm_mb": written, "dev": dev}))
+        """,
+        shm_mb=16,
+    )
+
+    seen = json.loads(result.stdout)
+    assert seen["shm_mb"] <= 16
+    assert seen["dev"] == ["/dev/null"]
+
+
+def test_it_keeps_saved_files_within_their_count_and_size(run, data_dir):
+    result = run(
+        """
+        for n in range(12):
+            open(f"to_save/f{n:02}.txt", "w").write("x" * 1000)
+        """,
+        max_saved_files=5,
+    )
+
+    saved = sorted(p.name for p in (data_dir / "runs" / "1" / "job" / "to_save").iterdir())
+    assert saved == [f"f{n:02}.txt" for n in range(5)]
+    assert result.notes == ["7 saved files were left out: past 5 files or 512 MB"]
+
+
+def install_probe(sandbox, env_dir: Path, job_dir: Path, probe: str) -> dict:
+    """Runs probe (Python) as the runscript of an install phase and returns what it printed as JSON."""
+    result = execute(
+        sandbox,
+        "print('ran')",
+        job_dir,
+        env_dir,
+        files={"runscript.sh": "python3 probe.py\n", "probe.py": dedent(probe)},
+    )
+    assert result.stdout == "ran\n", (result.install_log, result.failure)
+    return json.loads(result.install_log.strip().splitlines()[-1])
+
+
+def own_address() -> str:
+    """This machine's first address that is not loopback: connecting to it never leaves the machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a route lookup only: UDP connect sends nothing
+        return probe.getsockname()[0]
+
+
+def test_the_install_phase_reaches_neither_the_hosts_loopback_nor_private_addresses(sandbox, tmp_path):
+    host = own_address()
+    with socket.create_server(("127.0.0.1", 0)) as loopback, socket.create_server((host, 0)) as private:
+        ports = {"127.0.0.1": loopback.getsockname()[1], host: private.getsockname()[1]}
+        seen = install_probe(
+            sandbox,
+            tmp_path / "env",
+            tmp_path / "job",
+            f"""
+            import json, socket
+            seen = {{"tcp": {{}}, "route": {{}}}}
+            for address, port in {ports!r}.items():
+                try:
+                    socket.create_connection((address, port), timeout=3).close()
+                    seen["tcp"][address] = "connected"
+                except OSError as error:
+                    seen["tcp"][address] = str(error)
+            # A route lookup sends nothing: the private ranges must have none, the internet one.
+            for address in ["10.1.2.3", "172.16.1.2", "192.168.1.2", "169.254.169.254", "1.1.1.1"]:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    try:
+                        probe.connect((address, 53))
+                        seen["route"][address] = "routed"
+                    except OSError as error:
+                        seen["route"][address] = str(error)
+            print(json.dumps(seen))
+            """,
+        )
+
+    assert "connected" not in seen["tcp"].values(), seen
+    assert seen["route"].pop("1.1.1.1") == "routed", "the install phase keeps its way to package indexes"
+    assert "routed" not in seen["route"].values(), seen
+
+
+def test_the_sandbox_dies_with_its_worker(shared_env, tmp_path):
+    marker = f"{time.time_ns() % 10**9}.125"
+    worker_py = tmp_path / "worker.py"
+    # The marker goes in through the environment, so that only the program's own process shows it.
+    worker_py.write_text(
+        dedent(
+            f"""
+            import os, sys
+            from pathlib import Path
+            sys.path.insert(0, {str(SITE_ROOT)!r})
+            from distill.sandbox import ExecutionRequest, Limits, get_sandbox
+            main = f"import subprocess, time; subprocess.Popen(['sleep', '{{os.environ['MARKER']}}']); time.sleep(3600)"
+            get_sandbox("local").execute(ExecutionRequest(
+                files={{"main.py": main, "requirements.txt": {REQUIREMENTS!r}, "runscript.sh": {RUNSCRIPT!r}}},
+                job_dir=Path({str(tmp_path / "job")!r}),
+                env_dir=Path({str(shared_env)!r}),
+                limits=Limits(wall_secs=120),
+            ))
+            """
+        )
+    )
+    worker = subprocess.Popen([sys.executable, str(worker_py)], env={**os.environ, "MARKER": marker})
+    try:
+        deadline = time.monotonic() + 60
+        while not host_processes_with(marker, wait=0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert host_processes_with(marker, wait=0), "the program started"
+    finally:
+        worker.kill()
+        worker.wait()
+    time.sleep(5)
+
+    assert host_processes_with(marker, wait=0) == []

@@ -330,3 +330,27 @@ def test_it_clones_urls_with_safe_options(tmp_path, monkeypatch):
     assert config["protocol.file.allow"] == "never"
     assert config["http.followRedirects"] == "false"
     assert config["core.hooksPath"] == os.devnull
+
+
+def test_it_refuses_a_source_longer_than_a_run_can_hold():
+    from distill.models import Run
+    from distill.pipeline.sources import MAX_SOURCE_CHARS
+
+    assert Run._meta.get_field("source_url").max_length == MAX_SOURCE_CHARS
+    long_url = "https://github.com/owner/name/tree/main/" + "a/" * 2500
+
+    with pytest.raises(
+        SourceRefused, match=r"^the source is 5040 characters long; at most 2000 are accepted$"
+    ):
+        check(long_url)
+
+
+def test_it_refuses_a_path_part_longer_than_the_forge_allows():
+    check("https://github.com/owner/" + "n" * 100)
+
+    with pytest.raises(
+        SourceRefused, match=r"^the URL's part n{20}\.\.\. is 101 characters long; github.com allows 100$"
+    ):
+        check("https://github.com/owner/" + "n" * 101)
+    with pytest.raises(SourceRefused, match="gitlab.com allows 255"):
+        check("https://gitlab.com/group/" + "n" * 256)

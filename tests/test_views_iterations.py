@@ -409,3 +409,14 @@ def test_a_failed_iteration_shows_the_likely_cause_read_from_its_output(reader_c
     html = reader_client.get(detail_url(iteration)).content.decode()
 
     assert "Likely cause" in html and "add &#x27;scipy&gt;=1.0&#x27; to requirements.txt" in html
+
+
+def test_it_shows_the_sandboxs_notes_and_cpu_time_on_the_iteration_and_run_pages(reader_client, run):
+    note = "3 saved files were left out: past 500 files or 512 MB <b>"
+    iteration = make_iteration(run, 1, sandbox={"notes": [note], "cpu_secs": 12.34, "out_of_memory": False})
+
+    pages = [reader_client.get(url).content.decode() for url in (detail_url(iteration), f"/runs/{run.pk}/")]
+
+    for html in pages:
+        assert "3 saved files were left out: past 500 files or 512 MB &lt;b&gt;" in html
+    assert "12.3 s" in pages[0]

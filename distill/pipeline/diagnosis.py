@@ -58,6 +58,7 @@ def diagnose(
     declared: list[str],
     main_source: str = "",
     imported: set[str] | None = None,
+    out_of_memory_mb: int | None = None,
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
@@ -66,8 +67,16 @@ def diagnose(
     "src/kneed"); `declared` are its declared requirements. `imported` are the repository's packages the
     recorder saw imported when it found the program did not use the repository (None: not known); those
     main.py imports but the recorder never saw are found even when the program swallowed the ImportError.
+    `out_of_memory_mb` is the sandbox's memory limit when it stopped the program there (None: it did not).
     """
     findings: list[str] = []
+    if out_of_memory_mb is not None:
+        # A kill at the limit leaves no traceback (SIGKILL): without this line the fixer sees only an exit code.
+        findings.append(
+            f"the program was stopped at the sandbox's memory limit ({out_of_memory_mb} MB for all its "
+            "processes together): use less memory (smaller data or models, fewer worker processes, "
+            "batches instead of everything at once)"
+        )
     for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
         findings.append(
             f"pip could not install {requirement!r} from requirements.txt: that name or version does not "

@@ -79,6 +79,18 @@ class Kind(Protocol):
     def conclude(self, run: Run, iteration: Iteration) -> str: ...  # added to the run's last message
 
 
+# The profile's fields that are the sandbox's Limits of the same name (their defaults are the profile's).
+SANDBOX_LIMITS = (
+    "memory_mb",
+    "max_procs",
+    "disk_mb",
+    "env_disk_mb",
+    "shm_mb",
+    "max_saved_files",
+    "max_saved_mb",
+)
+
+
 def env_dir(run: Run) -> Path:
     """Where the sandbox keeps the program's environments across the iterations of one run."""
     return settings.DATA_DIR / "envs" / str(run.pk)
@@ -265,9 +277,8 @@ def execute(
         recording=recording,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
-            memory_mb=config.get("memory_mb", 4096),
-            max_procs=config.get("max_procs", 256),
             network_run=bool(config.get("network_run", False)),
+            **{name: config[name] for name in SANDBOX_LIMITS if name in config},
         ),
     )
     Iteration.objects.filter(pk=iteration.pk).update(
@@ -299,6 +310,9 @@ def execute(
         "out_of_memory": result.out_of_memory,
         "cancelled": result.cancelled,
         "failure": result.failure,
+        "cpu_secs": result.cpu_secs,
+        "memory_mb": request.limits.memory_mb,
+        "notes": result.notes,
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
@@ -330,6 +344,7 @@ def _diagnose(iteration: Iteration, result, repository: Repository | None) -> li
         declared=repository.declared if repository is not None else [],
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+        out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
     )
 
 

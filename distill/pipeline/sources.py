@@ -52,6 +52,11 @@ TWO_SEGMENT_HOSTS = {"github.com", "bitbucket.org", "codeberg.org"}
 HF_PREFIXES = {"datasets", "spaces", "models"}
 
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_.~-]+")
+MAX_SOURCE_CHARS = 2000  # what Run.source_url holds (Postgres refuses more, SQLite would store it)
+# The longest part of a repository's path each forge allows (GitHub: repository names of 100 characters);
+# a longer one names no repository there.
+MAX_SEGMENT_CHARS = {"github.com": 100}
+DEFAULT_MAX_SEGMENT_CHARS = 255
 
 
 class SourceRefused(Exception):
@@ -80,6 +85,10 @@ def check_source(source: str, *, allowed_hosts: list[str], allow_local: bool) ->
     source = source.strip()
     if not source:
         raise SourceRefused("the source is empty")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise SourceRefused(
+            f"the source is {len(source)} characters long; at most {MAX_SOURCE_CHARS} are accepted"
+        )
     if any(unicodedata.category(ch)[0] in "CZ" for ch in source):
         raise SourceRefused("the source contains spaces or control characters")
     if source.startswith("-"):
@@ -141,6 +150,11 @@ def _check_url(source: str, *, allowed_hosts: list[str]) -> str:
         segments[-1] = segments[-1].removesuffix(".git")
     if len(segments) < 2 or not all(SEGMENT_RE.fullmatch(s) and s not in (".", "..") for s in segments):
         raise SourceRefused(f"the URL must name a repository, like https://{host}/owner/name")
+    longest = MAX_SEGMENT_CHARS.get(host, DEFAULT_MAX_SEGMENT_CHARS)
+    if too_long := next((s for s in segments if len(s) > longest), None):
+        raise SourceRefused(
+            f"the URL's part {too_long[:20]}... is {len(too_long)} characters long; {host} allows {longest}"
+        )
     return f"https://{host}/{'/'.join(segments)}"
 
 

@@ -45,6 +45,12 @@ class Profile(BaseModel):
     memory_mb: int = Field(default=4096, ge=256)
     max_procs: int = Field(default=256, ge=8)
     network_run: bool = False  # network while main.py runs (always on while dependencies install)
+    # Disk: the job folder (what the program writes) and the run's environments (venvs, download cache).
+    disk_mb: int = Field(default=4096, ge=64)
+    env_disk_mb: int = Field(default=16384, ge=256)
+    shm_mb: int = Field(default=256, ge=16)  # /dev/shm, in memory
+    max_saved_files: int = Field(default=500, ge=1)  # files of to_save/ kept; the rest are left out
+    max_saved_mb: int = Field(default=512, ge=1)
     context_tokens: int = Field(default=128000, ge=2048)
     file_budget_tokens: int = Field(default=60000, ge=500)
     max_tokens_per_file: int = Field(default=12000, ge=100)

@@ -1,5 +1,7 @@
 """Run a generated program in isolation: `get_sandbox("local")` is bubblewrap, `get_sandbox("modal")` Modal."""
 
+from pathlib import Path
+
 from .base import (
     ExecutionRequest,
     ExecutionResult,
@@ -15,6 +17,7 @@ __all__ = [
     "Sandbox",
     "SandboxUnavailable",
     "get_sandbox",
+    "kill_leftovers",
 ]
 
 
@@ -33,3 +36,11 @@ def get_sandbox(name: str, options: dict | None = None) -> Sandbox:
 
         return ModalSandbox(ModalOptions(**(options or {})))
     raise SandboxUnavailable(f"unknown sandbox backend {name!r}; the choices are 'local' and 'modal'")
+
+
+def kill_leftovers(env_dir: Path) -> int:
+    """Kills what a local sandbox of this run's environment folder left running on this machine when its
+    worker was killed; how many processes there were. (A Modal sandbox ends at its own timeout.)"""
+    from .local import kill_leftovers
+
+    return kill_leftovers(env_dir)

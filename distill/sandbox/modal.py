@@ -58,14 +58,22 @@ from .base import (
     RECORDER_PATH,
     RUN_SH,
     CancelCheck,
+    Emitter,
     ExecutionRequest,
     ExecutionResult,
     OutputCallback,
+    Phase,
     SandboxUnavailable,
+    Tail,
+    cap_saved_files,
+    checked_files,
+    env_hash,
     install_failure,
     kept_record,
+    out_of_memory,
+    read_chunks,
+    run_failure,
 )
-from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _Tail
 
 logger = logging.getLogger(__name__)
 
@@ -266,16 +274,6 @@ class ModalClient:
 # The backend ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Phase:
-    exit_code: int | None
-    timed_out: bool
-    cancelled: bool
-    secs: float
-    stdout: str
-    stderr: str
-
-
 class ModalSandbox:
     """Executes requests in Modal sandboxes; `on_output` and `should_cancel` as in LocalSandbox."""
 
@@ -296,12 +294,12 @@ class ModalSandbox:
         on_output: OutputCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ExecutionResult:
-        files = _checked_files(request.files)
+        files = checked_files(request.files)
         limits = request.limits
         memory_mb = self.options.memory_mb or limits.memory_mb
         request.job_dir.mkdir(parents=True, exist_ok=True)
         (request.job_dir / "to_save").mkdir(exist_ok=True)
-        emit = _Emitter(on_output)
+        emit = Emitter(on_output)
         stopped: list = []
 
         def stop(box) -> None:  # once per sandbox: a timeout stops it early, the finally again
@@ -311,7 +309,7 @@ class ModalSandbox:
 
         cache = request.env_dir / "modal"
         cache.mkdir(parents=True, exist_ok=True)
-        image_file = cache / f"{_env_hash(files)}.image"
+        image_file = cache / f"{env_hash(files)}.image"
         image_id = image_file.read_text().strip() if image_file.is_file() else ""
         env_reused = bool(image_id)
         install = None
@@ -359,21 +357,10 @@ class ModalSandbox:
         finally:
             stop(box)
 
-        out_of_memory = run.exit_code not in (0, None) and bool(OUT_OF_MEMORY.search(run.stderr[-5000:]))
-        return ExecutionResult(
-            exit_code=run.exit_code,
-            timed_out=run.timed_out,
-            cancelled=run.cancelled,
-            out_of_memory=out_of_memory,
-            duration_secs=run.secs,
-            install_secs=install.secs if install else 0.0,
-            env_reused=env_reused,
-            stdout=run.stdout,
-            stderr=run.stderr,
-            install_log=install.stdout if install else "",
-            failure=_run_failure(run, limits.wall_secs, memory_mb, out_of_memory) or copy_failure,
-            record=record,
-        )
+        run.out_of_memory = out_of_memory(run.exit_code, run.stderr)
+        failure = run_failure(run, limits, memory_mb=memory_mb) or copy_failure
+        notes = cap_saved_files(request.job_dir / "to_save", limits)
+        return ExecutionResult.of_run(run, install, failure=failure, record=record, notes=notes)
 
     # Steps --------------------------------------------------------------------------------------------
 
@@ -415,11 +402,11 @@ class ModalSandbox:
         phase: str,
         timeout: float,
         *,
-        emit: _Emitter,
+        emit: Emitter,
         should_cancel: CancelCheck | None,
         stop,
         recording: dict | None = None,
-    ) -> _Phase:
+    ) -> Phase:
         merged = phase == "install"  # as locally: one install log, the program's two streams apart
         start = time.monotonic()
         env = {**ENVIRONMENT, **({"PYTHONDONTWRITEBYTECODE": "1"} if phase == "run" else {})}
@@ -431,11 +418,10 @@ class ModalSandbox:
             f"start the {phase} phase",
             lambda: box.exec("bash", PHASE_SCRIPT, phase, workdir="/job", env=env, stdin=config),
         )
-        out, err = _Tail(), _Tail()
-        lock = threading.Lock()  # the install phase's two readers share one tail
+        out, err = Tail(), Tail()
         readers = [
-            _reader(process.stdout, "install" if merged else "stdout", out, emit, lock),
-            _reader(process.stderr, "install" if merged else "stderr", out if merged else err, emit, lock),
+            read_chunks(process.stdout, "install" if merged else "stdout", out, emit),
+            read_chunks(process.stderr, "install" if merged else "stderr", out if merged else err, emit),
         ]
         exit_code: list[int | None] = []
         failed: list[BaseException] = []
@@ -465,7 +451,7 @@ class ModalSandbox:
             reader.join(READER_GRACE_SECS)
         if failed and not (timed_out or cancelled):
             raise SandboxUnavailable(f"the {phase} phase lost its sandbox: {failed[0]}")
-        return _Phase(
+        return Phase(
             exit_code=None if timed_out or cancelled else exit_code[0],
             timed_out=timed_out,
             cancelled=cancelled,
@@ -529,24 +515,6 @@ class ModalSandbox:
             logger.exception("modal: could not terminate sandbox %s", getattr(box, "id", "?"))
 
 
-def _reader(
-    stream: Iterable[str], name: str, tail: _Tail, emit: _Emitter, lock: threading.Lock
-) -> threading.Thread:
-    def read() -> None:
-        try:
-            for chunk in stream:
-                if chunk:
-                    with lock:
-                        tail.add(chunk)
-                    emit(name, chunk)
-        except Exception as exc:  # a terminated sandbox may end its streams with an error
-            logger.debug("modal: %s stream ended: %s", name, exc)
-
-    thread = threading.Thread(target=read, name=f"modal-{name}", daemon=True)
-    thread.start()
-    return thread
-
-
 def _pack_repository(repo_dir: Path, archive: Path) -> None:
     """The repository without .git, as the program sees it at /repo; links stay links."""
 
@@ -569,13 +537,3 @@ def _unpack_outputs(archive: Path, job_dir: Path) -> None:
                 tar.extract(member, job_dir, filter="data")
             except tarfile.FilterError as exc:
                 logger.warning("modal: an output was left out: %s", exc)
-
-
-def _run_failure(run: _Phase, limit_secs: float, memory_mb: int, out_of_memory: bool) -> str:
-    if run.cancelled:
-        return "cancelled"
-    if run.timed_out:
-        return f"timed out after {limit_secs:g} s"
-    if out_of_memory:
-        return f"out of memory (limit {memory_mb} MB)"
-    return ""

@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from codedistiller_site.ids import parse_id
 from codedistiller_site.roles import CURATOR, curator_required, has_role
 from codedistiller_site.zipstream import Entry, zip_stream
 from distill import charts, services
@@ -44,7 +45,7 @@ def run_list(request):
         runs = runs.filter(submitted_by__username=filters["submitter"])
     if filters["profile"]:
         runs = runs.filter(profile=filters["profile"])
-    ids = [int(part) for part in filters["ids"].split(",") if part.strip().isdigit()][:100]
+    ids = [pk for pk in map(parse_id, filters["ids"].split(",")) if pk is not None][:100]
     if ids:
         runs = runs.filter(pk__in=ids)
     page = Paginator(runs.for_list(), PAGE_SIZE).get_page(request.GET.get("page"))
@@ -282,9 +283,9 @@ def _stage_order(stage: str):
 
 
 def _llm_call(request, run: Run, call_id: str):
-    if not call_id.isdigit():
+    if parse_id(call_id) is None:
         raise Http404
-    call = get_object_or_404(LLMCall, pk=int(call_id), run=run)
+    call = get_object_or_404(LLMCall, pk=parse_id(call_id), run=run)
     template = "distill/_llm_call.html" + ("#body" if request.htmx else "")
     body = {"prompt": call.prompt, "reply": call.reply, "error": call.error}
     return render(request, template, {"run": run, "call": call, "body": body})
