@@ -15,6 +15,7 @@ template from the GGUF file.
 """
 
 import atexit
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -254,6 +255,30 @@ _load_lock = threading.Lock()
 _generate_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _plain_weight_buffers():
+    """Loads the weights as they are in the file, not repacked for the CPU's extra instructions.
+
+    On CPUs with AMX (recent Xeons, the machines this runs on among them), llama.cpp repacks the weights
+    into AMX tiles and the first generation crashed the process (SIGSEGV). `Llama()` does not take the
+    model parameter that turns the repacking off, so its defaults are changed while it loads.
+    """
+    from llama_cpp import llama_cpp
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        llama_cpp.llama_model_default_params = defaults
+
+
 def get_model():
     """This process's one model, loaded on first use."""
     global _model
@@ -268,14 +293,15 @@ def get_model():
 
                 started = time.monotonic()
                 # No chat_format: the GGUF's own template (Qwen2.5's ChatML) is used.
-                _model = Llama(
-                    model_path=str(model_path()),
-                    n_ctx=N_CTX,
-                    n_threads=N_THREADS,
-                    n_threads_batch=N_THREADS,
-                    n_batch=512,
-                    verbose=False,
-                )
+                with _plain_weight_buffers():
+                    _model = Llama(
+                        model_path=str(model_path()),
+                        n_ctx=N_CTX,
+                        n_threads=N_THREADS,
+                        n_threads_batch=N_THREADS,
+                        n_batch=512,
+                        verbose=False,
+                    )
                 logger.info("loaded the local model in %.1fs", time.monotonic() - started)
                 # Freed while the interpreter is whole: left to __del__ at exit, llama-cpp-python prints a
                 # TypeError from a half-torn-down module.
