@@ -132,7 +132,8 @@ def test_two_clusters_complete_twenty_runs_exactly_once(
     replay = cassette(
         tmp_path / "c.json", [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
     )
-    profile = load_profile("local", {"replay": str(replay), "max_runtime_mins": 1, "max_debug_iterations": 1})
+    # A generous time limit: under load, installing and running a program took more than a minute.
+    profile = load_profile("local", {"replay": str(replay), "max_runtime_mins": 5, "max_debug_iterations": 1})
     runs = [
         services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=True)
         for repo in repos
@@ -154,7 +155,9 @@ def test_two_clusters_complete_twenty_runs_exactly_once(
             stop(proc)
 
     for run in Run.objects.filter(pk__in=[r.pk for r in runs]):
-        assert run.status == Run.Status.SUCCEEDED, (run.pk, run.status, run.status_message)
+        last = run.iterations.last()
+        why = (last.measured, last.stderr[-2000:], last.install_log[-2000:]) if last else None
+        assert run.status == Run.Status.SUCCEEDED, (run.pk, run.status, run.status_message, why)
         steps = list(run.steps.order_by("started_at", "id"))
         assert [s.name for s in steps] == STEPS, (run.pk, [s.name for s in steps])
         assert all(s.outcome == "done" for s in steps)
