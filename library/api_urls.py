@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from library import api
 
@@ -8,4 +8,6 @@ urlpatterns = [
     path("examples/", api.example_list, name="api_examples"),
     path("examples/<int:example_id>/", api.example_detail, name="api_example"),
     path("examples/<int:example_id>/versions/", api.example_versions, name="api_example_versions"),
+    # Last: whatever else is asked under /api/ is a JSON 404, not the site's HTML page.
+    re_path(r"^(?P<path>.*)$", api.not_found, name="api_not_found"),
 ]

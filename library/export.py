@@ -5,7 +5,8 @@ Nothing here knows of requests or responses: the export views and the JSON API c
 - A ZIP of example folders: `index.json` at the root, and one folder per example with its files,
   `metadata.json` (fields and provenance), `results.json` and `to_save/`.
 - A CodeScientist codeblock library: one `<name>.py` per example, a header of `# key: value` lines
-  followed by the code, and `codeblock_summaries.json` keyed by name.
+  followed by the code, and `codedistiller_summaries.json` keyed by name, in the shape of CodeScientist's
+  own `codeblock_summaries.json` (`manage.py merge_codeblock_summaries` merges it into that file).
 
 An example's name (`export_name`) is the slug of its title and its id: unique, safe as a file name, and
 stable across exports, so an agent can diff two exports of the library.
@@ -14,6 +15,7 @@ stable across exports, so an agent can diff two exports of the library.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -37,6 +39,13 @@ HEADER_KEYS = ("name", "description", "inclusion_criteria", "exclusion_criteria"
 # The library page's orders; relevance needs a query, and without one is newest first.
 SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# A distribution name as `requirement=` takes it (PEP 508's names).
+DISTRIBUTION_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+# The query parameters that parse_filters reads: the API refuses any other one (see api.py).
+FILTER_PARAMS = (
+    "q", "tag", "language", "example_type", "gpu", "model", "source", "requirement", "min_score", "score",
+    "usage", "sort",
+)  # fmt: skip
 
 
 class BadParameter(ValueError):
@@ -57,6 +66,7 @@ class ExampleFilters:
     gpu: bool | None = None
     model: str = ""
     source: str = ""
+    requirement: str = ""
     min_score: float | None = None
     # The library page's bands (models.SCORE_BANDS, USAGE_BANDS) and order, so that its "Download these"
     # links export what it lists.
@@ -74,6 +84,7 @@ class ExampleFilters:
             "gpu": None if self.gpu is None else str(self.gpu).lower(),
             "model": self.model,
             "source": self.source,
+            "requirement": self.requirement,
             "min_score": self.min_score,
             "score": self.score,
             "usage": self.usage,
@@ -93,6 +104,12 @@ def parse_filters(params: Mapping) -> ExampleFilters:
         min_score = float(min_score) if min_score else None
     except ValueError:
         raise BadParameter(f"min_score must be a number, not {min_score!r}") from None
+    # float() takes nan, inf and 1e999; JSON has no such numbers, and no score compares with them.
+    if min_score is not None and not math.isfinite(min_score):
+        raise BadParameter(f"min_score must be a finite number, not {_text(params, 'min_score')!r}")
+    requirement = _text(params, "requirement")
+    if requirement and not DISTRIBUTION_NAME.match(requirement):
+        raise BadParameter(f"requirement must be a package name such as numpy, not {requirement!r}")
     return ExampleFilters(
         q=_text(params, "q")[:500],
         tags=tuple(sorted({slugify(tag) for tag in tags if slugify(tag)})),
@@ -102,6 +119,7 @@ def parse_filters(params: Mapping) -> ExampleFilters:
         gpu=None if not gpu else gpu in ("true", "1", "yes"),
         model=_text(params, "model"),
         source=_text(params, "source"),
+        requirement=requirement,
         min_score=min_score,
         score=_choice(params, "score", SCORE_BANDS),
         usage=_choice(params, "usage", USAGE_BANDS),
@@ -112,7 +130,7 @@ def parse_filters(params: Mapping) -> ExampleFilters:
 def find_examples(filters: ExampleFilters) -> Iterable[Example]:
     """Listed examples (newest approved versions) that match, in the library page's order: by relevance
     when there is a query, newest first otherwise, or best scored first. A QuerySet, or a list when ranked;
-    either one paginates."""
+    either one paginates. Ranked examples carry their `relevance` (search.relevance), others None."""
     listed = Example.objects.listed()
     queryset = _facets(listed, filters).select_related("approved_by").prefetch_related("tags")
     sort = filters.sort or ("relevance" if filters.q else "newest")
@@ -122,11 +140,14 @@ def find_examples(filters: ExampleFilters) -> Iterable[Example]:
         return queryset
     # Ranked among all listed examples, then filtered, as the library page does: ranking only the filtered
     # ones would find other matches (the any-word fallback, the semantic neighbours' cut-off) than it lists.
-    ids = search.ranked_ids(filters.q, within=listed)
+    scores = search.relevance(filters.q, within=listed)
     if sort != "relevance":
-        return queryset.filter(pk__in=ids)
-    found = queryset.in_bulk(ids)
-    return [found[pk] for pk in ids if pk in found]
+        return queryset.filter(pk__in=list(scores))
+    found = queryset.in_bulk(list(scores))
+    ranked = [found[pk] for pk in scores if pk in found]
+    for example in ranked:
+        example.relevance = scores[example.pk]
+    return ranked
 
 
 def _facets(queryset, filters: ExampleFilters):
@@ -142,6 +163,8 @@ def _facets(queryset, filters: ExampleFilters):
         queryset = queryset.filter(Q(model_code=filters.model) | Q(model_fast=filters.model))
     if filters.source:
         queryset = queryset.filter(source_url=filters.source)
+    if filters.requirement:
+        queryset = queryset.requiring(filters.requirement)
     if filters.min_score is not None:
         queryset = queryset.filter(score__gte=filters.min_score)
     return queryset.score_band(filters.score).usage_band(filters.usage)
@@ -166,6 +189,33 @@ def _as_list(value) -> list:
 
 
 # Records ---------------------------------------------------------------------------------------------
+
+
+def example_brief(example: Example) -> dict:
+    """What an agent needs to choose among search hits without fetching each one: the API's list items
+    and the MCP server's search results."""
+    return {
+        "id": example.pk,
+        "name": export_name(example),
+        "title": example.title,
+        "summary": example.summary,
+        "inclusion_criteria": example.inclusion_criteria,
+        "exclusion_criteria": example.exclusion_criteria,
+        "requirements": example.requirements,
+        "tags": tag_names(example),
+        "source_kind": example.source_kind,
+        "source_url": example.source_url,
+        "commit_sha": example.commit_sha,
+        "version": example.version,
+        "is_latest": example.is_latest,
+        "example_type": example.example_type,
+        "language": example.language,
+        "gpu_required": example.gpu_required,
+        "score": example.score,
+        "score_count": example.score_count,
+        "approved_at": example.approved_at.isoformat(),
+        "relevance": getattr(example, "relevance", None),
+    }
 
 
 def export_name(example: Example) -> str:
@@ -429,8 +479,25 @@ def _index(filters: ExampleFilters, examples: list[dict], kind: str) -> dict:
     }
 
 
+def finite(value):
+    """The value with every NaN or infinite number made null: JSON has no such numbers and strict parsers
+    reject the `NaN` that Python writes, while a program's results.json (read by Python) may hold them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def dumps(value, **options) -> str:
+    """JSON that every parser reads: no NaN or Infinity, ever (the API and the exports use this)."""
+    return json.dumps(finite(value), allow_nan=False, ensure_ascii=False, default=str, **options)
+
+
 def _json(value) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    return (dumps(value, indent=2) + "\n").encode()
 
 
 def _safe_name(name: str) -> str | None:

@@ -284,14 +284,36 @@ def test_an_unsafe_file_name_in_an_example_is_left_out_and_a_reserved_one_rename
     )
 
 
-def test_export_needs_a_login_when_the_library_is_not_public(client, reader_client, curator, settings):
+def test_export_needs_a_login_or_a_token_when_the_library_is_not_public(
+    client, reader_client, curator, settings
+):
     example = make_example(curator)
     settings.LIBRARY_PUBLIC = False
-    response = client.get(reverse("library_export"))
-    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
-    assert client.get(reverse("example_download", args=[example.pk])).status_code == 302
-    assert client.get(reverse("library_export"), HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    for url in (reverse("library_export"), reverse("example_download", args=[example.pk])):
+        # What an agent gets is the API's 401, in JSON, with CORS: not the login page.
+        response = client.get(url)
+        assert response.status_code == 401 and response["WWW-Authenticate"] == 'Bearer realm="codedistiller"'
+        assert response.json() == {"error": "Authentication required: send 'Authorization: Bearer <token>'."}
+        assert response["Access-Control-Allow-Origin"] == "*"
+        assert client.get(url, HTTP_AUTHORIZATION="Bearer nope").json() == {"error": "Invalid token."}
+        # A person who followed a link in a browser is sent to log in.
+        browser = client.get(url, HTTP_ACCEPT="text/html,*/*;q=0.8")
+        assert browser.status_code == 302 and "/accounts/login/" in browser["Location"]
     assert unzip(reader_client.get(reverse("library_export"))).namelist()
+
+
+def test_downloads_answer_cors_preflight_and_json_errors(client, curator):
+    example = make_example(curator)
+    for url in (reverse("library_export"), reverse("example_download", args=[example.pk])):
+        preflight = client.options(url, HTTP_ORIGIN="https://agent.example")
+        assert preflight.status_code == 204 and preflight["Access-Control-Allow-Headers"] == "Authorization"
+        assert client.get(url)["Access-Control-Allow-Origin"] == "*"
+    missing = client.get(reverse("example_download", args=[999]))
+    assert missing.status_code == 404 and missing.json() == {"error": "There is no example 999."}
+    saved = client.get(reverse("example_file", args=[example.pk, "nothing.png"]))
+    assert saved.status_code == 404 and saved.json() == {"error": "No such saved file."}
+    unknown = client.get(reverse("library_export"), {"library": "scipy"})
+    assert unknown.status_code == 400 and unknown.json()["unknown"] == ["library"]
 
 
 def test_export_refuses_bad_parameters_and_writes(client, curator):
