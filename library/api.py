@@ -28,7 +28,6 @@ from library.export import (
     BadParameter,
     example_brief,
     find_examples,
-    finite,
     parse_filters,
     provenance,
     retraction,
@@ -43,7 +42,8 @@ INCLUDES = ("files", "provenance")
 
 
 def answer(data, *, status: int = 200, **dumps_options) -> JsonResponse:
-    return JsonResponse(finite(data), status=status, json_dumps_params={"allow_nan": False, **dumps_options})
+    # allow_nan=False: Python would write NaN and Infinity, which strict JSON parsers reject.
+    return JsonResponse(data, status=status, json_dumps_params={"allow_nan": False, **dumps_options})
 
 
 def error(status: int, message: str, **extra) -> JsonResponse:

@@ -479,21 +479,10 @@ def _index(filters: ExampleFilters, examples: list[dict], kind: str) -> dict:
     }
 
 
-def finite(value):
-    """The value with every NaN or infinite number made null: JSON has no such numbers and strict parsers
-    reject the `NaN` that Python writes, while a program's results.json (read by Python) may hold them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value
-
-
 def dumps(value, **options) -> str:
-    """JSON that every parser reads: no NaN or Infinity, ever (the API and the exports use this)."""
-    return json.dumps(finite(value), allow_nan=False, ensure_ascii=False, default=str, **options)
+    """JSON that every parser reads: no NaN or Infinity, ever. None can come from the database (its JSON
+    columns refuse them); a parameter that would bring one is refused (parse_filters)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, default=str, **options)
 
 
 def _json(value) -> bytes:

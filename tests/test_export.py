@@ -312,6 +312,8 @@ def test_downloads_answer_cors_preflight_and_json_errors(client, curator):
     assert missing.status_code == 404 and missing.json() == {"error": "There is no example 999."}
     saved = client.get(reverse("example_file", args=[example.pk, "nothing.png"]))
     assert saved.status_code == 404 and saved.json() == {"error": "No such saved file."}
+    nan = client.get(reverse("library_export"), {"min_score": "nan"})  # index.json would have said NaN
+    assert nan.status_code == 400 and nan.json() == {"error": "min_score must be a finite number, not 'nan'"}
     unknown = client.get(reverse("library_export"), {"library": "scipy"})
     assert unknown.status_code == 400 and unknown.json()["unknown"] == ["library"]
 
