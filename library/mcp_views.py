@@ -14,11 +14,13 @@ from django.views.decorators.csrf import csrf_exempt
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
-from library.api import with_cors
+from library.api import error, with_cors
 from library.api_auth import request_access, unauthorized
 from library.mcp_server import server
 
-METHODS = "POST, GET, DELETE, OPTIONS"
+# Stateless and in JSON, a POST is the whole protocol: there is no stream to GET, no session to DELETE (and
+# the SDK would hold a GET open, waiting for a stream that never comes).
+METHODS = "POST, OPTIONS"
 # Django has checked the Host header against ALLOWED_HOSTS before any view runs: the SDK's own check, made
 # for a server that does not know its host name, would refuse every host but localhost.
 HOSTS_CHECKED_BY_DJANGO = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -29,6 +31,9 @@ def mcp_endpoint(request):
     if request.method == "OPTIONS":
         response = HttpResponse(status=204)
         response["Access-Control-Max-Age"] = "86400"
+    elif request.method != "POST":
+        response = error(405, f"{request.method} is not allowed: send MCP messages with POST.")
+        response["Allow"] = METHODS
     elif not (access := request_access(request)).allowed:
         response = unauthorized(access.error)
     else:

@@ -185,6 +185,17 @@ def test_a_private_library_needs_a_valid_token(live_server, settings, curator, r
         assert answer.headers["WWW-Authenticate"] == 'Bearer realm="codedistiller"'
 
 
+def test_only_post_reaches_the_server_and_browsers_may_ask_first(client):
+    for method in ("get", "delete", "put"):
+        response = getattr(client, method)("/mcp")
+        assert response.status_code == 405 and response["Allow"] == "POST, OPTIONS"
+        assert response.json() == {"error": f"{method.upper()} is not allowed: send MCP messages with POST."}
+    preflight = client.options("/mcp", HTTP_ORIGIN="https://agent.example")
+    assert preflight.status_code == 204 and preflight["Access-Control-Allow-Origin"] == "*"
+    assert "Mcp-Protocol-Version" in preflight["Access-Control-Allow-Headers"]
+    assert preflight["Access-Control-Allow-Methods"] == "POST, OPTIONS"
+
+
 # Over stdio --------------------------------------------------------------------------------------------
 
 
