@@ -162,6 +162,7 @@ class Versions(BaseModel):
 @server.tool(title="Search the library", annotations=READ_ONLY)
 async def search_examples(
     query: Annotated[str, Field(description="Search words; empty lists the newest examples.")] = "",
+    # A list default is safe here: the SDK validates every call's arguments into new objects.
     tags: Annotated[list[str], Field(description="Tags (slugs) the examples must all have.")] = [],  # noqa: B006
     language: Annotated[str, Field(description="Programming language, e.g. python.")] = "",
     requirement: Annotated[str, Field(description="A package the example needs, e.g. numpy.")] = "",
