@@ -185,6 +185,27 @@ def test_a_private_library_needs_a_valid_token(live_server, settings, curator, r
         assert answer.headers["WWW-Authenticate"] == 'Bearer realm="codedistiller"'
 
 
+def test_it_is_stateless_and_answers_in_json(client):
+    response = client.post(
+        "/mcp",
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        content_type="application/json",
+        HTTP_ACCEPT="application/json, text/event-stream",
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert "Mcp-Session-Id" not in response  # nothing to keep between requests: any process may answer
+    assert response.json()["result"]["serverInfo"]["name"] == "codedistiller-library"
+
+
 def test_only_post_reaches_the_server_and_browsers_may_ask_first(client):
     for method in ("get", "delete", "put"):
         response = getattr(client, method)("/mcp")
