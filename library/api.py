@@ -27,8 +27,7 @@ from library.export import (
     MAX_PAGE_SIZE,
     BadParameter,
     example_brief,
-    find_examples,
-    parse_filters,
+    library_search,
     provenance,
     retraction,
 )
@@ -170,11 +169,11 @@ def not_found(request, path: str):
 
 @api_view(params=LIST_PARAMS)
 def example_list(request):
-    filters = parse_filters(request.GET)
+    filters, examples = library_search(request.GET)
     include = _includes(request.GET)
     page_number = _whole_number(request.GET, "page", default=1, low=1)
     page_size = _whole_number(request.GET, "page_size", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
-    paginator = Paginator(find_examples(filters), page_size)
+    paginator = Paginator(examples, page_size)
     try:
         page = paginator.page(page_number)
     except EmptyPage:

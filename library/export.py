@@ -137,6 +137,13 @@ def parse_filters(params: Mapping) -> ExampleFilters:
     )
 
 
+def library_search(params: Mapping) -> tuple[ExampleFilters, Iterable[Example]]:
+    """Query parameters to the filters they mean and the examples those find: the one door through which
+    the JSON API, the MCP server and the export search the library. BadParameter names a bad parameter."""
+    filters = parse_filters(params)
+    return filters, find_examples(filters)
+
+
 def find_examples(filters: ExampleFilters) -> Iterable[Example]:
     """Listed examples (newest approved versions) that match, in the library page's order: by relevance
     when there is a query, newest first otherwise, or best scored first. A QuerySet, or a list when ranked;

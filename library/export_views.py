@@ -16,9 +16,8 @@ from library.export import (
     codeblock_entries,
     example_entries,
     export_name,
-    find_examples,
     library_entries,
-    parse_filters,
+    library_search,
 )
 from library.models import Example
 
@@ -35,10 +34,9 @@ def library_export(request):
     if kind not in FORMATS:
         return error(400, f"format must be zip or codeblocks, not {kind!r}")
     try:
-        filters = parse_filters(request.GET)
+        filters, examples = library_search(request.GET)
     except BadParameter as exc:
         return error(400, str(exc))
-    examples = find_examples(filters)
     if hasattr(examples, "iterator"):
         examples = examples.iterator(chunk_size=100)  # a QuerySet: a large library is not held at once
     entries = FORMATS[kind](examples, filters=filters, url_for=_page_url(request))

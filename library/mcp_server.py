@@ -1,8 +1,8 @@
 """The library's MCP server: the tools and resources a coding agent reaches through the Model Context Protocol.
 
 Built with the official SDK (`mcp`, its MCPServer). Every tool is read-only and finds examples through the
-same code as the library page, the JSON API and the export (`export.parse_filters`, `export.find_examples`),
-and describes them with the same records (`export.example_brief`, `export.provenance`), so the four agree.
+same code as the JSON API and the export (`export.library_search`, on the library's filters),
+and describes them with the same records (`export.example_brief`, `export.provenance`), so they agree.
 
 Two transports serve this one server: stdio (`manage.py mcp`, for an agent on the same machine) and
 streamable HTTP at /mcp (`library.mcp_views`), stateless, with the API's tokens and LIBRARY_PUBLIC rule.
@@ -30,8 +30,7 @@ from library.export import (
     BadParameter,
     example_brief,
     export_name,
-    find_examples,
-    parse_filters,
+    library_search,
     provenance,
     retraction,
     saved_file_paths,
@@ -195,11 +194,11 @@ async def search_examples(
 
 def _search(params: dict, limit: int) -> SearchResults:
     try:
-        filters = parse_filters(params)
+        _filters, examples = library_search(params)
     except BadParameter as exc:
         raise ToolError(str(exc)) from None
     # The API's paginator: it counts a QuerySet in SQL and a ranked list in Python.
-    page = Paginator(find_examples(filters), limit).page(1)
+    page = Paginator(examples, limit).page(1)
     return SearchResults(
         count=page.paginator.count, results=[ExampleHit(**example_brief(e)) for e in page.object_list]
     )
