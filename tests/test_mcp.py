@@ -5,6 +5,7 @@ in its own process, both on the test database."""
 import base64
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -26,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"search_examples", "get_example", "get_example_code", "list_versions"}
 
 
+def in_own_thread(function, *args, **kwargs):
+    """`function(*args, **kwargs)` in a thread of its own, as an agent is a program of its own: the test's thread may
+    hold a running event loop (Playwright's sync API leaves one there once an e2e test ran in the session),
+    where neither anyio.run nor the view's async_to_sync may start another."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
 def over_http(live_server, scenario, *, token: str | None = None):
     """Runs `scenario(client)` with an SDK client connected to /mcp; returns what it returns."""
 
@@ -36,7 +45,7 @@ def over_http(live_server, scenario, *, token: str | None = None):
             async with Client(transport) as client:
                 return await scenario(client)
 
-    return anyio.run(main)
+    return in_own_thread(anyio.run, main)
 
 
 def with_saved_plot(example: Example) -> Example:
@@ -186,7 +195,8 @@ def test_a_private_library_needs_a_valid_token(live_server, settings, curator, r
 
 
 def test_it_is_stateless_and_answers_in_json(client):
-    response = client.post(
+    response = in_own_thread(
+        client.post,
         "/mcp",
         {
             "jsonrpc": "2.0",
@@ -243,7 +253,7 @@ def test_manage_py_mcp_serves_the_same_tools_on_stdio(settings, curator):
             code = await client.call_tool("get_example_code", {"example_id": example.pk})
             return tools, found.structured_content, code.structured_content
 
-    tools, found, code = anyio.run(main)
+    tools, found, code = in_own_thread(anyio.run, main)
 
     assert {tool.name for tool in tools} == TOOLS
     assert [hit["id"] for hit in found["results"]] == [example.pk]
