@@ -232,6 +232,9 @@ LOGGING = {
         # litellm logs every request at INFO, prompts included.
         "LiteLLM": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        # /mcp starts and stops a session manager for every request (library/mcp_views.py), each at INFO.
+        "mcp.server.streamable_http_manager": {"level": "WARNING"},
     },
 }
 

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from codedistiller_site import views
+from library.mcp_views import mcp_endpoint
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -12,5 +13,6 @@ urlpatterns = [
     path("library/", include("library.urls")),
     path("reviews/", include("reviews.urls")),
     path("api/", include("library.api_urls")),
+    path("mcp", mcp_endpoint, name="mcp"),
     path("admin/", admin.site.urls),
 ]

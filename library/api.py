@@ -1,6 +1,9 @@
 """The read-only JSON API for agents: search the library, read an example with its files, list its versions.
 
-Every answer is JSON, errors too (`{"error": "..."}` with the matching status). Reading needs what the
+Every answer is JSON, errors too (`{"error": "..."}` with the matching status, 404s for unknown addresses
+under /api/ included), and strict JSON: no NaN or Infinity. Each address takes only the query parameters
+it describes; any other one is refused with 400, so a misspelt filter is not silently ignored. An empty
+value is the same as leaving the parameter out. Reading needs what the
 library pages need (nothing while LIBRARY_PUBLIC, else a token or a session); the index and the OpenAPI
 description are always readable, so that an agent can find out how to authenticate. CORS: any origin may
 GET, since the wildcard never carries cookies: another site can read only what an anonymous visitor or
@@ -12,60 +15,107 @@ from functools import wraps
 from django.conf import settings
 from django.core.paginator import EmptyPage, Paginator
 from django.http import Http404, HttpResponse, JsonResponse
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.utils.cache import patch_vary_headers
 from django.utils.http import urlencode
 from django.views.decorators.csrf import csrf_exempt
 
 from library import api_schema
-from library.api_auth import request_access
-from library.export import MAX_PAGE_SIZE, provenance, retraction, tag_names
-from library.filters import BadParameter, LibraryFilters
+from library.api_auth import refusal, request_access, unauthorized
+from library.export import MAX_PAGE_SIZE, example_brief, provenance, retraction
+from library.filters import PARAMS, BadParameter, LibraryFilters
 from library.models import Example
 
 DEFAULT_PAGE_SIZE = 20
 METHODS = "GET, HEAD, OPTIONS"
+LIST_PARAMS = (*PARAMS, "include", "page", "page_size")
+# What `include=` adds to each item of a list, beyond example_brief.
+INCLUDES = ("files", "provenance")
+
+
+def answer(data, *, status: int = 200, **dumps_options) -> JsonResponse:
+    # allow_nan=False: Python would write NaN and Infinity, which strict JSON parsers reject.
+    return JsonResponse(data, status=status, json_dumps_params={"allow_nan": False, **dumps_options})
 
 
 def error(status: int, message: str, **extra) -> JsonResponse:
-    return JsonResponse({"error": message, **extra}, status=status)
+    return answer({"error": message, **extra}, status=status)
 
 
-def api_view(*, open_to_all: bool = False):
-    """GET and HEAD only, answered in JSON; OPTIONS for CORS preflight; access checked unless open_to_all."""
+def with_cors(response: HttpResponse) -> HttpResponse:
+    """Any origin may read, without cookies (see the module's doc); the downloads beside the API too."""
+    response["Access-Control-Allow-Origin"] = "*"
+    response["Access-Control-Allow-Headers"] = "Authorization"
+    response["Access-Control-Allow-Methods"] = METHODS
+    patch_vary_headers(response, ["Authorization"])
+    return response
+
+
+def preflight() -> HttpResponse:
+    response = HttpResponse(status=204)
+    response["Allow"] = METHODS
+    response["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+def unknown_parameters(params, accepted: tuple[str, ...]) -> JsonResponse | None:
+    """The 400 that names the parameters in `params` that are not `accepted`, or None when there are none."""
+    if unknown := sorted(set(params) - set(accepted)):
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+        return error(400, f"Unknown query parameter {', '.join(unknown)}: {takes}.", unknown=unknown)
+    return None
+
+
+def download_view(view):
+    """The downloads beside the API (the export, an example's folder, its saved files): GET and HEAD, CORS
+    and the 401 as in the API; the view answers the rest (a ZIP, a file)."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.method == "OPTIONS":
+            return with_cors(preflight())
+        if request.method not in ("GET", "HEAD"):
+            response = error(405, f"{request.method} is not allowed: downloads are read-only.")
+            response["Allow"] = METHODS
+            return with_cors(response)
+        if refused := refusal(request):
+            return with_cors(refused)
+        try:
+            return with_cors(view(request, *args, **kwargs))
+        except Http404 as exc:
+            return with_cors(error(404, str(exc) or "Not found."))
+
+    return wrapper
+
+
+def api_view(*, open_to_all: bool = False, params: tuple[str, ...] | None = ()):
+    """GET and HEAD only, answered in JSON; OPTIONS for CORS preflight; access checked unless open_to_all;
+    query parameters other than `params` refused (None: any is let through)."""
 
     def decorator(view):
         @csrf_exempt  # nothing here writes: a POST is answered 405, not refused by the CSRF check
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            response = _answer(view, open_to_all, request, *args, **kwargs)
-            response["Access-Control-Allow-Origin"] = "*"
-            response["Access-Control-Allow-Headers"] = "Authorization"
-            response["Access-Control-Allow-Methods"] = METHODS
-            patch_vary_headers(response, ["Authorization"])
-            return response
+            return with_cors(_answer(view, open_to_all, params, request, *args, **kwargs))
 
         return wrapper
 
     return decorator
 
 
-def _answer(view, open_to_all, request, *args, **kwargs):
+def _answer(view, open_to_all, params, request, *args, **kwargs):
     if request.method == "OPTIONS":
-        response = HttpResponse(status=204)
-        response["Allow"] = METHODS
-        response["Access-Control-Max-Age"] = "86400"
-        return response
+        return preflight()
     if request.method not in ("GET", "HEAD"):
         response = error(405, f"{request.method} is not allowed: this API is read-only.")
         response["Allow"] = METHODS
         return response
+    if params is not None and (refused := unknown_parameters(request.GET, params)):
+        return refused
     access = request.api_access = request_access(request)
     # A key that was sent must be good even where none is needed: its holder should learn it was revoked.
     if not access.allowed and (not open_to_all or "Authorization" in request.headers):
-        response = error(401, access.error)
-        response["WWW-Authenticate"] = 'Bearer realm="codedistiller"'
-        return response
+        return unauthorized(access.error)
     try:
         return view(request, *args, **kwargs)
     except BadParameter as exc:
@@ -77,7 +127,7 @@ def _answer(view, open_to_all, request, *args, **kwargs):
 @api_view(open_to_all=True)
 def api_index(request):
     access = request.api_access
-    return JsonResponse(
+    return answer(
         {
             "name": "CodeDistiller library API",
             "version": api_schema.API_VERSION,
@@ -91,6 +141,7 @@ def api_index(request):
                 "export_zip": _url(request, "library_export") + "?format=zip",
                 "export_codeblocks": _url(request, "library_export") + "?format=codeblocks",
                 "library": _url(request, "library"),
+                "mcp": _url(request, "mcp"),
             },
         }
     )
@@ -101,12 +152,25 @@ def openapi(request):
     document = api_schema.openapi_document(
         server_url=request.build_absolute_uri("/").rstrip("/"), public=settings.LIBRARY_PUBLIC
     )
-    return JsonResponse(document, json_dumps_params={"indent": 2})
+    return answer(document, indent=2)
 
 
-@api_view()
+@api_view(open_to_all=True, params=None)
+def not_found(request, path: str):
+    """Every unknown address under /api/ answers JSON, as the rest of the API does."""
+    message = f"There is no API address {request.path}."
+    try:
+        resolve(request.path + "/")
+        message += f" Did you mean {request.path}/?"
+    except Resolver404:
+        pass
+    return error(404, message + f" The index is {_url(request, 'api_index')}.")
+
+
+@api_view(params=LIST_PARAMS)
 def example_list(request):
     filters = LibraryFilters.parse(request.GET).check()
+    include = _includes(request.GET)
     page_number = _whole_number(request.GET, "page", default=1, low=1)
     page_size = _whole_number(request.GET, "page_size", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
     examples = (
@@ -117,8 +181,8 @@ def example_list(request):
         page = paginator.page(page_number)
     except EmptyPage:
         raise Http404(f"Page {page_number} is past the last page ({paginator.num_pages}).") from None
-    params = {**filters.as_params(), "page_size": page_size}
-    return JsonResponse(
+    params = {**filters.as_params(), "page_size": page_size, **({"include": include} if include else {})}
+    return answer(
         {
             "count": paginator.count,
             "page": page.number,
@@ -129,7 +193,7 @@ def example_list(request):
             if page.has_previous()
             else None,
             "query": filters.as_params(),
-            "results": [summary_json(request, example) for example in page.object_list],
+            "results": [summary_json(request, example, include=include) for example in page.object_list],
         }
     )
 
@@ -148,7 +212,7 @@ def example_detail(request, example_id: int):
                 "latest": _url(request, "api_example", latest.pk) if latest else None,
             },
         )
-    return JsonResponse(detail_json(request, example))
+    return answer(detail_json(request, example))
 
 
 @api_view()
@@ -156,30 +220,26 @@ def example_versions(request, example_id: int):
     example = _example(example_id)
     versions = Example.objects.versions_of(example.source_url).prefetch_related("tags")
     results = [version_json(request, version) for version in versions]
-    return JsonResponse({"source_url": example.source_url, "count": len(results), "results": results})
+    return answer({"source_url": example.source_url, "count": len(results), "results": results})
 
 
 # Shapes (see api_schema.py) --------------------------------------------------------------------------
 
 
-def summary_json(request, example: Example) -> dict:
-    return {
-        "id": example.pk,
-        "title": example.title,
-        "summary": example.summary,
-        "tags": tag_names(example),
-        "source_kind": example.source_kind,
-        "source_url": example.source_url,
-        "commit_sha": example.commit_sha,
-        "version": example.version,
-        "example_type": example.example_type,
-        "language": example.language,
-        "gpu_required": example.gpu_required,
-        "score": example.score,
-        "score_count": example.score_count,
-        "approved_at": example.approved_at.isoformat(),
-        "links": _links(request, example),
-    }
+def summary_json(request, example: Example, *, include: tuple[str, ...] = ()) -> dict:
+    item = {**example_brief(example), "links": _links(request, example)}
+    if "files" in include:
+        item["files"] = files_json(example)
+    if "provenance" in include:
+        item["provenance"] = provenance(example)
+    return item
+
+
+def files_json(example: Example) -> list[dict]:
+    return [
+        {"name": name, "size": len(str(text).encode()), "content": str(text)}
+        for name, text in sorted(example.files.items())
+    ]
 
 
 def detail_json(request, example: Example) -> dict:
@@ -197,10 +257,7 @@ def detail_json(request, example: Example) -> dict:
         "exclusion_criteria": example.exclusion_criteria,
         "python_version": example.python_version,
         "requirements": example.requirements,
-        "files": [
-            {"name": name, "size": len(str(text).encode()), "content": str(text)}
-            for name, text in sorted(example.files.items())
-        ],
+        "files": files_json(example),
         "metadata": example.metadata,
         "provenance": provenance(example),
         "results": example.results,
@@ -264,6 +321,14 @@ def _url(request, name: str, *args) -> str:
 
 def _page_link(request, params: dict, number: int) -> str:
     return request.build_absolute_uri(request.path) + "?" + urlencode({**params, "page": number}, doseq=True)
+
+
+def _includes(params) -> tuple[str, ...]:
+    """include=files,provenance (or the parameter repeated), in a fixed order."""
+    asked = {part.strip() for value in params.getlist("include") for part in value.split(",") if part.strip()}
+    if unknown := sorted(asked - set(INCLUDES)):
+        raise BadParameter(f"include takes {', '.join(INCLUDES)}, not {', '.join(unknown)}")
+    return tuple(name for name in INCLUDES if name in asked)
 
 
 def _whole_number(params, key: str, *, default: int, low: int, high: int | None = None) -> int:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 
 from library.models import ApiToken
@@ -83,21 +83,26 @@ def request_access(request) -> Access:
     return Access(error="Authentication required: send 'Authorization: Bearer <token>'.")
 
 
-def refusal(request) -> HttpResponse | None:
-    """For the downloads that agents fetch beside the API (exports, an example's saved files): None when
-    the request may read the library, else the answer that says why.
+def unauthorized(message: str) -> JsonResponse:
+    """The API's 401: JSON, and the scheme to use."""
+    response = JsonResponse({"error": message}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="codedistiller"'
+    return response
 
-    A token that was sent and is bad gets a plain 401, as in the API; a request with no credentials on a
-    private library goes to the login page, as for every other page of the site.
+
+def refusal(request) -> HttpResponse | None:
+    """For the downloads that agents fetch beside the API (exports, an example's folder, its saved files):
+    None when the request may read the library, else the answer that says why.
+
+    The API's 401 in JSON, except for a browser's page navigation without credentials (it asks for HTML
+    first), which goes to the login page as every other page of the site does.
     """
     access = request_access(request)
     if access.allowed:
         return None
-    if "Authorization" in request.headers:
-        response = HttpResponse(access.error + "\n", status=401, content_type="text/plain; charset=utf-8")
-        response["WWW-Authenticate"] = 'Bearer realm="codedistiller"'
-        return response
-    return redirect_to_login(request.get_full_path())
+    if "Authorization" not in request.headers and request.headers.get("Accept", "").startswith("text/html"):
+        return redirect_to_login(request.get_full_path())
+    return unauthorized(access.error)
 
 
 def _token_access(header: str) -> Access:

@@ -9,7 +9,9 @@ from django.conf import settings
 from library.filters import SORTS
 from library.models import SCORE_BANDS, USAGE_BANDS
 
-API_VERSION = "1.1"  # 1.1: score, usage and sort, the library page's bands and orders
+# 1.1: score, usage and sort, the library page's bands and orders. 1.2: requirement, include, relevance and
+# richer list items; unknown parameters refused; the downloads described.
+API_VERSION = "1.2"
 
 STRING = {"type": "string"}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -46,21 +48,48 @@ LINKS = _object(
     }
 )
 
+REQUIREMENTS = {
+    "type": "array",
+    "items": STRING,
+    "description": "The lines of requirements.txt, comments (whole-line and inline) left out.",
+}
+FILES = {
+    "type": "array",
+    "items": _object({"name": STRING, "size": {"type": "integer"}, "content": STRING}),
+    "description": "main.py, requirements.txt, runscript.sh and any other file, as text.",
+}
+
 SUMMARY_PROPERTIES = {
     "id": {"type": "integer"},
+    "name": {
+        **STRING,
+        "description": "Stable name (the title's slug and the id), as in the exports' file and folder names.",
+    },
     "title": STRING,
     "summary": STRING,
+    "inclusion_criteria": {**STRING, "description": "When to use this example."},
+    "exclusion_criteria": {**STRING, "description": "When not to use it."},
+    "requirements": REQUIREMENTS,
     "tags": {"type": "array", "items": STRING},
     "source_kind": {"type": "string", "enum": ["repository", "paper"]},
     "source_url": {**STRING, "description": "The repository (or paper) the example was distilled from."},
     "commit_sha": {**STRING, "description": "The commit the run read; empty for papers."},
     "version": {"type": "integer", "minimum": 1, "description": "Versions of one source count up from 1."},
+    "is_latest": {"type": "boolean", "description": "False for an older version of its source."},
     "example_type": STRING,
     "language": STRING,
     "gpu_required": {"type": "boolean"},
     "score": {"type": ["number", "null"], "description": "Mean expert score, or null before any review."},
     "score_count": {"type": "integer", "minimum": 0},
     "approved_at": DATE_TIME,
+    "relevance": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "maximum": 1,
+        "description": "How well the hit matches `q`, in every order: 1.0 for a hit first in every ranking "
+        "(full text, and meaning where semantic search is installed), falling with rank; sort=relevance "
+        "orders by it. It is not a probability, nor comparable between queries. null without `q`.",
+    },
     "links": _ref("Links"),
 }
 
@@ -114,7 +143,14 @@ SCHEMAS = {
     "Links": LINKS,
     "Retraction": RETRACTION,
     "Provenance": PROVENANCE,
-    "ExampleSummary": _object(SUMMARY_PROPERTIES),
+    "ExampleSummary": {
+        **_object(SUMMARY_PROPERTIES),
+        "properties": {
+            **SUMMARY_PROPERTIES,
+            "files": {**FILES, "description": "Only with include=files. " + FILES["description"]},
+            "provenance": {**_ref("Provenance"), "description": "Only with include=provenance."},
+        },
+    },
     "ExampleList": _object(
         {
             "count": {"type": "integer", "minimum": 0},
@@ -131,21 +167,9 @@ SCHEMAS = {
         {
             **SUMMARY_PROPERTIES,
             "status": {"type": "string", "enum": ["approved"]},
-            "is_latest": {"type": "boolean", "description": "False for an older version of its source."},
             "description": STRING,
-            "inclusion_criteria": STRING,
-            "exclusion_criteria": STRING,
             "python_version": STRING,
-            "requirements": {
-                "type": "array",
-                "items": STRING,
-                "description": "The lines of requirements.txt, comments left out.",
-            },
-            "files": {
-                "type": "array",
-                "items": _object({"name": STRING, "size": {"type": "integer"}, "content": STRING}),
-                "description": "main.py, requirements.txt, runscript.sh and any other file, as text.",
-            },
+            "files": FILES,
             "metadata": {"type": "object", "description": "The metadata the code model wrote."},
             "provenance": _ref("Provenance"),
             "results": {**ANY_JSON, "description": "results.json of the approved run, or null."},
@@ -198,6 +222,7 @@ SCHEMAS = {
                     "export_zip": URL,
                     "export_codeblocks": URL,
                     "library": URL,
+                    "mcp": {**URL, "description": "The MCP server (streamable HTTP), with the same tokens."},
                 }
             ),
         }
@@ -214,6 +239,8 @@ def _error(description: str) -> dict:
 
 
 UNAUTHORIZED = _error("No valid token: missing (where the library is not public), unknown, or revoked.")
+UNKNOWN_PARAMETER = _error("A query parameter this address does not take; the error names it.")
+ZIP = {"application/zip": {"schema": {"type": "string", "contentMediaType": "application/zip"}}}
 
 
 def _query(name: str, schema: dict, description: str, **extra) -> dict:
@@ -246,10 +273,21 @@ LIST_PARAMETERS = [
     ),
     _query("language", STRING, "Programming language, e.g. python (any case)."),
     _query("example_type", STRING, "Kind of example, e.g. demonstration (any case)."),
+    _query("type", STRING, "The former spelling of example_type, kept for old links.", deprecated=True),
     _query("gpu", {"type": "boolean"}, "true: only examples that need a GPU; false: only those that do not."),
     _query("model", STRING, "The code or fast model that wrote it, as a litellm model string."),
     _query("source", STRING, "Only examples of this repository (or paper) URL."),
-    _query("min_score", {"type": "number"}, "Only examples whose mean expert score is at least this."),
+    _query(
+        "requirement",
+        {"type": "string", "pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"},
+        "Only examples whose requirements.txt names this package, spelled as pip compares names (any case; "
+        "`-`, `_` and `.` alike): scikit_learn finds scikit-learn.",
+    ),
+    _query(
+        "min_score",
+        {"type": "number"},
+        "Only examples whose mean expert score is at least this; a finite number (nan, inf are refused).",
+    ),
     _query(
         "score",
         {"type": "string", "enum": list(SCORE_BANDS)},
@@ -267,6 +305,13 @@ LIST_PARAMETERS = [
         {"type": "string", "enum": list(SORTS)},
         "relevance (needs q; the default with q), newest (the default without), or score: best scored first.",
     ),
+    _query(
+        "include",
+        {"type": "array", "items": {"type": "string", "enum": ["files", "provenance"]}},
+        "Add to each result its files inline (files) or its provenance: comma-separated or repeated.",
+        style="form",
+        explode=False,
+    ),
     _query("page", {"type": "integer", "minimum": 1, "default": 1}, "Page number."),
     _query(
         "page_size",
@@ -283,12 +328,82 @@ Search with `GET /api/examples/?q=...`, read one example with its files with `GE
 and list the versions of its source with `GET /api/examples/{id}/versions/`. The whole library, or a
 search result, downloads as a ZIP (`/library/export/?format=zip|codeblocks&q=...`).
 
+Each address takes only the query parameters described here: any other one is refused with 400 and
+named, so that a misspelt filter does not silently return everything. An empty value is the same as
+leaving the parameter out. Numbers are finite: JSON has no NaN or Infinity, and none is ever written.
+
+The same library is an MCP server at `/mcp` (streamable HTTP, stateless, the same tokens), and
+`python manage.py mcp` serves it on stdio.
+
 Authentication: where the library is public, none is needed. Otherwise send a token,
 `Authorization: Bearer <token>` (`Token <token>` works too); an administrator makes one with
 `python manage.py api_token create USERNAME --name NAME`. A token that is sent must be valid, even where
-none is needed. The saved files' `url`s and the ZIP downloads take the same token (a bad one is a plain
-401 there). Errors are JSON: `{"error": "..."}`. Any origin may read (CORS), without cookies.
+none is needed. The saved files' `url`s and the ZIP downloads take the same token, answer the same JSON
+401 and send the same CORS headers. Errors are JSON: `{"error": "..."}`, 404s for unknown addresses
+under /api/ included. Any origin may read (CORS), without cookies.
 """
+
+
+DOWNLOADS = {
+    "/library/export/": {
+        "get": {
+            "operationId": "exportLibrary",
+            "summary": "The library, or a search of it, as one ZIP",
+            "description": "format=zip: one folder per example (its files, metadata.json, results.json, "
+            "to_save/) and index.json. format=codeblocks: CodeScientist's codeblock format, one `<name>.py` "
+            "per example and codedistiller_summaries.json (merge it into CodeScientist's "
+            "codeblock_summaries.json with `python manage.py merge_codeblock_summaries`). Takes the list's "
+            "filters (not page, page_size or include).",
+            "parameters": [
+                _query(
+                    "format", {"type": "string", "enum": ["zip", "codeblocks"], "default": "zip"}, "The kind."
+                ),
+                *[p for p in LIST_PARAMETERS if p["name"] not in ("page", "page_size", "include")],
+            ],
+            "responses": {
+                "200": {"description": "The ZIP, streamed.", "content": ZIP},
+                "400": _error("A parameter that cannot be understood or that the export does not take."),
+                "401": UNAUTHORIZED,
+            },
+        }
+    },
+    "/library/{id}/download/": {
+        "get": {
+            "operationId": "downloadExample",
+            "summary": "One example's folder as a ZIP: files, metadata.json, results.json, to_save/",
+            "description": "Any version, retracted ones too: their metadata.json says so, and why.",
+            "parameters": [EXAMPLE_ID],
+            "responses": {
+                "200": {"description": "The ZIP.", "content": ZIP},
+                "401": UNAUTHORIZED,
+                "404": _error("No such example."),
+            },
+        }
+    },
+    "/library/{id}/files/{path}": {
+        "get": {
+            "operationId": "getSavedFile",
+            "summary": "A file the example's program saved in to_save/ (a plot, a table)",
+            "description": "The `url` of an example's `saved_files`. Images are served inline, anything "
+            "else as a download (application/octet-stream).",
+            "parameters": [
+                EXAMPLE_ID,
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "schema": STRING,
+                    "description": "The file's name in `saved_files`, e.g. plot.png or figures/fit.svg.",
+                },
+            ],
+            "responses": {
+                "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                "401": UNAUTHORIZED,
+                "404": _error("No such example, or no such saved file."),
+            },
+        }
+    },
+}
 
 
 def openapi_document(*, server_url: str, public: bool) -> dict:
@@ -310,7 +425,11 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                     "operationId": "index",
                     "summary": "Links to everything else, and whether this deployment needs a token",
                     "security": open_to_all,
-                    "responses": {"200": _json_response("The index.", "Index"), "401": UNAUTHORIZED},
+                    "responses": {
+                        "200": _json_response("The index.", "Index"),
+                        "400": UNKNOWN_PARAMETER,
+                        "401": UNAUTHORIZED,
+                    },
                 }
             },
             "/api/openapi.json": {
@@ -323,6 +442,7 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                             "description": "The OpenAPI 3.1 document.",
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         },
+                        "400": UNKNOWN_PARAMETER,
                         "401": UNAUTHORIZED,
                     },
                 }
@@ -336,7 +456,10 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                     "parameters": LIST_PARAMETERS,
                     "responses": {
                         "200": _json_response("A page of examples.", "ExampleList"),
-                        "400": _error("A parameter that cannot be understood, e.g. page=abc."),
+                        "400": _error(
+                            "A parameter that cannot be understood (page=abc, min_score=nan) or that this "
+                            "address does not take (library=scipy)."
+                        ),
                         "401": UNAUTHORIZED,
                         "404": _error("A page past the last one."),
                     },
@@ -350,6 +473,7 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                     "parameters": [EXAMPLE_ID],
                     "responses": {
                         "200": _json_response("The example.", "Example"),
+                        "400": UNKNOWN_PARAMETER,
                         "401": UNAUTHORIZED,
                         "404": _error("No such example."),
                         "410": _json_response("The example was retracted; the reason is given.", "Gone"),
@@ -365,11 +489,13 @@ def openapi_document(*, server_url: str, public: bool) -> dict:
                     "parameters": [EXAMPLE_ID],
                     "responses": {
                         "200": _json_response("The versions.", "VersionList"),
+                        "400": UNKNOWN_PARAMETER,
                         "401": UNAUTHORIZED,
                         "404": _error("No such example."),
                     },
                 }
             },
+            **DOWNLOADS,
         },
         "components": {
             "schemas": SCHEMAS,

@@ -5,7 +5,8 @@ Nothing here knows of requests or responses: the export views and the JSON API c
 - A ZIP of example folders: `index.json` at the root, and one folder per example with its files,
   `metadata.json` (fields and provenance), `results.json` and `to_save/`.
 - A CodeScientist codeblock library: one `<name>.py` per example, a header of `# key: value` lines
-  followed by the code, and `codeblock_summaries.json` keyed by name.
+  followed by the code, and `codedistiller_summaries.json` keyed by name, in the shape of CodeScientist's
+  own `codeblock_summaries.json` (`manage.py merge_codeblock_summaries` merges it into that file).
 
 An example's name (`export_name`) is the slug of its title and its id: unique, safe as a file name, and
 stable across exports, so an agent can diff two exports of the library.
@@ -17,7 +18,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,10 +34,47 @@ MAX_PAGE_SIZE = 100
 # Files the export writes itself in each example folder; an example file of the same name is renamed.
 RESERVED = ("metadata.json", "results.json", "to_save")
 HEADER_KEYS = ("name", "description", "inclusion_criteria", "exclusion_criteria", "python_version")
+# CodeScientist (allenai/codescientist, src/CodeBlockStore.py, parseCodeblockPython) reads *every* line of a
+# codeblock that starts with `#` (after leading spaces), drops the leading #s and spaces, and takes it as
+# a field when it starts with `<field>:` in any case: a single field from its first such line,
+# pip_requirement from all of them. A comment in the program would become a requirement.
+HEADER_LIKE = re.compile(
+    r"^(\s*#+\s*)(" + "|".join((*HEADER_KEYS, "pip_requirement")) + r")(:)", re.IGNORECASE
+)
+# CodeScientist reads its own summaries from this name in its codeblocks/ folder; ours must not replace it.
+SUMMARIES = "codedistiller_summaries.json"
+CODESCIENTIST_SUMMARIES = "codeblock_summaries.json"
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 # Records ---------------------------------------------------------------------------------------------
+
+
+def example_brief(example: Example) -> dict:
+    """What an agent needs to choose among search hits without fetching each one: the API's list items
+    and the MCP server's search results."""
+    return {
+        "id": example.pk,
+        "name": export_name(example),
+        "title": example.title,
+        "summary": example.summary,
+        "inclusion_criteria": example.inclusion_criteria,
+        "exclusion_criteria": example.exclusion_criteria,
+        "requirements": example.requirements,
+        "tags": tag_names(example),
+        "source_kind": example.source_kind,
+        "source_url": example.source_url,
+        "commit_sha": example.commit_sha,
+        "version": example.version,
+        "is_latest": example.is_latest,
+        "example_type": example.example_type,
+        "language": example.language,
+        "gpu_required": example.gpu_required,
+        "score": example.score,
+        "score_count": example.score_count,
+        "approved_at": example.approved_at.isoformat(),
+        "relevance": getattr(example, "relevance", None),
+    }
 
 
 def export_name(example: Example) -> str:
@@ -140,6 +178,12 @@ def codeblock_code(example: Example) -> str:
     return ""
 
 
+def codeblock_body(code: str) -> str:
+    """The program with every line that CodeScientist would read as a header field made plain text:
+    `# pip_requirement: x` becomes `# [pip_requirement]: x` (a comment; or, rarely, a line of a string)."""
+    return "\n".join(HEADER_LIKE.sub(r"\1[\2]\3", line) for line in code.split("\n"))
+
+
 def codeblock_text(example: Example) -> str:
     fields = {
         "name": export_name(example),
@@ -150,7 +194,7 @@ def codeblock_text(example: Example) -> str:
     }
     lines = [f"# {key}: {fold(value)}".rstrip() for key, value in fields.items()]
     lines += [f"# pip_requirement: {fold(requirement)}" for requirement in example.requirements]
-    return "\n".join(lines) + "\n\n" + codeblock_code(example)
+    return "\n".join(lines) + "\n\n" + codeblock_body(codeblock_code(example))
 
 
 def parse_codeblock(text: str) -> dict:
@@ -176,11 +220,22 @@ def parse_codeblock(text: str) -> dict:
 
 
 def codeblock_summary(example: Example, *, url: str = "") -> dict:
+    """The example in the shape of an entry of CodeScientist's codeblock_summaries.json (which its own LLM
+    call writes: name, description, libraries, when_to_use, examples, kinds_of_ideas, plus the criteria),
+    filled from what we know rather than asked of a model."""
+    tags = tag_names(example)
+    ideas = [
+        ", ".join(tags),
+        f"work that builds on {example.source_title or example.source_url}",
+        example.example_type,
+    ]
     summary = {
         "name": export_name(example),
         "description": fold(f"{example.title}: {example.summary}"),
         "libraries": requirement_names(example),
         "when_to_use": fold(example.inclusion_criteria or example.summary),
+        "examples": fold(example.description or example.summary),
+        "kinds_of_ideas": fold("; ".join(idea for idea in ideas if idea)),
         "inclusion_criteria": fold(example.inclusion_criteria),
         "exclusion_criteria": fold(example.exclusion_criteria),
         # Beyond CodeScientist's fields: where the example came from, for an agent that cites it.
@@ -192,6 +247,29 @@ def codeblock_summary(example: Example, *, url: str = "") -> dict:
     if url:
         summary["url"] = url
     return summary
+
+
+def merge_summaries(ours: Mapping, target: Path) -> tuple[int, int, int]:
+    """Write our summaries into CodeScientist's codeblock_summaries.json at `target` (made if missing):
+    ours replace the entries of the same name (names are stable across exports), the others stay.
+    Returns (added, replaced, kept). ValueError says why a file cannot be read."""
+    existing = {}
+    if target.exists():
+        try:
+            existing = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{target} is not a readable JSON file ({exc})") from None
+        if not isinstance(existing, dict):
+            raise ValueError(f"{target} holds a JSON {type(existing).__name__}, not an object of summaries")
+    added = sum(1 for name in ours if name not in existing)
+    merged = {**existing, **ours}
+    # Indented as CodeScientist writes it; replaced in one step, so a crash never leaves half a file.
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(
+        json.dumps(merged, indent=4, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    partial.replace(target)
+    return added, len(ours) - added, len(existing) - (len(ours) - added)
 
 
 # Archives -------------------------------------------------------------------------------------------
@@ -257,7 +335,7 @@ def codeblock_entries(
             f"{name}.py", codeblock_text(example).encode(), date_time=example.approved_at.timetuple()[:6]
         )
         summaries[name] = codeblock_summary(example, url=url_for(example) if url_for else "")
-    yield Entry("codeblock_summaries.json", _json(summaries))
+    yield Entry(SUMMARIES, _json(summaries))
 
 
 @dataclass(frozen=True)
@@ -300,8 +378,14 @@ def _index(filters: LibraryFilters, examples: list[dict], kind: str) -> dict:
     }
 
 
+def dumps(value, **options) -> str:
+    """JSON that every parser reads: no NaN or Infinity, ever. None can come from the database (its JSON
+    columns refuse them); a parameter that would bring one is refused (LibraryFilters.parse)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, default=str, **options)
+
+
 def _json(value) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    return (dumps(value, indent=2) + "\n").encode()
 
 
 def _safe_name(name: str) -> str | None:

@@ -1,35 +1,34 @@
 """Downloads: the library (or a search result) as a ZIP of example folders or as codeblocks, and one example.
 
 Readable like the library pages: by anyone while LIBRARY_PUBLIC, else after logging in. An agent may
-also send its API token (`Authorization: Bearer ...`) here.
+also send its API token (`Authorization: Bearer ...`) here; errors, the 401 included, are the API's JSON.
 """
 
-from django.http import HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_safe
 
 from codedistiller_site.zipstream import zip_stream
-from library.api_auth import refusal
+from library.api import download_view, error, unknown_parameters
 from library.export import codeblock_entries, example_entries, export_name, library_entries
-from library.filters import BadParameter, LibraryFilters
+from library.filters import PARAMS, BadParameter, LibraryFilters
 from library.models import Example
 
 FORMATS = {"zip": library_entries, "codeblocks": codeblock_entries}
+EXPORT_PARAMS = ("format", *PARAMS)
 
 
-@require_safe
+@download_view
 def library_export(request):
-    if refused := refusal(request):
+    if refused := unknown_parameters(request.GET, EXPORT_PARAMS):
         return refused
     kind = request.GET.get("format", "zip")
     if kind not in FORMATS:
-        return _bad_request(f"format must be zip or codeblocks, not {kind!r}")
+        return error(400, f"format must be zip or codeblocks, not {kind!r}")
     try:
         filters = LibraryFilters.parse(request.GET).check()
     except BadParameter as exc:
-        return _bad_request(str(exc))
+        return error(400, str(exc))
     examples = (
         Example.objects.listed().matching(filters).select_related("approved_by").prefetch_related("tags")
     )
@@ -40,12 +39,12 @@ def library_export(request):
     return _zip_response(entries, f"codedistiller-{stem}{suffix}-{timezone.now():%Y%m%d}.zip")
 
 
-@require_safe
+@download_view
 def example_download(request, example_id: int):
     """Any version, retracted ones too: its metadata.json says so, and why."""
-    if refused := refusal(request):
-        return refused
-    example = get_object_or_404(Example.objects.prefetch_related("tags"), pk=example_id)
+    example = Example.objects.prefetch_related("tags").filter(pk=example_id).first()
+    if example is None:
+        return error(404, f"There is no example {example_id}.")
     name = export_name(example)
     return _zip_response(example_entries(example, folder=name, url_for=_page_url(request)), f"{name}.zip")
 
@@ -59,7 +58,3 @@ def _zip_response(entries, filename: str) -> StreamingHttpResponse:
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Cache-Control"] = "private, no-store"
     return response
-
-
-def _bad_request(message: str) -> HttpResponse:
-    return HttpResponse(message + "\n", status=400, content_type="text/plain; charset=utf-8")

@@ -10,18 +10,24 @@ is exactly what its export, its API query and its review queue hold, in the same
     filters.as_params()                              # the filters back as query parameters, for links
 
 Semantics: `model` matches the code model or the fast model; `language` and `example_type` ignore case;
-several `tag`s must all be present; a search (`q`) ranks among the whole queryset before the facets narrow
-it (see `search`).
+several `tag`s must all be present; `requirement` matches a package name as pip compares them; a search
+(`q`) ranks among the whole queryset before the facets narrow it (see `search`), and each hit carries its
+`relevance`. An empty value is the same as an absent parameter.
+
+`PARAMS` are the parameters the filters read: the readers that refuse any other one (the API, the export)
+accept these and their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, Count, F, FloatField, IntegerField, Q, QuerySet, Value, When
 from django.db.models.functions import Lower
 from django.utils.text import slugify
 
@@ -32,6 +38,8 @@ from library.models import SCORE_BANDS, USAGE_BANDS
 SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
 MAX_QUERY = 500
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+# A distribution name as `requirement` takes it (PEP 508's names).
+DISTRIBUTION_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 
 class BadParameter(ValueError):
@@ -49,6 +57,7 @@ class LibraryFilters:
     gpu: bool | None = None
     model: str = ""
     source: str = ""
+    requirement: str = ""  # a package name, as in requirements.txt
     min_score: float | None = None
     score: str = ""  # a key of models.SCORE_BANDS
     usage: str = ""  # a key of models.USAGE_BANDS
@@ -76,6 +85,18 @@ class LibraryFilters:
         except ValueError:
             errors.append(("min_score", f"min_score must be a number, not {min_score!r}"))
             min_score = None
+        # float() takes nan, inf and 1e999: no score compares with them, and JSON has no such numbers.
+        if min_score is not None and not math.isfinite(min_score):
+            errors.append(
+                ("min_score", f"min_score must be a finite number, not {_text(params, 'min_score')!r}")
+            )
+            min_score = None
+        requirement = _text(params, "requirement")
+        if requirement and not DISTRIBUTION_NAME.match(requirement):
+            errors.append(
+                ("requirement", f"requirement must be a package name such as numpy, not {requirement!r}")
+            )
+            requirement = ""
         choices = {}
         for key, allowed in (("score", SCORE_BANDS), ("usage", USAGE_BANDS), ("sort", SORTS)):
             choices[key] = _text(params, key)
@@ -91,6 +112,7 @@ class LibraryFilters:
             gpu=None if gpu not in TRUE + FALSE else gpu in TRUE,
             model=_text(params, "model"),
             source=_text(params, "source"),
+            requirement=requirement,
             min_score=min_score,
             errors=tuple(errors),
             **choices,
@@ -112,6 +134,7 @@ class LibraryFilters:
             "gpu": None if self.gpu is None else str(self.gpu).lower(),
             "model": self.model,
             "source": self.source,
+            "requirement": self.requirement,
             "min_score": self.min_score,
             "score": self.score,
             "usage": self.usage,
@@ -137,17 +160,17 @@ class LibraryFilters:
         found, ranked = self.search(queryset)
         return self.ordered(self.narrow(found), ranked)
 
-    def search(self, queryset: QuerySet) -> tuple[QuerySet, list[int] | None]:
-        """The examples of `queryset` that the words of `q` find (all of them without `q`), and their ids
-        best first (None without `q`).
+    def search(self, queryset: QuerySet) -> tuple[QuerySet, dict[int, float] | None]:
+        """The examples of `queryset` that the words of `q` find (all of them without `q`), and their
+        relevance by id, best first (`search.relevance`; None without `q`).
 
         Ranked among the whole of `queryset`, before the facets narrow it: ranking only the narrowed examples
         would find other matches (the any-word fallback, the semantic neighbours' cut-off) than the page lists.
         """
         if not self.q:
             return queryset, None
-        ranked = search.ranked_ids(self.q, within=queryset)
-        return queryset.filter(pk__in=ranked), ranked
+        ranked = search.relevance(self.q, within=queryset)
+        return queryset.filter(pk__in=list(ranked)), ranked
 
     def narrow(self, queryset: QuerySet) -> QuerySet:
         """`queryset` narrowed by the facets (everything but the search and the order)."""
@@ -163,17 +186,31 @@ class LibraryFilters:
             queryset = queryset.filter(Q(model_code=self.model) | Q(model_fast=self.model))
         if self.source:
             queryset = queryset.filter(source_url=self.source)
+        if self.requirement:
+            queryset = queryset.requiring(self.requirement)
         if self.min_score is not None:
             queryset = queryset.filter(score__gte=self.min_score)
         return queryset.score_band(self.score).usage_band(self.usage)
 
-    def ordered(self, queryset: QuerySet, ranked: list[int] | None) -> QuerySet:
-        """`queryset` in the chosen order; `ranked` is what `search` gave. Ties go to the newer id."""
+    def ordered(self, queryset: QuerySet, ranked: dict[int, float] | None) -> QuerySet:
+        """`queryset` in the chosen order; `ranked` is what `search` gave. Ties go to the newer id.
+
+        With a query, each example carries its `relevance` in every order, so that an agent sorting by score
+        still sees how well each hit matched (at most search.FTS_LIMIT + SEMANTIC_LIMIT ids, so the SQL
+        stays small)."""
+        if ranked is not None:
+            queryset = queryset.annotate(
+                relevance=Case(
+                    *(When(pk=pk, then=Value(score)) for pk, score in ranked.items()),
+                    default=Value(None),
+                    output_field=FloatField(),
+                )
+            )
         order = self.order
         if order == "relevance":
             rank = Case(
-                *(When(pk=pk, then=Value(position)) for position, pk in enumerate(ranked or [])),
-                default=Value(len(ranked or [])),
+                *(When(pk=pk, then=Value(position)) for position, pk in enumerate(ranked or {})),
+                default=Value(len(ranked or {})),
                 output_field=IntegerField(),
             )
             return queryset.order_by(rank, "-pk")
@@ -185,10 +222,12 @@ class LibraryFilters:
 # The field each parameter sets, and what "not set" is for it.
 PARAM_FIELDS = {
     "q": "q", "tag": "tags", "language": "language", "example_type": "example_type", "type": "example_type",
-    "gpu": "gpu", "model": "model", "source": "source", "min_score": "min_score", "score": "score",
-    "usage": "usage", "sort": "sort",
+    "gpu": "gpu", "model": "model", "source": "source", "requirement": "requirement", "min_score": "min_score",
+    "score": "score", "usage": "usage", "sort": "sort",
 }  # fmt: skip
 EMPTY = {field.name: field.default for field in dataclasses.fields(LibraryFilters)}
+# The query parameters the filters read (`type` is example_type's former spelling).
+PARAMS = tuple(PARAM_FIELDS)
 
 
 def _text(params: Mapping, key: str) -> str:
@@ -282,4 +321,4 @@ FACETS = (
     Facet("usage", "Repository exercised", bands=USAGE_BANDS),
 )
 # Filters the page applies and shows as chosen, but offers no values of (the API's).
-OTHER_LABELS = {"min_score": "Score at least"}
+OTHER_LABELS = {"requirement": "Needs package", "min_score": "Score at least"}

@@ -5,6 +5,8 @@ Approving a newer run of the same source makes a new version of the same lineage
 newest approved version is the one shown by default.
 """
 
+import re
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -17,6 +19,11 @@ SCORE_BANDS = {
     "under-3": ("below 3", Q(score__lt=3)),
     "unscored": ("not scored yet", Q(score__isnull=True)),
 }
+# pip's rule: a `#` at the start of a line or after whitespace begins a comment (`pkg @ url#egg=x` keeps its #).
+REQUIREMENT_COMMENT = re.compile(r"(^|\s)#.*$")
+# Characters that may follow a distribution name in a requirement line: anything but more of the name.
+NAME_END = r"([^A-Za-z0-9._-]|$)"
+
 # How much of the repository's code the program exercised (`usage.repo_share_covered`, 0-1).
 USAGE_BANDS = {
     "half": ("half or more", Q(usage__repo_share_covered__gte=0.5)),
@@ -56,6 +63,13 @@ class ExampleQuerySet(models.QuerySet):
         The filters are defined in library/filters.py, once for the page, the export, the API and the queues.
         """
         return filters.matching(self)
+
+    def requiring(self, name: str):
+        """Examples whose requirements.txt names the distribution `name`, spelled in any of the ways pip
+        treats as the same (case, and runs of `-`, `_`, `.`: PEP 503): `scikit_learn` finds scikit-learn."""
+        parts = [re.escape(part) for part in re.split(r"[-_.]+", name.lower()) if part]
+        pattern = r"(^|\n)\s*" + "[-_.]+".join(parts) + NAME_END
+        return self.filter(**{"files__requirements.txt__iregex": pattern})
 
     def score_band(self, band: str):
         return self.filter(SCORE_BANDS[band][1]) if band in SCORE_BANDS else self
@@ -175,10 +189,12 @@ class Example(models.Model):
 
     @property
     def requirements(self) -> list[str]:
-        text = self.files.get("requirements.txt", "")
-        return [
-            line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
-        ]
+        """The lines of requirements.txt without comments, whole-line or inline (`numpy  # arrays`)."""
+        lines = (
+            REQUIREMENT_COMMENT.sub("", line).strip()
+            for line in self.files.get("requirements.txt", "").splitlines()
+        )
+        return [line for line in lines if line]
 
 
 class Rejection(models.Model):

@@ -60,23 +60,36 @@ def fts_query(words: list[list[str]], *, any_word: bool = False) -> str:
 
 def ranked_ids(q: str, *, within, use_semantic: bool | None = None) -> list[int]:
     """Ids of the examples of the queryset `within` that match q, best first."""
+    return list(relevance(q, within=within, use_semantic=use_semantic))
+
+
+def relevance(q: str, *, within, use_semantic: bool | None = None) -> dict[int, float]:
+    """{id: relevance} of the examples of `within` that match q, best first (dicts keep their order).
+
+    The relevance is the fused reciprocal-rank score over its greatest possible value (first in every
+    ranking): 1.0 for a hit first in them all, falling with rank. It orders the hits and says how far down
+    a hit is; it is not a probability, nor comparable between two queries.
+    """
     words = terms(q)
     if not words:
-        return []
-    full_text = _full_text_ids(words, within)
+        return {}
+    rankings = [_full_text_ids(words, within)]
     if use_semantic is None:
         use_semantic = semantic.available()
-    if not use_semantic:
-        return full_text
-    return fuse([full_text, _semantic_ids(q, within)])
+    if use_semantic:
+        rankings.append(_semantic_ids(q, within))
+    scores = fuse(rankings)
+    best = len(rankings) / (RRF_K + 1)
+    return {pk: round(score / best, 4) for pk, score in scores.items()}
 
 
-def fuse(rankings: list[list[int]]) -> list[int]:
+def fuse(rankings: list[list[int]]) -> dict[int, float]:
+    """Reciprocal rank fusion: {id: Σ 1 / (k + rank)}, best first."""
     scores: dict[int, float] = {}
     for ranking in rankings:
         for rank, pk in enumerate(ranking, start=1):
             scores[pk] = scores.get(pk, 0.0) + 1.0 / (RRF_K + rank)
-    return sorted(scores, key=lambda pk: -scores[pk])
+    return dict(sorted(scores.items(), key=lambda item: -item[1]))
 
 
 # Full text --------------------------------------------------------------------------------------------

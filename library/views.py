@@ -17,7 +17,7 @@ from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_respon
 from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
 from library import search, semantic, services
-from library.api_auth import refusal
+from library.api import download_view
 from library.filters import FACETS, OTHER_LABELS, SORTS, LibraryFilters
 from library.forms import ApproveForm, ReasonForm
 from library.models import Example
@@ -168,10 +168,9 @@ def _saved_files(example: Example) -> list[dict]:
     return saved
 
 
+@download_view
 def example_file(request, example_id: int, path: str):
     """A saved file (a plot, a table): the API links to it, so an agent's token opens it too."""
-    if refused := refusal(request):
-        return refused
     example = get_object_or_404(Example, pk=example_id)
     return saved_file_response(example.files_dir / "to_save", example.saved_files, path)
 

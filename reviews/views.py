@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 from codedistiller_site.ids import parse_id
 from codedistiller_site.roles import CURATOR, EXPERT, curator_required, expert_required, has_role
 from distill.highlight import code_files, pretty_json
-from library.filters import FACETS, LibraryFilters
+from library.filters import FACETS, OTHER_LABELS, LibraryFilters
 from library.models import Example
 from reviews import services
 from reviews.forms import ComparisonForm, QueueForm, ScoreForm
@@ -89,9 +89,9 @@ def _example_picker(params, matching, filters: LibraryFilters) -> dict:
     return {
         "filter_params": asked,
         "filter_errors": [message for _param, message in filters.errors],
-        # What the picker has no field for (the order, a least score, more tags) goes on with each post.
+        # What the picker has no field for (the order, a package, a least score, more tags) goes on with each post.
         "kept_filters": [("tag", tag) for tag in filters.tags[1:]]
-        + [(key, asked[key]) for key in ("sort", "min_score") if key in asked],
+        + [(key, asked[key]) for key in ("sort", *OTHER_LABELS) if key in asked],
         "page": page,
         "picked": picked,
         "picked_elsewhere": sorted(picked - {example.pk for example in page}),

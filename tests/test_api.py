@@ -10,8 +10,9 @@ from django.utils import timezone
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
-from library import api_schema
+from library import api, api_schema
 from library.api_auth import api_token_create, api_token_revoke
+from library.filters import PARAMS
 from library.models import ApiToken, Example
 from library.services import example_approve, example_retract
 from tests.factories import make_iteration, make_run
@@ -98,8 +99,18 @@ def test_the_document_describes_every_api_address():
 
     described = set(DOCUMENT["paths"])
     for pattern in api_urls.urlpatterns:
+        if pattern.name == "api_not_found":  # the JSON 404 for every other address
+            continue
         address = "/api/" + str(pattern.pattern).replace("<id:example_id>", "{id}")
         assert address in described
+    downloads = {
+        reverse("library_export"),
+        reverse("example_download", args=[7]),
+        reverse("example_file", args=[7, "p"]),
+    }
+    assert {
+        path.replace("{id}", "7").replace("{path}", "p") for path in described if path.startswith("/library/")
+    } == downloads
     for path in described:
         operation = DOCUMENT["paths"][path]["get"]
         assert "200" in operation["responses"] and "401" in operation["responses"]
@@ -466,3 +477,111 @@ def test_the_command_refuses_an_unknown_user_or_token(reader):
         call_command("api_token", "revoke", "12345", stdout=StringIO())
     with pytest.raises(CommandError, match="Name the token"):
         call_command("api_token", "create", reader.username, "--name", " ", stdout=StringIO())
+
+
+# Strictness: JSON everywhere, finite numbers, known parameters only -------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/nothing/", "/api/examples/null%2Cnull/", "/api/examples/1/files/"])
+def test_every_unknown_address_under_api_is_a_json_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json()["error"].startswith("There is no API address")
+    assert response["Access-Control-Allow-Origin"] == "*"
+
+
+def test_a_missing_slash_is_named_in_the_404(client):
+    response = client.get("/api/examples")
+    assert response.status_code == 404
+    assert "Did you mean /api/examples/?" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity", "1e999"])
+def test_a_non_finite_number_is_refused_not_echoed_as_invalid_json(client, value):
+    response = client.get(reverse("api_examples"), {"min_score": value})
+    assert response.status_code == 400
+    assert assert_matches(response, "/api/examples/")["error"] == (
+        f"min_score must be a finite number, not {value!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    "url, params, unknown",
+    [
+        ("api_examples", {"library": "scipy"}, ["library"]),
+        ("api_examples", {"kind": "workflow", "q": "x", "limit": "3"}, ["kind", "limit"]),
+        ("api_index", {"format": "json"}, ["format"]),
+        ("api_openapi", {"v": "2"}, ["v"]),
+    ],
+)
+def test_an_unknown_parameter_is_a_400_that_names_it(client, url, params, unknown):
+    response = client.get(reverse(url), params)
+    assert response.status_code == 400
+    data = response.json()
+    assert data["unknown"] == unknown and data["error"].startswith(
+        f"Unknown query parameter {', '.join(unknown)}:"
+    )
+
+
+def test_the_list_takes_the_library_filters_and_its_own_parameters_each_described():
+    described = {parameter["name"] for parameter in DOCUMENT["paths"]["/api/examples/"]["get"]["parameters"]}
+    assert set(api.LIST_PARAMS) == {*PARAMS, "include", "page", "page_size"} == described
+
+
+def test_the_example_addresses_take_no_parameters(client, curator):
+    example = make_example(curator)
+    response = client.get(reverse("api_example", args=[example.pk]), {"include": "files"})
+    assert response.status_code == 400
+    assert assert_matches(response, "/api/examples/{id}/")["error"].endswith("it takes none.")
+
+
+def test_an_empty_value_is_the_same_as_no_parameter(client, curator):
+    make_example(curator)
+    empty = {name: "" for name in ("q", "tag", "language", "requirement", "min_score", "score", "gpu")}
+    data = assert_matches(client.get(reverse("api_examples"), empty), "/api/examples/")
+    assert data["count"] == 1 and data["query"] == {}
+
+
+def test_it_filters_by_requirement_as_pip_compares_names(client, curator):
+    def with_requirements(slug, text):
+        example = make_example(curator, slug)
+        Example.objects.filter(pk=example.pk).update(files={**example.files, "requirements.txt": text})
+        return example
+
+    sklearn = with_requirements("learn", "numpy\nScikit-Learn>=1.5  # the classifier\n")
+    pinned = with_requirements("pinned", "scikit_learn==1.4.2; python_version >= '3.10'\n")
+    with_requirements("other", "scikit-learn-extra\n# scikit-learn, in a comment\nsklearn\n")
+
+    def ids(name):
+        data = assert_matches(client.get(reverse("api_examples"), {"requirement": name}), "/api/examples/")
+        return sorted(item["id"] for item in data["results"])
+
+    assert (
+        ids("scikit-learn") == ids("SCIKIT.LEARN") == ids("scikit_learn") == sorted([sklearn.pk, pinned.pk])
+    )
+    assert ids("numpy") == [sklearn.pk]
+    bad = client.get(reverse("api_examples"), {"requirement": "numpy>=2"})
+    assert bad.status_code == 400 and "requirement must be a package name" in bad.json()["error"]
+
+
+def test_list_items_carry_what_an_agent_chooses_by_and_include_adds_files(client, curator):
+    example = make_example(curator, "spectra", title="Peak fitting of spectra")
+    Example.objects.filter(pk=example.pk).update(
+        files={**example.files, "requirements.txt": "numpy==2.1.0  # arrays\n# plots\nmatplotlib\n"}
+    )
+
+    data = assert_matches(client.get(reverse("api_examples"), {"q": "spectra"}), "/api/examples/")
+    (item,) = data["results"]
+    assert item["requirements"] == ["numpy==2.1.0", "matplotlib"]
+    assert item["inclusion_criteria"] == "When you need spectra." and item["is_latest"] is True
+    assert 0 < item["relevance"] <= 1 and "files" not in item
+    assert client.get(reverse("api_examples")).json()["results"][0]["relevance"] is None
+
+    data = assert_matches(
+        client.get(reverse("api_examples"), {"include": "files,provenance", "page_size": 1}), "/api/examples/"
+    )
+    (item,) = data["results"]
+    assert {file["name"] for file in item["files"]} == {"main.py", "requirements.txt", "runscript.sh"}
+    assert item["provenance"]["commit_sha"] == example.commit_sha
+    bad = client.get(reverse("api_examples"), {"include": "everything"})
+    assert bad.status_code == 400 and bad.json()["error"] == "include takes files, provenance, not everything"

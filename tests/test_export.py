@@ -1,17 +1,42 @@
 import io
 import json
+import re
 import zipfile
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils.html import escape
 
 from library import semantic
-from library.export import codeblock_text, export_name, parse_codeblock
+from library.export import SUMMARIES, codeblock_text, export_name, parse_codeblock
 from library.services import example_approve, example_retract
 from tests.factories import make_iteration, make_run
 
 pytestmark = pytest.mark.django_db
+
+CODESCIENTIST_FIELDS = ("name", "description", "inclusion_criteria", "exclusion_criteria", "python_version")
+
+
+def codescientist_fields(text: str) -> dict:
+    """A codeblock's fields as CodeScientist's loader reads them (allenai/codescientist, src/CodeBlockStore.py,
+    parseCodeblockPython), written again from its rule: every line that starts with `#` once stripped,
+    without its leading #s and spaces, is a field line when it starts with `<field>:` in any case; a field
+    takes the value of its first such line, pip_requirement of all of them."""
+    comments = [
+        re.sub(r"^#+", "", line.strip()).strip() for line in text.split("\n") if line.strip().startswith("#")
+    ]
+    fields: dict = {"pip_requirement": []}
+    for field in (*CODESCIENTIST_FIELDS, "pip_requirement"):
+        for line in comments:
+            if line.lower().startswith(field + ":"):
+                value = line[len(field) + 1 :].strip()
+                if field == "pip_requirement":
+                    fields[field].append(value)
+                else:
+                    fields[field] = value
+                    break
+    return fields
 
 
 def make_example(
@@ -75,10 +100,10 @@ def test_the_codeblock_export_round_trips(client, curator):
         make_example(curator, "otherlib", title="Fitting: with otherlib!", tags=("fitting",)),
     ]
     archive = unzip(client.get(reverse("library_export"), {"format": "codeblocks"}))
-    summaries = json.loads(archive.read("codeblock_summaries.json"))
+    summaries = json.loads(archive.read(SUMMARIES))
 
     assert sorted(archive.namelist()) == sorted(
-        [f"{export_name(example)}.py" for example in examples] + ["codeblock_summaries.json"]
+        [f"{export_name(example)}.py" for example in examples] + [SUMMARIES]
     )
     for example in examples:
         name = export_name(example)
@@ -90,8 +115,21 @@ def test_the_codeblock_export_round_trips(client, curator):
         assert fields["python_version"] == "3.11"
         assert fields["pip_requirements"] == ["numpy==2.1.0"]
         assert fields["code"] == example.files["main.py"]
+        assert codescientist_fields(archive.read(f"{name}.py").decode()) == {
+            "name": name,
+            "description": fields["description"],
+            "inclusion_criteria": example.inclusion_criteria,
+            "exclusion_criteria": example.exclusion_criteria,
+            "python_version": "3.11",
+            "pip_requirement": ["numpy==2.1.0"],
+        }
         summary = summaries[name]
         assert summary["name"] == name and summary["libraries"] == ["numpy"]
+        assert summary["examples"] == example.description
+        assert (
+            summary["kinds_of_ideas"]
+            == f"{', '.join(example.tags.values_list('name', flat=True))}; work that builds on {example.source_title}; demonstration"
+        )
         assert summary["description"] == fields["description"]
         assert summary["when_to_use"] == example.inclusion_criteria
         assert summary["inclusion_criteria"] == example.inclusion_criteria
@@ -119,9 +157,81 @@ def test_multi_line_metadata_does_not_break_the_header(curator):
     assert fields["name"] == export_name(example)
     assert fields["exclusion_criteria"] == ""
     assert fields["pip_requirements"] == ["numpy>=2 ; python_version >= '3.10'", "scipy"]
-    assert fields["code"] == "# name: not a header\nprint(1)\n"
+    assert fields["code"] == "# [name]: not a header\nprint(1)\n"
     header = text.split("\n\n", 1)[0].splitlines()
     assert all(line.startswith("# ") for line in header)
+
+
+def test_comments_in_the_program_that_look_like_header_lines_stay_comments_for_codescientist(curator):
+    main = (
+        "# pip_requirement: this-is-not-a-requirement\n"
+        "import json\n"
+        "def f():\n"
+        "    ## Name: helper\n"
+        "    #description:not ours\n"
+        "    return 1  # pip_requirement: inline, never read\n"
+        "# pip_requirements: a plural is no field\n"
+    )
+    example = make_example(
+        curator,
+        files={"main.py": main, "requirements.txt": "matplotlib>=3.8 # plotting\n# a comment\nnumpy\n"},
+    )
+    text = codeblock_text(example)
+
+    fields = codescientist_fields(text)
+    assert fields["pip_requirement"] == ["matplotlib>=3.8", "numpy"]
+    assert fields["name"] == export_name(example) and fields["description"].startswith(example.title)
+    code = parse_codeblock(text)["code"]
+    assert code.splitlines() == [
+        "# [pip_requirement]: this-is-not-a-requirement",
+        "import json",
+        "def f():",
+        "    ## [Name]: helper",
+        "    #[description]:not ours",
+        "    return 1  # pip_requirement: inline, never read",
+        "# pip_requirements: a plural is no field",
+    ]
+    compile(code, "main.py", "exec")  # still the same program
+
+
+def test_summaries_merge_into_codescientists_own_file(client, curator, tmp_path):
+    first = make_example(curator, "minilib")
+    second = make_example(curator, "otherlib")
+    export = tmp_path / "codeblocks.zip"
+    export.write_bytes(
+        b"".join(client.get(reverse("library_export"), {"format": "codeblocks"}).streaming_content)
+    )
+    codeblocks = tmp_path / "codeblocks"
+    codeblocks.mkdir()
+    theirs = {"their_block": {"name": "their_block", "description": "Theirs."}}
+    stale = {export_name(first): {"name": export_name(first), "description": "An older export's."}}
+    (codeblocks / "codeblock_summaries.json").write_text(json.dumps({**theirs, **stale}))
+    out = io.StringIO()
+
+    call_command("merge_codeblock_summaries", str(export), str(codeblocks), stdout=out)
+
+    merged = json.loads((codeblocks / "codeblock_summaries.json").read_text())
+    assert set(merged) == {"their_block", export_name(first), export_name(second)}
+    assert merged["their_block"] == theirs["their_block"]
+    assert merged[export_name(first)]["description"] == f"{first.title}: {first.summary}"
+    assert merged[export_name(second)]["when_to_use"] == second.inclusion_criteria
+    assert "1 summaries added, 1 replaced, 1 of its own kept." in out.getvalue()
+    assert not list(codeblocks.glob("*.partial"))
+
+
+def test_the_merge_refuses_what_it_cannot_read_in_one_line(tmp_path):
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(CommandError, match="does not hold summaries keyed by codeblock name"):
+        call_command("merge_codeblock_summaries", str(tmp_path / "list.json"), str(tmp_path))
+    (tmp_path / "ours.json").write_text('{"a": {"name": "a"}}')
+    (tmp_path / "codeblock_summaries.json").write_text("[1, 2]")
+    with pytest.raises(CommandError, match="holds a JSON list, not an object of summaries"):
+        call_command("merge_codeblock_summaries", str(tmp_path / "ours.json"), str(tmp_path))
+    with pytest.raises(CommandError, match="has no codedistiller_summaries.json"):
+        archive = tmp_path / "other.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("index.json", "{}")
+        call_command("merge_codeblock_summaries", str(archive), str(tmp_path))
 
 
 def test_names_are_unique_safe_and_stable(curator):
@@ -149,7 +259,7 @@ def test_a_search_result_export_holds_only_the_matches(client, curator):
         reverse("library_export"), {"format": "codeblocks", "q": "graphs", "tag": "statistics"}
     )
     assert "-search-" in response["Content-Disposition"]
-    assert list(json.loads(unzip(response).read("codeblock_summaries.json"))) == [export_name(other)]
+    assert list(json.loads(unzip(response).read(SUMMARIES))) == [export_name(other)]
 
 
 def test_facet_filters_narrow_the_export(client, curator):
@@ -160,7 +270,7 @@ def test_facet_filters_narrow_the_export(client, curator):
     archive = unzip(client.get(reverse("library_export"), {"gpu": "true"}))
     assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == [gpu.pk]
     archive = unzip(client.get(reverse("library_export"), {"tag": "deep-learning", "format": "codeblocks"}))
-    assert list(json.loads(archive.read("codeblock_summaries.json"))) == [export_name(gpu)]
+    assert list(json.loads(archive.read(SUMMARIES))) == [export_name(gpu)]
 
 
 @pytest.fixture
@@ -199,7 +309,7 @@ def test_an_export_from_a_filtered_library_page_holds_what_the_page_lists(client
     archive = unzip(client.get(link))
     assert [entry["id"] for entry in json.loads(archive.read("index.json"))["examples"]] == listed
     codeblocks = client.get(reverse("library_export") + f"?format=codeblocks&{page.context['filter_query']}")
-    names = list(json.loads(unzip(codeblocks).read("codeblock_summaries.json")))
+    names = list(json.loads(unzip(codeblocks).read(SUMMARIES)))
     by_id = {example.pk: example for example in scored}
     assert names == [export_name(by_id[pk]) for pk in listed]
 
@@ -284,14 +394,38 @@ def test_an_unsafe_file_name_in_an_example_is_left_out_and_a_reserved_one_rename
     )
 
 
-def test_export_needs_a_login_when_the_library_is_not_public(client, reader_client, curator, settings):
+def test_export_needs_a_login_or_a_token_when_the_library_is_not_public(
+    client, reader_client, curator, settings
+):
     example = make_example(curator)
     settings.LIBRARY_PUBLIC = False
-    response = client.get(reverse("library_export"))
-    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
-    assert client.get(reverse("example_download", args=[example.pk])).status_code == 302
-    assert client.get(reverse("library_export"), HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    for url in (reverse("library_export"), reverse("example_download", args=[example.pk])):
+        # What an agent gets is the API's 401, in JSON, with CORS: not the login page.
+        response = client.get(url)
+        assert response.status_code == 401 and response["WWW-Authenticate"] == 'Bearer realm="codedistiller"'
+        assert response.json() == {"error": "Authentication required: send 'Authorization: Bearer <token>'."}
+        assert response["Access-Control-Allow-Origin"] == "*"
+        assert client.get(url, HTTP_AUTHORIZATION="Bearer nope").json() == {"error": "Invalid token."}
+        # A person who followed a link in a browser is sent to log in.
+        browser = client.get(url, HTTP_ACCEPT="text/html,*/*;q=0.8")
+        assert browser.status_code == 302 and "/accounts/login/" in browser["Location"]
     assert unzip(reader_client.get(reverse("library_export"))).namelist()
+
+
+def test_downloads_answer_cors_preflight_and_json_errors(client, curator):
+    example = make_example(curator)
+    for url in (reverse("library_export"), reverse("example_download", args=[example.pk])):
+        preflight = client.options(url, HTTP_ORIGIN="https://agent.example")
+        assert preflight.status_code == 204 and preflight["Access-Control-Allow-Headers"] == "Authorization"
+        assert client.get(url)["Access-Control-Allow-Origin"] == "*"
+    missing = client.get(reverse("example_download", args=[999]))
+    assert missing.status_code == 404 and missing.json() == {"error": "There is no example 999."}
+    saved = client.get(reverse("example_file", args=[example.pk, "nothing.png"]))
+    assert saved.status_code == 404 and saved.json() == {"error": "No such saved file."}
+    nan = client.get(reverse("library_export"), {"min_score": "nan"})  # index.json would have said NaN
+    assert nan.status_code == 400 and nan.json() == {"error": "min_score must be a finite number, not 'nan'"}
+    unknown = client.get(reverse("library_export"), {"library": "scipy"})
+    assert unknown.status_code == 400 and unknown.json()["unknown"] == ["library"]
 
 
 def test_export_refuses_bad_parameters_and_writes(client, curator):

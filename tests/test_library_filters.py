@@ -28,6 +28,14 @@ LIBRARY = {
     "gap": ("Band gap from spectra", ["spectra", "dft"], "python", "benchmark", True, "openai/gpt-x", CLAUDE, 2.0, 0.3),
     "graphs": ("Shortest paths in graphs", ["graphs"], "python", "tutorial", False, CLAUDE, CLAUDE, 3.9, 0.02),
 }  # fmt: skip
+# Each example's requirements.txt: `requirement` matches names as pip compares them, never a comment.
+REQUIREMENTS = {
+    "phonons": "Phonopy>=2.20  # the band structure\nnumpy\n",
+    "gpu": "phonopy\ntorch==2.5.1\n",
+    "julia": "# numpy, in a comment\n",
+    "gap": "numpy==2.1.0; python_version >= '3.10'\nscikit_learn\n",
+    "graphs": "networkx\nnumpy-financial\n",
+}
 
 
 @pytest.fixture
@@ -41,6 +49,7 @@ def library(curator):
             language=language, example_type=kind, gpu_required=gpu, model_code=code, model_fast=fast,
             score=score, score_count=0 if score is None else 2,
             usage=None if share is None else {"repo_share_covered": share},
+            files={**example.files, "requirements.txt": REQUIREMENTS[name]},
         )  # fmt: skip
         made[name] = example
     # Neither a retracted example nor an older version is listed anywhere.
@@ -71,6 +80,10 @@ CASES = [
     ({"score": "unscored"}, {"julia"}),
     ({"usage": "little"}, {"gpu", "graphs"}),
     ({"usage": "tenth", "language": "python"}, {"gap"}),
+    ({"requirement": "numpy"}, {"phonons", "gap"}),
+    ({"requirement": "PHONOPY", "gpu": "true"}, {"gpu"}),
+    ({"requirement": "scikit-learn"}, {"gap"}),
+    ({"q": "band", "requirement": "numpy"}, None),
 ]
 SORTS = [{}, {"sort": "newest"}, {"sort": "score"}, {"sort": "relevance"}]
 
@@ -136,6 +149,40 @@ def test_the_page_says_which_parameters_it_left_out_and_lists_the_rest(client, l
     assert "Left out: gpu must be true or false, not &#x27;maybe&#x27;; score must be one of" in page
     # Its links carry only what it understood.
     assert "maybe" not in response.context["filter_query"]
+
+
+def test_a_search_carries_each_hits_relevance_in_every_order(client, library):
+    by_order = {}
+    for sort in ("relevance", "newest", "score"):
+        results = client.get(reverse("api_examples"), {"q": "phonon band", "sort": sort}).json()["results"]
+        by_order[sort] = {item["id"]: item["relevance"] for item in results}
+    assert by_order["relevance"] == by_order["newest"] == by_order["score"]
+    relevance = list(by_order["relevance"].values())
+    assert relevance == sorted(relevance, reverse=True) and 0 < relevance[-1] <= relevance[0] <= 1
+    assert client.get(reverse("api_examples")).json()["results"][0]["relevance"] is None
+
+
+def test_the_page_shows_a_package_filter_and_a_queue_picker_keeps_it(client, curator, library):
+    page = client.get(reverse("library"), {"requirement": "numpy"})
+    assert ("Needs package", "numpy", reverse("library")) in page.context["chosen"]
+    picker = logged_in(curator).get(reverse("review_queue_new"), {"requirement": "numpy", "tag": "dft"})
+    assert ("requirement", "numpy") in picker.context["kept_filters"]
+    assert {example.pk for example in picker.context["page"]} == {library["phonons"].pk, library["gap"].pk}
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"min_score": "nan"}, "min_score must be a finite number, not 'nan'"),
+        ({"min_score": "1e999"}, "min_score must be a finite number, not '1e999'"),
+        ({"requirement": "numpy>=2"}, "requirement must be a package name such as numpy, not 'numpy>=2'"),
+    ],
+)
+def test_non_finite_scores_and_requirement_lines_are_bad_parameters(params, message):
+    filters = LibraryFilters.parse(params)
+    assert filters.errors == ((next(iter(params)), message),) and filters.as_params() == {}
+    with pytest.raises(BadParameter, match=message.split(",")[0]):
+        filters.check()
 
 
 def test_parse_keeps_the_good_parameters_and_check_refuses_the_bad_ones():

@@ -367,7 +367,12 @@ def test_saved_files_open_with_an_api_token_as_the_api_does(client, curator, rea
     if public:
         assert anonymous.status_code == 200
     else:
-        assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+        # An agent gets the API's JSON 401; a browser opening the link goes to the login page.
+        assert anonymous.status_code == 401 and anonymous.json()["error"].startswith(
+            "Authentication required"
+        )
+        browser = client.get(url, HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8")
+        assert browser.status_code == 302 and browser["Location"].startswith("/accounts/login/")
     session = Client()
     session.force_login(reader)
     assert session.get(url).status_code == 200
