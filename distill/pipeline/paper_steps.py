@@ -433,7 +433,7 @@ def generate(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> It
         plan=_plan_digest(run, data, share=0.2),
         written=_files_text(written, budget=_budget(run, 0.3)),
         analysis=analyses.get("main.py", ""),
-        format=prompts.render("program_format", changes_section=""),
+        format=repository.program_format(run, changes=False),
         **_rules(run),
     )
     program = repository._ask_for_program(

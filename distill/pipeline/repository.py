@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
-from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof, sources, survey
+from distill.pipeline import dependencies, diagnosis, environment, parsing, prompts, proof, sources, survey
+from distill.pipeline.environment import env_dir
 from distill.pipeline.live import LiveOutput
 
 logger = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ class StepFailed(Exception):
 
 def clone_dir(run: Run) -> Path:
     return settings.DATA_DIR / "clones" / str(run.pk)
-
-
-def env_dir(run: Run) -> Path:
-    return settings.DATA_DIR / "envs" / str(run.pk)
 
 
 # Fetch ------------------------------------------------------------------------------------------------
@@ -223,7 +220,7 @@ def generate(run: Run) -> Iteration:
         title=run.source_title or run.source_url,
         purpose=run.repository_description,
         files=_selected_files_text(run),
-        format=prompts.render("program_format", changes_section=""),
+        format=program_format(run, changes=False),
         **_rules(run),
     )
     program = _ask_for_program(run, stage="generate", prompt=prompt, iteration=1, require_change_log=False)
@@ -268,10 +265,28 @@ def failed_version(run: Run, previous: Iteration) -> dict:
         "stdout": trim_output(previous.stdout),
         "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
         "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        "format": prompts.render(
-            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-        ),
+        "format": program_format(run, changes=True),
     }
+
+
+def program_format(run: Run, *, changes: bool) -> str:
+    """The reply format: with a prepared environment, main.py and only the extra requirements it needs."""
+    if environment.usable(run):
+        requirements = (
+            "=== FILE: requirements.txt ===\n"
+            "<only packages main.py needs beyond the prepared environment, one a line; leave it out if none>\n"
+        )
+    else:
+        requirements = (
+            "=== FILE: requirements.txt ===\n<one pip requirement a line, pinned where it matters>\n"
+            "=== FILE: runscript.sh ===\n"
+            "<bash commands that install the dependencies only, e.g. pip install -r requirements.txt>\n"
+        )
+    return prompts.render(
+        "program_format",
+        requirements_section=requirements,
+        changes_section="=== CHANGES ===\n<what this version changes, and why>\n" if changes else "",
+    )
 
 
 def problems_of(iteration: Iteration) -> list[str]:
@@ -302,6 +317,7 @@ def _rules(run: Run) -> dict:
         "network": "with network access" if run.config.get("network_run") else "without network access",
         # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
         "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
+        "environment": environment.prompt_facts(run.environment, declared),
     }
 
 
@@ -331,6 +347,7 @@ def _ask_for_program(
 ) -> parsing.Program:
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)
+    prepared = environment.usable(run)
     for attempt in range(repairs + 1):
         reply = llm.complete(
             run=run,
@@ -341,7 +358,12 @@ def _ask_for_program(
             max_tokens=run.config.get("code_max_output_tokens", 16000),
         )
         try:
-            program = parsing.parse_program(reply.text, require_change_log=require_change_log)
+            program = parsing.parse_program(
+                reply.text,
+                require_change_log=require_change_log,
+                required_files=("main.py",) if prepared else parsing.REQUIRED_FILES,
+            )
+            program = _with_requirements(program, prepared)
             if previous_files is not None and _same_program(program.files, previous_files):
                 # Running it again would fail again, and spend an iteration on nothing.
                 raise parsing.ReplyError(
@@ -359,6 +381,21 @@ def _ask_for_program(
     raise StepFailed(f"the code model's reply could not be used after {repairs + 1} tries: {error}")
 
 
+def _with_requirements(program: parsing.Program, prepared: dict | None) -> parsing.Program:
+    """The program's requirement lines cleaned and checked; with a prepared environment, requirements.txt
+    (the lock plus the extras) and runscript.sh derived, so that both always parse."""
+    requirements, problems = dependencies.clean_requirements(program.files.get("requirements.txt", ""))
+    files = dict(program.files)
+    if prepared:
+        other = {
+            name: text for name, text in files.items() if name not in ("requirements.txt", "runscript.sh")
+        }
+        files = environment.program_files(prepared, files["main.py"], requirements, other)
+    else:
+        files["requirements.txt"] = "".join(f"{line}\n" for line in requirements)
+    return program.model_copy(update={"files": files, "requirement_problems": problems})
+
+
 def _same_program(files: dict, previous: dict) -> bool:
     def normal(text: str) -> list[str]:
         return [line.rstrip() for line in text.strip().splitlines()]
@@ -373,6 +410,9 @@ def _save_iteration(run: Run, number: int, program: parsing.Program, *, change_l
         files=program.files,
         metadata=program.metadata.model_dump(),
         change_log=change_log,
+        sandbox={"requirement_problems": program.requirement_problems}
+        if program.requirement_problems
+        else {},
     )
     Run.objects.filter(pk=run.pk).update(iteration_count=number)
     run.iteration_count = number
@@ -394,12 +434,17 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     # Only a repository run has code the program must be proven to use; a paper's run has none.
     packages = proof.repository_packages(clone) if clone is not None else proof.Packages()
     recording = proof.recording_config(packages) if run.kind == Run.Kind.REPOSITORY else None
+    prepared = environment.usable(run)
+    requirement_problems = (iteration.sandbox or {}).get("requirement_problems", [])
     request = ExecutionRequest(
         files=iteration.files,
         job_dir=job,
         env_dir=env_dir(run),
         repo_dir=clone,
         recording=recording,
+        env_key=environment.program_env_key(prepared, environment.program_extras(iteration.files))
+        if prepared
+        else None,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
             memory_mb=config.get("memory_mb", 4096),
@@ -436,12 +481,14 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         "out_of_memory": result.out_of_memory,
         "cancelled": result.cancelled,
         "failure": result.failure,
+        **({"requirement_problems": requirement_problems} if requirement_problems else {}),
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
-        iteration.measured["diagnosis"] = _diagnose(iteration, result, packages, clone)
+        named = [f"requirements.txt: {problem}" for problem in requirement_problems]
+        iteration.measured["diagnosis"] = named + _diagnose(iteration, result, packages, clone)
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]

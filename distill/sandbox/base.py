@@ -39,6 +39,10 @@ class ExecutionRequest:
     # configuration, {"key": hex, "packages": [...], "modules": [...]}; None records nothing. The key must
     # reach the recorder through a file descriptor or a file the program cannot read, never the environment.
     recording: dict | None = None
+    # Names the environment in env_dir that the install phase makes and later requests reuse; None keys it
+    # by requirements.txt and runscript.sh. The environment step (distill/pipeline/environment.py) keys it
+    # by (commit, extra requirements), so programs reuse the environment it proved whatever their files say.
+    env_key: str | None = None
 
 
 @dataclass

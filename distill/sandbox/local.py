@@ -140,7 +140,7 @@ class LocalSandbox:
         job_dir.mkdir(parents=True, exist_ok=True)
         _write_files(job_dir, files)
         _make_folder(job_dir, "to_save")
-        env_hash = _env_hash(files)
+        env_hash = _env_key(request) or _env_hash(files)
         venvs = request.env_dir / "venvs"
         venv, ready = venvs / env_hash, venvs / f"{env_hash}.ready"
         cache = request.env_dir / "cache"
@@ -406,6 +406,12 @@ def _host_uid(env_dir: Path) -> int:
 def _env_hash(files: dict[str, str]) -> str:
     key = "\0".join(["v1", files["requirements.txt"], files["runscript.sh"]])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _env_key(request: ExecutionRequest) -> str | None:
+    if request.env_key is not None and not re.fullmatch(r"[0-9a-f]{8,64}", request.env_key):
+        raise ValueError(f"invalid environment key {request.env_key!r}")
+    return request.env_key
 
 
 def _checked_files(files: dict[str, str]) -> dict[str, str]:

@@ -65,7 +65,7 @@ from .base import (
     install_failure,
     kept_record,
 )
-from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _Tail
+from .local import OUT_OF_MEMORY, _checked_files, _Emitter, _env_hash, _env_key, _Tail
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class ModalSandbox:
 
         cache = request.env_dir / "modal"
         cache.mkdir(parents=True, exist_ok=True)
-        image_file = cache / f"{_env_hash(files)}.image"
+        image_file = cache / f"{_env_key(request) or _env_hash(files)}.image"
         image_id = image_file.read_text().strip() if image_file.is_file() else ""
         env_reused = bool(image_id)
         install = None
