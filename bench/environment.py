@@ -44,10 +44,15 @@ def main() -> None:
             run = services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=False)
             repository.fetch(run)
             started = time.monotonic()
-            try:
-                environment.prepare(run, repository.clone_dir(run), should_cancel=lambda: False)
-            except environment.EnvironmentFailed as exc:
-                print(f"[{package}] {exc}", flush=True)
+            done = False
+            while not done:  # one attempt a call, as the run's steps do
+                try:
+                    done, message = environment.prepare(
+                        run, repository.clone_dir(run), should_cancel=lambda: False
+                    )
+                except environment.EnvironmentFailed as exc:
+                    done, message = True, str(exc)
+                print(f"[{package}] {message}", flush=True)
             state = run.environment or {}
             row = {
                 "package": package + (" (again)" if attempt else ""),
@@ -64,6 +69,8 @@ def main() -> None:
                 "check": state.get("check_secs", 0.0),
                 "wall": time.monotonic() - started,
                 "reused": state.get("reused", False),
+                "attempts": len(state.get("attempts", [])),
+                "model": any(a.get("model") for a in state.get("attempts", [])),
                 "lock": len(state.get("lock", [])),
                 "requirement": (state.get("repository") or {}).get("requirement", ""),
                 "published": (state.get("repository") or {}).get("published"),
@@ -73,12 +80,16 @@ def main() -> None:
             print(f"[{package}] {row}", flush=True)
 
     print()
-    header = f"{'repository':<26} {'status':<8} {'install s':>9} {'check s':>7} {'wall s':>6} {'reused':<6} {'lock':>4}  how"
+    header = (
+        f"{'repository':<26} {'status':<8} {'tries':>5} {'model':<5} {'install s':>9} {'check s':>7} {'wall s':>6}"
+        f" {'reused':<6} {'lock':>4}  how"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['package']:<26} {row['status']:<8} {row['install']:>9.1f} {row['check']:>7.1f}"
+            f"{row['package']:<26} {row['status']:<8} {row['attempts']:>5} {'yes' if row['model'] else 'no':<5}"
+            f" {row['install']:>9.1f} {row['check']:>7.1f}"
             f" {row['wall']:>6.1f} {'yes' if row['reused'] else 'no':<6} {row['lock']:>4}  {row['how']}"
         )
     for row in rows:

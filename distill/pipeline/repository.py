@@ -513,6 +513,7 @@ def _diagnose(iteration: Iteration, result, packages: proof.Packages, clone: Pat
         declared=dependencies.declared_dependencies(clone) if clone is not None else [],
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+        prepared=environment.usable(iteration.run) is not None,
     )
 
 
