@@ -1,9 +1,13 @@
 """The environment step (distill/pipeline/environment.py): real git repositories made here, the real
 bubblewrap sandbox, real pip; the code model's changes replayed from a cassette."""
 
+import functools
+import http.server
 import json
 import subprocess
 import sys
+import threading
+import types
 
 import pytest
 
@@ -25,8 +29,6 @@ MINILIB = {
 @pytest.fixture(autouse=True)
 def local_sources(settings):
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
-    # No package index in tests: "not reachable" is the answer, whatever the machine's network.
-    settings.DISTILL_PYPI_URL = "http://127.0.0.1:9/pypi"
 
 
 def fetched_run(tmp_path, files, *, entries=(), **overrides) -> Run:
@@ -246,3 +248,57 @@ def test_a_program_runs_outside_the_sandbox_with_its_own_files_offline(tmp_path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(14 / 3)
+
+
+@pytest.fixture
+def package_index(tmp_path, settings):
+    """A package index answering PyPI's JSON API for one project, s15minilib, published at 1.2.0."""
+    folder = tmp_path / "index"
+    (folder / "s15minilib").mkdir(parents=True)
+    (folder / "s15minilib" / "json").write_text(json.dumps({"releases": {"1.2.0": [{}], "1.1.0": []}}))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.DISTILL_PYPI_URL = f"http://127.0.0.1:{server.server_port}/"
+    yield
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("source", "version", "expected", "published"),
+    [
+        ("https://github.com/example/s15minilib", "1.2.0", "s15minilib==1.2.0", True),
+        # A version whose files were all deleted cannot be installed from the index.
+        (
+            "https://github.com/example/s15minilib",
+            "1.1.0",
+            "s15minilib @ git+https://github.com/example/s15minilib@abc",
+            False,
+        ),
+        (
+            "https://github.com/example/s15minilib",
+            "9.0",
+            "s15minilib @ git+https://github.com/example/s15minilib@abc",
+            False,
+        ),
+    ],
+)
+def test_the_repository_is_named_by_its_published_version_else_by_its_commit(
+    package_index, tmp_path, source, version, expected, published
+):
+    run = types.SimpleNamespace(source_url=source, commit_sha="abc")
+    state = {"installed": {"name": "s15minilib", "version": version}}
+    named = environment._published(run, tmp_path, state)
+    assert named == {
+        "name": "s15minilib",
+        "version": version,
+        "published": published,
+        "requirement": expected,
+    }
+
+
+def test_an_unreachable_index_leaves_the_published_version_unchecked(settings, tmp_path):
+    settings.DISTILL_PYPI_URL = "http://127.0.0.1:9/pypi"  # nothing listens on the discard port
+    run = types.SimpleNamespace(source_url="https://github.com/example/s15minilib", commit_sha="abc")
+    named = environment._published(run, tmp_path, {"installed": {"name": "s15minilib", "version": "1.2.0"}})
+    assert named["published"] is None and named["requirement"] == "s15minilib==1.2.0"

@@ -42,6 +42,7 @@ from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof
 
 READY, PARTIAL, FAILED = "ready", "partial", "failed"
 LABELS = {READY: "ready", PARTIAL: "partly importable", FAILED: "failed"}
+RANK = {READY: 2, PARTIAL: 1, FAILED: 0}
 CHECK_SCRIPT = Path(__file__).with_name("environment_check.py")
 MAX_NAMES = 30  # top-level names imported by the check
 IMPORT_SECS = 120  # per import: a module that computes or waits at import is not the environment's fault
@@ -113,9 +114,9 @@ def prepare(run: Run, clone: Path, *, should_cancel: Callable[[], bool]) -> tupl
     attempts.append(attempt)
     if attempt.get("cancelled"):  # not an attempt: the step starts it again when the run is retried
         return False, "Cancelled while the environment was being prepared."
-    best = max(
-        attempts, key=lambda a: ({READY: 2, PARTIAL: 1}.get(a["status"], 0), _imported(a), a["number"])
-    )
+    # The run keeps its best attempt whole (the state) and every attempt in brief.
+    candidates = [attempt, state] if len(attempts) > 1 else [attempt]
+    best = max(candidates, key=lambda a: (RANK.get(a["status"], 0), _imported(a), a["number"]))
     repairs += model
     out_of_repairs = repairs >= int(run.config.get("max_environment_repairs", 2))
     rule = None if _rule_tried(attempts) else deterministic_repair(best, clone)
@@ -133,6 +134,12 @@ def prepare(run: Run, clone: Path, *, should_cancel: Callable[[], bool]) -> tupl
     if state["status"] == FAILED:
         raise EnvironmentFailed(f"the environment could not be prepared: {state['reason']}")
     return True, summary(state)
+
+
+def pending(run: Run) -> bool:
+    """A repository run whose environment is still to be prepared (or failed: a retry prepares it again)."""
+    state = run.environment or {}
+    return run.kind == Run.Kind.REPOSITORY and (not state.get("done") or state.get("status") == FAILED)
 
 
 def usable(run: Run) -> dict | None:
@@ -167,9 +174,10 @@ def _imported(attempt: dict) -> int:
 
 def _brief(attempt: dict) -> dict:
     """An attempt as the run keeps it in its list: the best attempt's log and lock are kept once."""
-    return {k: v for k, v in attempt.items() if k not in ("install_log", "lock", "imports")} | {
-        "imported": _imported(attempt)
-    }
+    if "imports" not in attempt:
+        return attempt  # already in brief
+    brief = {k: v for k, v in attempt.items() if k not in ("install_log", "lock", "imports", "attempts")}
+    return brief | {"imported": _imported(attempt)}
 
 
 # Building and proving ----------------------------------------------------------------------------------
@@ -179,7 +187,9 @@ def build(run: Run, clone: Path, extras: list[str], *, should_cancel: Callable[[
     """Build (or reuse) the environment of the clone plus `extras`, and prove it in the sandbox."""
     from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 
-    names = proof.repository_packages(clone).names[:MAX_NAMES]
+    packages = proof.repository_packages(clone)
+    # Packages first: past the cap, root modules are what is left out.
+    names = [*sorted(packages.packages), *sorted(set(packages.modules) - set(packages.packages))][:MAX_NAMES]
     own = canonicalize_name(dependencies.distribution_name(clone) or "-")
     declared = dependencies.declared_dependencies(clone)
     replaced = {dependencies.normalized_name(line) for line in extras}
@@ -272,16 +282,20 @@ def build(run: Run, clone: Path, extras: list[str], *, should_cancel: Callable[[
             and dependencies.normalized_name(line) != own
         ],
     )
-    ok = _imported(attempt)
     if not names:
         return {
             **attempt,
             "status": FAILED,
             "reason": "the repository has no top-level package or module to import",
         }
-    if ok == len(names):
+    # Its packages decide; a script at its root (run.py parsing sys.argv at import) is listed, not counted,
+    # unless the repository is only such modules.
+    essential = set(packages.packages) or set(packages.modules)
+    counted = [i for i in attempt["imports"] if i["name"] in essential]
+    ok = sum(1 for i in counted if i["ok"])
+    if ok == len(counted):
         return {**attempt, "status": READY, "reason": f"all {ok} imports work"}
-    failed = [i for i in attempt["imports"] if not i["ok"]]
+    failed = [i for i in counted if not i["ok"]]
     reason = "; ".join(f"import {i['name']}: {i['error']}" for i in failed[:3])
     return {**attempt, "status": PARTIAL if ok else FAILED, "reason": reason}
 
@@ -448,7 +462,9 @@ def _local_source(run: Run) -> bool:
 
 def _on_pypi(name: str, version: str) -> bool | None:
     """True or False from the package index; None when it could not be asked (offline): unchecked."""
-    base = getattr(settings, "DISTILL_PYPI_URL", "https://pypi.org/pypi").rstrip("/")
+    base = settings.DISTILL_PYPI_URL.rstrip("/")
+    if not base:
+        return None
     # The project's page, not the version's: some mirrors answer only the former.
     url = f"{base}/{urllib.request.quote(name)}/json"
     try:
