@@ -27,6 +27,8 @@ import hashlib
 import json
 import shlex
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -96,7 +98,7 @@ def prepare(run: Run, clone: Path, *, should_cancel: Callable[[], bool]) -> tupl
     """One attempt at the environment. Returns (done, message): not done means another attempt follows.
 
     Raises EnvironmentFailed when every attempt is spent and nothing of the repository imports."""
-    state = dict(run.environment or {})
+    state = {k: v for k, v in (run.environment or {}).items() if k not in ("live", "live_attempt")}
     if state.get("done"):
         return True, summary(state)
     attempts = list(state.get("attempts", []))
@@ -109,10 +111,12 @@ def prepare(run: Run, clone: Path, *, should_cancel: Callable[[], bool]) -> tupl
         else:
             extras, problems, proposal = _proposal(run, clone, state)
             model = True
-    attempt = build(run, clone, extras, should_cancel=should_cancel)
+    live = _LiveTail(run, state, number=len(attempts) + 1, should_cancel=should_cancel)
+    attempt = build(run, clone, extras, should_cancel=live.should_cancel, on_output=live.on_output)
     attempt.update(number=len(attempts) + 1, model=model, proposal=proposal, problems=problems)
     attempts.append(attempt)
     if attempt.get("cancelled"):  # not an attempt: the step starts it again when the run is retried
+        _save(run, state or None)
         return False, "Cancelled while the environment was being prepared."
     # The run keeps its best attempt whole (the state) and every attempt in brief.
     candidates = [attempt, state] if len(attempts) > 1 else [attempt]
@@ -159,9 +163,36 @@ def summary(state: dict) -> str:
     return text + (f"; failed: {', '.join(failed)}." if failed else ".")
 
 
-def _save(run: Run, state: dict) -> None:
+def _save(run: Run, state: dict | None) -> None:
     run.environment = state
     Run.objects.filter(pk=run.pk).update(environment=state)
+
+
+class _LiveTail:
+    """The attempt's output while it runs, in `Run.environment["live"]`, for the run page to show."""
+
+    TAIL_CHARS = 8000
+    FLUSH_SECS = 1.0
+
+    def __init__(self, run: Run, state: dict, *, number: int, should_cancel: Callable[[], bool]):
+        self.run_id, self.state, self.number, self._should_cancel = run.pk, state, number, should_cancel
+        self.tail, self.dirty, self.flushed_at = "", False, 0.0
+        self.lock = threading.Lock()
+
+    def on_output(self, stream: str, text: str) -> None:  # from the sandbox's reader threads
+        with self.lock:
+            self.tail, self.dirty = (self.tail + text)[-self.TAIL_CHARS :], True
+
+    def should_cancel(self) -> bool:
+        if time.monotonic() - self.flushed_at >= self.FLUSH_SECS:
+            self.flushed_at = time.monotonic()
+            with self.lock:
+                tail, dirty, self.dirty = self.tail, self.dirty, False
+            if dirty:
+                live = {**self.state, "live": tail, "live_attempt": self.number}
+                Run.objects.filter(pk=self.run_id).update(environment=live)
+            return self._should_cancel()
+        return False
 
 
 def _rule_tried(attempts: list[dict]) -> bool:
@@ -183,7 +214,14 @@ def _brief(attempt: dict) -> dict:
 # Building and proving ----------------------------------------------------------------------------------
 
 
-def build(run: Run, clone: Path, extras: list[str], *, should_cancel: Callable[[], bool]) -> dict:
+def build(
+    run: Run,
+    clone: Path,
+    extras: list[str],
+    *,
+    should_cancel: Callable[[], bool],
+    on_output: Callable[[str, str], None] | None = None,
+) -> dict:
     """Build (or reuse) the environment of the clone plus `extras`, and prove it in the sandbox."""
     from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 
@@ -232,7 +270,7 @@ def build(run: Run, clone: Path, extras: list[str], *, should_cancel: Callable[[
     )
     with _locked(env_dir(run)):
         result = get_sandbox(config.get("sandbox", "local"), config.get("modal")).execute(
-            request, should_cancel=should_cancel
+            request, on_output=on_output, should_cancel=should_cancel
         )
         record = env_dir(run) / f"{key}.json"
         if result.env_reused and record.is_file():
