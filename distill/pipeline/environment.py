@@ -626,6 +626,7 @@ def _proposal(run: Run, clone: Path, state: dict) -> tuple[list[str], list[str],
             model=run.config["model_code"],
             messages=messages,
             max_tokens=600,
+            json_mode=True,  # a JSON object is the whole reply; the local model is held to it by a grammar
         )
         try:
             change = parsing.parse_environment_change(reply.text)
