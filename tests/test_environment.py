@@ -32,7 +32,7 @@ def local_sources(settings):
 
 
 def fetched_run(tmp_path, files, *, entries=(), **overrides) -> Run:
-    repo = make_git_repo(tmp_path / "repo", files)
+    repo = make_git_repo(tmp_path / "minilib-src", files)
     overrides.setdefault("max_environment_repairs", 0)
     if entries:
         overrides["replay"] = str(cassette(tmp_path / "cassette.json", list(entries)))
@@ -44,6 +44,18 @@ def fetched_run(tmp_path, files, *, entries=(), **overrides) -> Run:
 
 def prepare(run: Run) -> tuple[bool, str]:
     return environment.prepare(run, repository.clone_dir(run), should_cancel=lambda: False)
+
+
+# The same package built by a backend of its own (PEP 517, in the tree): it builds offline, with nothing to
+# download and without the `wheel` package (which Python 3.11's venv lacks), in the sandbox and out of it.
+BACKEND = 'import base64, hashlib, pathlib, zipfile\n\nNAME, VERSION = "s15minilib", "1.2.0"\n\n\ndef build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n    filename, info = f"{NAME}-{VERSION}-py3-none-any.whl", f"{NAME}-{VERSION}.dist-info"\n    files = {\n        f"{NAME}/__init__.py": pathlib.Path(NAME, "__init__.py").read_bytes(),\n        f"{info}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n".encode(),\n        f"{info}/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",\n    }\n    record = []\n    with zipfile.ZipFile(pathlib.Path(wheel_directory, filename), "w") as wheel:\n        for name, data in files.items():\n            wheel.writestr(name, data)\n            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()\n            record.append(f"{name},sha256={digest},{len(data)}")\n        wheel.writestr(f"{info}/RECORD", "\\n".join([*record, f"{info}/RECORD,,"]) + "\\n")\n    return filename\n'
+OFFLINE_MINILIB = {
+    "README.md": "# s15minilib\n",
+    "s15minilib/__init__.py": MINILIB["s15minilib/__init__.py"],
+    "backend.py": BACKEND,
+    "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n\n'
+    '[project]\nname = "s15minilib"\nversion = "1.2.0"\n',
+}
 
 
 # Requirement lines, checked with packaging ------------------------------------------------------------
@@ -106,7 +118,7 @@ def test_it_installs_the_repository_proves_it_and_reuses_it_for_the_same_commit(
     # Unreachable index: the version from the metadata cannot be checked, so the commit names it.
     assert state["repository"]["published"] is None
     assert state["repository"]["requirement"] == (
-        f"s15minilib @ git+{(tmp_path / 'repo').resolve().as_uri()}@{run.commit_sha}"
+        f"s15minilib @ git+file://localhost{(tmp_path / 'minilib-src').resolve()}@{run.commit_sha}"
     )
 
     again = fetched_run(tmp_path / "second", MINILIB)
@@ -170,6 +182,19 @@ def test_a_dependency_that_does_not_exist_ends_the_step_with_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+def test_a_setup_py_that_hangs_ends_the_step_within_the_time_limit_and_changes_nothing_on_the_host(tmp_path):
+    canary = tmp_path / "canary.txt"
+    setup = f"import pathlib, time\ntry:\n    pathlib.Path({str(canary)!r}).write_text('x')\nexcept OSError:\n    pass\ntime.sleep(600)\n"
+    run = fetched_run(tmp_path, {**MINILIB, "setup.py": setup + SETUP}, environment_install_mins=0.5)
+    with pytest.raises(environment.EnvironmentFailed) as failed:
+        prepare(run)
+    assert str(failed.value) == "the environment could not be prepared: install timed out after 30 s"
+    assert not canary.exists(), "setup.py ran only inside the sandbox"
+    assert run.environment["install_secs"] < 60
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
 def test_the_model_is_asked_only_when_the_deterministic_install_fails_and_its_change_is_tried(tmp_path):
     # A pin that no version satisfies; the model's reply replaces it.
     setup = SETUP.replace("packages=", "install_requires=['packaging==0.0.1'], packages=")
@@ -224,7 +249,7 @@ def test_a_program_without_extras_reuses_the_prepared_environment_and_with_extra
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_program_runs_outside_the_sandbox_with_its_own_files_offline(tmp_path):
-    run = fetched_run(tmp_path, MINILIB)
+    run = fetched_run(tmp_path, OFFLINE_MINILIB)
     prepare(run)
     run.refresh_from_db()
     main = "from s15minilib import mean_squared\nprint(mean_squared([1.0, 2.0, 3.0]))\n"
@@ -236,11 +261,10 @@ def test_a_program_runs_outside_the_sandbox_with_its_own_files_offline(tmp_path)
     for name, text in files.items():
         (outside / name).write_text(text)
     subprocess.run([sys.executable, "-m", "venv", str(outside / ".venv")], check=True)
-    # Offline: no index; the repository comes from its git commit, built with the venv's own setuptools.
+    # Offline: no index; the repository comes from its git commit, built by its own backend.
     env = {
         "PATH": f"{outside / '.venv/bin'}:/usr/bin:/bin",
         "PIP_NO_INDEX": "1",
-        "PIP_NO_BUILD_ISOLATION": "0",
     }
     subprocess.run(["bash", "runscript.sh"], cwd=outside, check=True, env=env)
     done = subprocess.run(
@@ -302,3 +326,22 @@ def test_an_unreachable_index_leaves_the_published_version_unchecked(settings, t
     run = types.SimpleNamespace(source_url="https://github.com/example/s15minilib", commit_sha="abc")
     named = environment._published(run, tmp_path, {"installed": {"name": "s15minilib", "version": "1.2.0"}})
     assert named["published"] is None and named["requirement"] == "s15minilib==1.2.0"
+
+
+def test_a_missing_module_is_repaired_by_rule_before_any_model(tmp_path):
+    # pwlf 2.2.1 declares pyDOE>=0.3.8; pyDOE 1.6 renamed its module to pydoe: its lowest version works.
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import setup\nsetup(name='pwlf', packages=['pwlf'], install_requires=['numpy', 'pyDOE>=0.3.8'])\n"
+    )
+    (tmp_path / "pwlf").mkdir()
+    (tmp_path / "pwlf" / "__init__.py").write_text("")
+    failed = [
+        {"name": "pwlf", "ok": False, "error": "ModuleNotFoundError: No module named 'pyDOE'"},
+        {"name": "helpers", "ok": False, "error": "ModuleNotFoundError: No module named 'yaml'"},
+        {"name": "other", "ok": False, "error": "ModuleNotFoundError: No module named 'pwlf.missing'"},
+    ]
+    state = {"status": environment.PARTIAL, "imports": failed}
+    assert environment.deterministic_repair(state, tmp_path) == ["pyDOE==0.3.8", "pyyaml"]
+    assert environment.deterministic_repair({**state, "status": environment.READY}, tmp_path) is None
+    unpinned = [{"name": "pwlf", "ok": False, "error": "ModuleNotFoundError: No module named 'numpy'"}]
+    assert environment.deterministic_repair({"status": "failed", "imports": unpinned}, tmp_path) is None

@@ -458,8 +458,7 @@ def program_files(state: dict, main: str, extras: list[str], other: dict | None 
     )
     runscript = (
         "# Outside CodeDistiller's sandbox: pip install -r requirements.txt, then python main.py.\n"
-        "if [ ! -f /sandbox/run.sh ]; then\n  pip install -r requirements.txt\n  return 0 2>/dev/null || exit 0\nfi\n"
-        + inside
+        "if [ ! -f /sandbox/run.sh ]; then\n  exec pip install -r requirements.txt\nfi\n" + inside
     )
     return {**(other or {}), "main.py": main, "requirements.txt": "".join(parts), "runscript.sh": runscript}
 
@@ -487,7 +486,10 @@ def _published(run: Run, clone: Path, state: dict) -> dict:
     if published or (published is None and name and version and not _local_source(run)):
         requirement = f"{name}=={version}"
     elif name and run.commit_sha:
-        url = run.source_url if not _local_source(run) else Path(run.source_url).resolve().as_uri()
+        url = run.source_url
+        if _local_source(run):
+            # With a host: pip before 24 (Python 3.11's venv has 23) refuses `git+file:///path` as invalid.
+            url = Path(run.source_url).resolve().as_uri().replace("file://", "file://localhost", 1)
         requirement = f"{name} @ git+{url}@{run.commit_sha}"
     else:
         requirement = ""
