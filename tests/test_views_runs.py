@@ -573,3 +573,13 @@ def test_the_run_page_shows_an_environment_attempt_as_it_runs(reader_client):
     html = htmx(reader_client, detail(run)).content.decode()
     assert "Attempt 1 is running" in html and "Collecting numpy" in html
     assert 'data-testid="environment-status"' not in html, "nothing is known yet but the output"
+
+
+def test_a_run_stopped_at_its_environment_is_retried_from_a_fresh_start(curator_client):
+    failed = {**ENVIRONMENT, "status": "failed", "reason": "install failed: exit code 1"}
+    run = make_run(status=Run.Status.FAILED, environment=failed)
+    FileRating.objects.create(run=run, path="a.py", selected=True)
+    assert "Retry from the preparing environment step" in curator_client.get(detail(run)).content.decode()
+    curator_client.post(reverse("run_retry", args=[run.pk]))
+    run.refresh_from_db()
+    assert run.status == Run.Status.PREPARING and run.environment is None
