@@ -540,21 +540,21 @@ def prompt_facts(state: dict | None, declared: list[str]) -> str:
         else f"on the path ({state.get('root', '/repo')})"
     )  # fmt: skip
     lock = state.get("lock", [])
-    listed = "\n".join(f"    {line}" for line in lock[:PROMPT_LOCK_LINES]) or "    (nothing else)"
+    listed = "\n".join(f"      {line}" for line in lock[:PROMPT_LOCK_LINES]) or "      (nothing else)"
     if len(lock) > PROMPT_LOCK_LINES:
-        listed += f"\n    ... and {len(lock) - PROMPT_LOCK_LINES} more"
+        listed += f"\n      ... and {len(lock) - PROMPT_LOCK_LINES} more"
     lines = [
-        f"The environment is prepared and proven before the program runs (Python {state.get('python') or '3'}):",
-        f"- The repository is {how}. These imports work: {', '.join(ok) or 'none'}.",
+        f"- It runs in an environment prepared and proven before it (Python {state.get('python') or '3'}):",
+        f"  - The repository is {how}. These imports work: {', '.join(ok) or 'none'}.",
     ]
     if failed:
-        lines.append(f"- These imports fail; do not use them: {'; '.join(failed)}.")
+        lines.append(f"  - These imports fail; do not use them: {'; '.join(failed)}.")
     lines += [
-        "- Import the repository's modules as installed packages; never add /repo or any folder to sys.path.",
-        "- Installed, at these versions (pip freeze):",
+        "  - Import the repository's modules as installed packages; never add /repo or any folder to sys.path.",
+        "  - Installed, at these versions (pip freeze):",
         listed,
-        "- requirements.txt and runscript.sh are made from this environment: list in requirements.txt only",
-        "  packages main.py needs beyond these, one a line, or leave that file out.",
+        "  - requirements.txt and runscript.sh are made from this environment: list in requirements.txt",
+        "    only packages main.py needs beyond these, one a line, or leave that file out.",
     ]
     return "\n".join(lines)
 
