@@ -345,3 +345,9 @@ def test_a_missing_module_is_repaired_by_rule_before_any_model(tmp_path):
     assert environment.deterministic_repair({**state, "status": environment.READY}, tmp_path) is None
     unpinned = [{"name": "pwlf", "ok": False, "error": "ModuleNotFoundError: No module named 'numpy'"}]
     assert environment.deterministic_repair({"status": "failed", "imports": unpinned}, tmp_path) is None
+
+
+def test_requirements_the_environment_already_satisfies_are_not_extras():
+    state = {"installed": {"name": "kneed", "version": "0.8.5"}, "lock": ["numpy==2.4.6", "scipy==1.17.1"]}
+    asked = ["numpy", "numpy>=1.20", "kneed", "scipy<1.10", "matplotlib", "numpy[extra]"]
+    assert environment.beyond_environment(state, asked) == ["scipy<1.10", "matplotlib", "numpy[extra]"]

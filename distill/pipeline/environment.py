@@ -463,6 +463,34 @@ def program_files(state: dict, main: str, extras: list[str], other: dict | None 
     return {**(other or {}), "main.py": main, "requirements.txt": "".join(parts), "runscript.sh": runscript}
 
 
+def beyond_environment(state: dict, requirements: list[str]) -> list[str]:
+    """The requirements a program asks for that the prepared environment does not already satisfy.
+
+    Models list what they import (numpy, the repository itself) out of habit; each such line would
+    otherwise cost a new environment for nothing."""
+    own = canonicalize_name((state.get("installed") or {}).get("name") or "-")
+    locked = {}
+    for line in state.get("lock", []):
+        requirement = dependencies.parsed(line)
+        pinned = (
+            [spec.version for spec in requirement.specifier if spec.operator == "=="] if requirement else []
+        )
+        if pinned:
+            locked[canonicalize_name(requirement.name)] = pinned[0]
+    extras = []
+    for line in requirements:
+        requirement = dependencies.parsed(line)
+        name = canonicalize_name(requirement.name) if requirement else ""
+        if name == own and not requirement.url:
+            continue
+        version = locked.get(name)
+        if requirement and version and not requirement.extras and not requirement.url:
+            if requirement.specifier.contains(version, prereleases=True):
+                continue
+        extras.append(line)
+    return extras
+
+
 def program_extras(files: dict) -> list[str]:
     """The extra requirements of a derived program: the lines under its extras' heading."""
     text = files.get("requirements.txt", "")

@@ -390,7 +390,8 @@ def _with_requirements(program: parsing.Program, prepared: dict | None) -> parsi
         other = {
             name: text for name, text in files.items() if name not in ("requirements.txt", "runscript.sh")
         }
-        files = environment.program_files(prepared, files["main.py"], requirements, other)
+        extras = environment.beyond_environment(prepared, requirements)
+        files = environment.program_files(prepared, files["main.py"], extras, other)
     else:
         files["requirements.txt"] = "".join(f"{line}\n" for line in requirements)
     return program.model_copy(update={"files": files, "requirement_problems": problems})
