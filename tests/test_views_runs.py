@@ -566,6 +566,7 @@ def test_the_run_page_shows_the_prepared_environment_escaped(reader_client):
     assert "<code>minilib==1.0</code>" in html and "published on PyPI" in html
     assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "Successfully installed &lt;b&gt;minilib&lt;/b&gt;" in html
+    assert '<pre class="output" data-testid="environment-lock">numpy==2.1.0\n</pre>' in html
 
 
 def test_the_run_page_shows_an_environment_attempt_as_it_runs(reader_client):
