@@ -315,8 +315,6 @@ def _rules(run: Run) -> dict:
         "runtime_mins": run.config.get("max_runtime_mins", 45),
         "memory_mb": run.config.get("memory_mb", 4096),
         "network": "with network access" if run.config.get("network_run") else "without network access",
-        # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
-        "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
         "environment": environment.prompt_facts(run.environment, declared),
     }
 
