@@ -49,7 +49,7 @@ class RunQuerySet(models.QuerySet):
     def for_list(self):
         """What a row of the runs list shows, without the large text fields."""
         return self.select_related("submitted_by").defer(
-            "status_message", "error_information", "repository_description", "lease"
+            "status_message", "error_information", "repository_description", "lease", "environment"
         )
 
     def summary(self) -> dict:
