@@ -57,7 +57,7 @@ INSTALL_HINT = "install it with `make run`, or `.venv/bin/pip install -r require
 SYSTEM_PROMPT = """\
 You are a careful Python programmer who writes small, working example programs for scientific code.
 - Answer in the form the user's message asks for, and nothing else. A program is always given as \
-`=== FILE: name ===` sections (main.py first, then requirements.txt and runscript.sh), then the \
+`=== FILE: name ===` sections (main.py first, then the other files the format names), then the \
 `=== METADATA ===` section and `=== END ===`; never as one JSON object. Ratings and verdicts are only \
 the JSON asked for, without Markdown fences.
 - Use only modules, classes and functions that you saw in the repository's files, with the arguments \

@@ -10,6 +10,10 @@ from django.db import models
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+# How an example runs outside our sandbox, in a fresh virtual environment: its requirements.txt names the
+# repository itself and the lock of the environment it was proven in (distill/pipeline/environment.py).
+HOW_TO_RUN = ("pip install -r requirements.txt", "python main.py")
+
 
 class RunQuerySet(models.QuerySet):
     def active(self):
@@ -51,7 +55,7 @@ class RunQuerySet(models.QuerySet):
     def for_list(self):
         """What a row of the runs list shows, without the large text fields."""
         return self.select_related("submitted_by").defer(
-            "status_message", "error_information", "repository_description", "lease"
+            "status_message", "error_information", "repository_description", "lease", "environment"
         )
 
     def summary(self) -> dict:
@@ -89,6 +93,7 @@ class Run(models.Model):
         QUEUED = "queued", "Queued"
         FETCHING = "fetching", "Fetching"
         SURVEYING = "surveying", "Surveying"
+        PREPARING = "preparing", "Preparing environment"
         GENERATING = "generating", "Generating"
         EXECUTING = "executing", "Executing"
         JUDGING = "judging", "Judging"
@@ -135,6 +140,11 @@ class Run(models.Model):
     commit_sha = models.CharField(max_length=64, blank=True)
     source_title = models.CharField(max_length=500, blank=True)
     repository_description = models.TextField(blank=True)
+    # The prepared environment (distill.pipeline.environment): status (ready, partial, failed), reason,
+    # imports that worked and failed, the lock (pip freeze), the install log, times, the attempts (and
+    # which asked the model), and the requirement line that names the repository outside our sandbox.
+    # Null until the step ran, and for papers, which have no repository to install.
+    environment = models.JSONField(null=True, blank=True)
 
     iteration_count = models.PositiveIntegerField(default=0)
     # Totals kept in step with LLMCall rows, so lists need no aggregate per row.
@@ -199,11 +209,12 @@ class RunStepQuerySet(models.QuerySet):
 
 
 class RunStep(models.Model):
-    """One step of a run's timeline (fetch, survey, generate, execute, judge, fix)."""
+    """One step of a run's timeline (fetch, survey, prepare, generate, execute, judge, fix)."""
 
     class Name(models.TextChoices):
         FETCH = "fetch", "Fetch"
         SURVEY = "survey", "Survey"
+        PREPARE = "prepare", "Prepare environment"
         GENERATE = "generate", "Generate"
         EXECUTE = "execute", "Execute"
         JUDGE = "judge", "Judge"

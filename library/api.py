@@ -197,6 +197,7 @@ def detail_json(request, example: Example) -> dict:
         "exclusion_criteria": example.exclusion_criteria,
         "python_version": example.python_version,
         "requirements": example.requirements,
+        "how_to_run": example.how_to_run,
         "files": [
             {"name": name, "size": len(str(text).encode()), "content": str(text)}
             for name, text in sorted(example.files.items())

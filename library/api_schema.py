@@ -141,6 +141,11 @@ SCHEMAS = {
                 "items": STRING,
                 "description": "The lines of requirements.txt, comments left out.",
             },
+            "how_to_run": {
+                "type": "array",
+                "items": STRING,
+                "description": "The commands that run it in a fresh virtual environment, outside the sandbox.",
+            },
             "files": {
                 "type": "array",
                 "items": _object({"name": STRING, "size": {"type": "integer"}, "content": STRING}),

@@ -27,7 +27,7 @@ from tests.test_pipeline import MINILIB, survey_replies
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 20
-STEPS = ["fetch", "survey", "generate", "execute", "judge"]
+STEPS = ["fetch", "survey", "prepare", "generate", "execute", "judge"]
 KILL_GRACE_SECS = 5
 
 

@@ -527,3 +527,60 @@ def test_the_pages_make_as_many_queries_for_30_runs_as_for_3(curator_client, cur
     assert many == few
     # The run page's budget includes the library panel's two queries (its examples and rejections).
     assert few[0] <= 12 and few[1] <= 16, few
+
+
+ENVIRONMENT = {
+    "status": "partial",
+    "done": True,
+    "model": False,
+    "number": 2,
+    "secs": 61.0,
+    "reason": "import extra: ModuleNotFoundError: No module named '<script>x</script>'",
+    "installed": {"name": "minilib", "version": "1.0"},
+    "imports": [
+        {"name": "minilib", "ok": True, "error": "", "secs": 0.4},
+        {
+            "name": "extra",
+            "ok": False,
+            "error": "ModuleNotFoundError: No module named '<script>x</script>'",
+            "secs": 0.3,
+        },
+    ],
+    "lock": ["numpy==2.1.0"],
+    "install_log": "Successfully installed <b>minilib</b>",
+    "extras": ["pyDOE==0.3.8"],
+    "attempts": [
+        {"number": 1, "status": "failed", "extras": [], "reason": "import minilib failed"},
+        {"number": 2, "status": "partial", "extras": ["pyDOE==0.3.8"], "reason": "one failed"},
+    ],
+    "repository": {"requirement": "minilib==1.0", "published": True},
+}
+
+
+def test_the_run_page_shows_the_prepared_environment_escaped(reader_client):
+    run = make_run(environment=ENVIRONMENT)
+    html = reader_client.get(detail(run)).content.decode()
+    assert 'data-testid="environment-status"' in html and "partly importable" in html
+    assert "without a model (attempt 2)" in html
+    assert "installed as <code>minilib 1.0</code>" in html and "<code>pyDOE==0.3.8</code>" in html
+    assert "<code>minilib==1.0</code>" in html and "published on PyPI" in html
+    assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "Successfully installed &lt;b&gt;minilib&lt;/b&gt;" in html
+    assert '<pre class="output" data-testid="environment-lock">numpy==2.1.0\n</pre>' in html
+
+
+def test_the_run_page_shows_an_environment_attempt_as_it_runs(reader_client):
+    run = make_run(status=Run.Status.PREPARING, environment={"live": "Collecting numpy\n", "live_attempt": 1})
+    html = htmx(reader_client, detail(run)).content.decode()
+    assert "Attempt 1 is running" in html and "Collecting numpy" in html
+    assert 'data-testid="environment-status"' not in html, "nothing is known yet but the output"
+
+
+def test_a_run_stopped_at_its_environment_is_retried_from_a_fresh_start(curator_client):
+    failed = {**ENVIRONMENT, "status": "failed", "reason": "install failed: exit code 1"}
+    run = make_run(status=Run.Status.FAILED, environment=failed)
+    FileRating.objects.create(run=run, path="a.py", selected=True)
+    assert "Retry from the preparing environment step" in curator_client.get(detail(run)).content.decode()
+    curator_client.post(reverse("run_retry", args=[run.pk]))
+    run.refresh_from_db()
+    assert run.status == Run.Status.PREPARING and run.environment is None

@@ -59,6 +59,7 @@ def diagnose(
     main_source: str = "",
     imported: set[str] | None = None,
     out_of_memory_mb: int | None = None,
+    prepared: bool = False,
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
@@ -68,6 +69,8 @@ def diagnose(
     recorder saw imported when it found the program did not use the repository (None: not known); those
     main.py imports but the recorder never saw are found even when the program swallowed the ImportError.
     `out_of_memory_mb` is the sandbox's memory limit when it stopped the program there (None: it did not).
+    `prepared`: the program ran in a prepared environment (environment.py), where the repository is
+    installed: a sys.path line is then never the way out.
     """
     findings: list[str] = []
     if out_of_memory_mb is not None:
@@ -92,6 +95,12 @@ def diagnose(
     unreached = unreached_imports(main_source, packages, imported) if imported is not None else set()
     missing = [m.split(".")[0] for m in NO_MODULE.findall(output)] + sorted(unreached)
     for top in dict.fromkeys(m for m in missing if m in packages):
+        if prepared:
+            findings.append(
+                f"the repository's own package {top!r} could not be imported: the prepared environment "
+                "lists the imports that work; use only those, and never add a folder to sys.path"
+            )
+            continue
         # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
         # model took neither and sent the same program back.
         folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()

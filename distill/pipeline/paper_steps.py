@@ -401,7 +401,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
         plan=_plan_digest(run, data, share=0.2),
         written=_files_text(written, budget=_budget(run, 0.3)),
         analysis=analyses.get("main.py", ""),
-        format=prompts.render("program_format", changes_section=""),
+        format=program.program_format(run, changes=False),
         **program.rules(run, None),
     )
     entry = program.ask_for_program(run, stage="entry", prompt=prompt, iteration=1)

@@ -64,6 +64,8 @@ class Program(BaseModel):
     files: dict[str, str]
     metadata: ExampleMetadata
     change_log: str = ""
+    # Requirement lines of the reply that were left out, each with why (dependencies.clean_requirements).
+    requirement_problems: list[str] = []
 
 
 class FileRatingReply(BaseModel):
@@ -94,7 +96,11 @@ class Judgement(BaseModel):
 PLACEHOLDER_LINE = re.compile(r"^\s*<[^<>\n]* [^<>\n]*>\s*$", re.M)
 
 
-def parse_program(text: str, *, require_change_log: bool = False) -> Program:
+def parse_program(
+    text: str, *, require_change_log: bool = False, required_files: tuple[str, ...] = REQUIRED_FILES
+) -> Program:
+    """A program reply. With a prepared environment only main.py is required: its requirements.txt, if
+    any, holds extra requirements, and the files the sandbox runs are derived (environment.py)."""
     files: dict[str, str] = {}
     metadata_text = None
     change_log = ""
@@ -137,7 +143,7 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
         current = (kind, name)
     close()
 
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    missing = [name for name in required_files if name not in files]
     if missing:
         raise ReplyError(
             f"missing file section(s): {', '.join(missing)}; each file starts with a line '=== FILE: name ==='"
@@ -145,6 +151,8 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     if not files["main.py"].strip():
         raise ReplyError("main.py is empty")
     for name, content in files.items():
+        if name == "requirements.txt" and name not in required_files:
+            continue  # extras only: cleaned line by line later, a copied placeholder named as a problem
         if match := PLACEHOLDER_LINE.search(content):
             raise ReplyError(
                 f"{name} holds the format's placeholder {match.group().strip()!r}: write the real content"
@@ -158,6 +166,29 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     if require_change_log and not change_log:
         raise ReplyError("missing the '=== CHANGES ===' section saying what this version changes and why")
     return Program(files=files, metadata=metadata, change_log=change_log)
+
+
+class EnvironmentChange(BaseModel):
+    """The code model's changes to an environment that did not build: requirement lines, and why."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    requirements: list[str]
+    reason: str = ""
+
+    @field_validator("requirements", mode="before")
+    @classmethod
+    def _lines(cls, value):
+        if isinstance(value, str):
+            return value.splitlines()
+        return [str(item) for item in value] if isinstance(value, list) else value
+
+
+def parse_environment_change(text: str) -> EnvironmentChange:
+    try:
+        return EnvironmentChange.model_validate(extract_json(text, expect=dict))
+    except ValidationError as exc:
+        raise ReplyError(f"environment change: {_first_error(exc)}") from None
 
 
 def parse_ratings(text: str, *, expected_paths: list[str]) -> dict[str, FileRatingReply]:

@@ -16,16 +16,15 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Protocol
 
-from django.conf import settings
 from django.utils import timezone
 
 from distill import llm
 from distill.models import Iteration, Run
-from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof
+from distill.pipeline import dependencies, diagnosis, environment, parsing, prompts, proof
 from distill.pipeline.live import LiveOutput
 from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 
@@ -91,9 +90,7 @@ SANDBOX_LIMITS = (
 )
 
 
-def env_dir(run: Run) -> Path:
-    """Where the sandbox keeps the program's environments across the iterations of one run."""
-    return settings.DATA_DIR / "envs" / str(run.pk)
+env_dir = environment.env_dir  # where the sandbox keeps the programs' environments (the commit's, cached)
 
 
 @dataclass
@@ -119,9 +116,28 @@ def rules(run: Run, repository: Repository | None) -> dict:
         "runtime_mins": run.config.get("max_runtime_mins", 45),
         "memory_mb": run.config.get("memory_mb", 4096),
         "network": "with network access" if run.config.get("network_run") else "without network access",
-        # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
-        "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
+        "environment": environment.prompt_facts(run.environment, declared),
     }
+
+
+def program_format(run: Run, *, changes: bool) -> str:
+    """The reply format: with a prepared environment, main.py and only the extra requirements it needs."""
+    if environment.usable(run):
+        requirements = (
+            "=== FILE: requirements.txt ===\n"
+            "<only packages main.py needs beyond the prepared environment, one a line; leave it out if none>\n"
+        )
+    else:
+        requirements = (
+            "=== FILE: requirements.txt ===\n<one pip requirement a line, pinned where it matters>\n"
+            "=== FILE: runscript.sh ===\n"
+            "<bash commands that install the dependencies only, e.g. pip install -r requirements.txt>\n"
+        )
+    return prompts.render(
+        "program_format",
+        requirements_section=requirements,
+        changes_section="=== CHANGES ===\n<what this version changes, and why>\n" if changes else "",
+    )
 
 
 # Ask --------------------------------------------------------------------------------------------------
@@ -158,11 +174,34 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
         run,
         stage=stage,
         messages=[{"role": "user", "content": prompt}],
-        parse=parse or parsing.parse_program,
+        parse=parse or partial(parse_program, run, require_change_log=False),
         max_tokens=run.config.get("code_max_output_tokens", 16000),
         iteration=iteration,
     )
     return program
+
+
+def parse_program(run: Run, text: str, *, require_change_log: bool) -> parsing.Program:
+    """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
+    main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
+    that both always parse and install."""
+    prepared = environment.usable(run)
+    program = parsing.parse_program(
+        text,
+        require_change_log=require_change_log,
+        required_files=("main.py",) if prepared else parsing.REQUIRED_FILES,
+    )
+    requirements, problems = dependencies.clean_requirements(program.files.get("requirements.txt", ""))
+    files = dict(program.files)
+    if prepared:
+        other = {
+            name: text for name, text in files.items() if name not in ("requirements.txt", "runscript.sh")
+        }
+        extras = environment.beyond_environment(prepared, requirements)
+        files = environment.program_files(prepared, files["main.py"], extras, other)
+    else:
+        files["requirements.txt"] = "".join(f"{line}\n" for line in requirements)
+    return program.model_copy(update={"files": files, "requirement_problems": problems})
 
 
 def save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
@@ -172,6 +211,10 @@ def save_iteration(run: Run, number: int, program: parsing.Program, *, change_lo
         files=program.files,
         metadata=program.metadata.model_dump(),
         change_log=change_log,
+        # Shown with the iteration and named to the fixer when the program fails.
+        sandbox={"requirement_problems": program.requirement_problems}
+        if program.requirement_problems
+        else {},
     )
     Run.objects.filter(pk=run.pk).update(iteration_count=number)
     run.iteration_count = number
@@ -189,7 +232,7 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
         return existing
 
     def parse(text: str) -> parsing.Program:
-        program = parsing.parse_program(text, require_change_log=True)
+        program = parse_program(run, text, require_change_log=True)
         # Models leave out files they did not change even when told to give every file (a paper's
         # program has many): those are kept as they were.
         files = {**previous.files, **program.files}
@@ -218,9 +261,7 @@ def failed_version(run: Run, previous: Iteration) -> dict:
         "stdout": trim_output(previous.stdout),
         "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
         "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        "format": prompts.render(
-            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-        ),
+        "format": program_format(run, changes=True),
     }
 
 
@@ -269,12 +310,18 @@ def execute(
     packages = repository.packages if repository is not None else proof.Packages()
     clone = repository.clone if repository is not None else None
     recording = proof.recording_config(packages) if repository is not None else None
+    prepared = environment.usable(run)
+    requirement_problems = (iteration.sandbox or {}).get("requirement_problems", [])
     request = ExecutionRequest(
         files=iteration.files,
         job_dir=job,
         env_dir=env_dir(run),
         repo_dir=clone,
         recording=recording,
+        # Programs reuse the environment the prepare step proved, whatever their files say.
+        env_key=environment.program_env_key(prepared, environment.program_extras(iteration.files))
+        if prepared
+        else None,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
             network_run=bool(config.get("network_run", False)),
@@ -313,12 +360,16 @@ def execute(
         "cpu_secs": result.cpu_secs,
         "memory_mb": request.limits.memory_mb,
         "notes": result.notes,
+        **({"requirement_problems": requirement_problems} if requirement_problems else {}),
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
-        iteration.measured["diagnosis"] = _diagnose(iteration, result, repository)
+        named = [f"requirements.txt: {problem}" for problem in requirement_problems]
+        iteration.measured["diagnosis"] = named + _diagnose(
+            iteration, result, repository, prepared=bool(prepared)
+        )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -332,7 +383,7 @@ def execute(
         (job / name).write_text(text)
 
 
-def _diagnose(iteration: Iteration, result, repository: Repository | None) -> list[str]:
+def _diagnose(iteration: Iteration, result, repository: Repository | None, *, prepared: bool) -> list[str]:
     """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
     evidence = iteration.proof or {}
     unused = evidence.get("verdict") == proof.UNUSED
@@ -345,6 +396,7 @@ def _diagnose(iteration: Iteration, result, repository: Repository | None) -> li
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
         out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
+        prepared=prepared,
     )
 
 

@@ -232,7 +232,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
         title=run.source_title or run.source_url,
         purpose=run.repository_description,
         files=_selected_files_text(run),
-        format=prompts.render("program_format", changes_section=""),
+        format=program.program_format(run, changes=False),
         **program.rules(run, repository_of(run)),
     )
     written = program.ask_for_program(run, stage="generate", prompt=prompt, iteration=1)

@@ -158,8 +158,9 @@ class LocalSandbox:
         job_dir.mkdir(parents=True, exist_ok=True)
         _write_files(job_dir, files)
         _make_folder(job_dir, "to_save")
+        key = env_hash(request, files)
         venvs = request.env_dir / "venvs"
-        venv, ready = venvs / env_hash(files), venvs / f"{env_hash(files)}.ready"
+        venv, ready = venvs / key, venvs / f"{key}.ready"
         cache = request.env_dir / "cache"
         venvs.mkdir(parents=True, exist_ok=True)
         cache.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from tests.test_many_workers import database_url
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 60_000  # ms: the first execution of a run builds a venv in the sandbox
+RUN_TIMEOUT = 180_000  # ms: a run builds and proves its environment in the sandbox before its first program
 
 MINILIB = {
     "README.md": "# minilib\n\nTiny statistics for tests. `mean_squared(xs)` returns the mean of squares.\n",
@@ -102,6 +102,8 @@ def test_a_curator_submits_a_repository_and_watches_it_succeed_without_reloading
 
     expect(page.get_by_role("heading", name="Iteration 1")).to_be_visible()
     expect(page.locator(".timeline")).to_contain_text("Judge")
+    expect(page.locator(".timeline")).to_contain_text("Prepare environment")
+    expect(page.get_by_test_id("environment-status")).to_contain_text("ready without a model")
     expect(page.get_by_role("link", name="Open report.html")).to_be_visible()
     run = Run.objects.get()
     assert run.status == Run.Status.SUCCEEDED and run.submitted_by == curator
