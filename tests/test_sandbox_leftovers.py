@@ -10,7 +10,7 @@ import pytest
 
 from distill import services
 from distill.models import Run
-from distill.pipeline import repository
+from distill.pipeline import program
 from distill.sandbox import kill_leftovers
 from distill.sandbox.local import _host_uid
 from tests.factories import make_run
@@ -51,7 +51,7 @@ def test_kill_leftovers_kills_what_an_environment_folders_sandbox_left(tmp_path)
 def test_the_sweeper_kills_a_stale_runs_sandbox_before_resuming_it():
     run = make_run(status=Run.Status.EXECUTING)
     Run.objects.filter(pk=run.pk).update(lease="dead-worker", heartbeat_at="2020-01-01T00:00:00Z")
-    process = leftover(repository.env_dir(run))
+    process = leftover(program.env_dir(run))
     time.sleep(0.2)
 
     assert services.sweep_stale_runs(stale_after=timedelta(0)) == [run.pk]
