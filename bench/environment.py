@@ -42,7 +42,7 @@ def main() -> None:
         for attempt in range(2 if args.twice else 1):
             profile = load_profile("local", {"max_environment_repairs": 0})
             run = services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=False)
-            repository.fetch(run)
+            repository.read_source(run)
             started = time.monotonic()
             done = False
             while not done:  # one attempt a call, as the run's steps do
@@ -54,6 +54,8 @@ def main() -> None:
                     done, message = True, str(exc)
                 print(f"[{package}] {message}", flush=True)
             state = run.environment or {}
+            # Ended, so that the next attempt on the same source is not refused as a second active run.
+            run.__class__.objects.filter(pk=run.pk).update(status=run.Status.CANCELLED)
             row = {
                 "package": package + (" (again)" if attempt else ""),
                 "status": state.get("status", "-"),

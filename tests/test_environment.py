@@ -38,7 +38,7 @@ def fetched_run(tmp_path, files, *, entries=(), **overrides) -> Run:
         overrides["replay"] = str(cassette(tmp_path / "cassette.json", list(entries)))
     profile = load_profile("local", overrides)
     run = services.run_submit(source=str(repo), profile_name="local", profile=profile, enqueue=False)
-    repository.fetch(run)
+    repository.read_source(run)
     return run
 
 

@@ -151,3 +151,24 @@ def unreached_imports(main_source: str, packages: dict[str, str], imported: set[
 def without_recorder_frames(output: str) -> str:
     """A traceback as the program would have had it without the sandbox's recorder in between."""
     return RECORDER_FRAME.sub("", output)
+
+
+PROMPT_OUTPUT_CHARS = 6000  # of stdout/stderr shown to the judge, the fixer and the environment's repair
+ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)
+
+
+def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
+    """Head, every error-looking line, and tail, within `limit` characters: the root cause is rarely
+    in the middle of a log, but the error lines may be anywhere."""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines()
+    head, tail = lines[:20], lines[-60:]
+    middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
+    kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
+    trimmed = "\n".join(line[:500] for line in kept)
+    return (
+        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
+        if len(trimmed) > limit
+        else trimmed
+    )

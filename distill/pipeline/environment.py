@@ -633,8 +633,6 @@ def _lowest_version(line: str) -> str:
 
 def _proposal(run: Run, clone: Path, state: dict) -> tuple[list[str], list[str], str]:
     """(extras, problems, reason): the code model's changes to the requirements, cleaned and checked."""
-    from distill.pipeline.repository import trim_output
-
     failed = [f"import {i['name']}: {i['error']}" for i in state.get("imports", []) if not i["ok"]]
     prompt = prompts.render(
         "environment",
@@ -645,7 +643,7 @@ def _proposal(run: Run, clone: Path, state: dict) -> tuple[list[str], list[str],
         or "    (nothing beyond the declared ones)",
         reason=state.get("reason", ""),
         imports="\n".join(failed) or "(no import was tried)",
-        install_log=trim_output(state.get("install_log", ""), limit=6000) or "(empty)",
+        install_log=diagnosis.trim_output(state.get("install_log", ""), limit=6000) or "(empty)",
     )
     messages = [{"role": "user", "content": prompt}]
     repairs = run.config.get("max_reply_repairs", 2)

@@ -12,7 +12,6 @@ earlier step's results.
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 logger = logging.getLogger(__name__)
 
 RESULTS_MAX_BYTES = 2 * 1024 * 1024
-PROMPT_OUTPUT_CHARS = 6000  # of stdout/stderr shown to the judge and the fixer
 
 
 class StepFailed(Exception):
@@ -258,9 +256,9 @@ def failed_version(run: Run, previous: Iteration) -> dict:
         "change_log": change_log or "(none)",
         "problems": "\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
         "exit_code": previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
-        "stdout": trim_output(previous.stdout),
-        "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
-        "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
+        "stdout": diagnosis.trim_output(previous.stdout),
+        "stderr": diagnosis.trim_output(diagnosis.without_recorder_frames(previous.stderr)),
+        "install_log": diagnosis.trim_output(previous.install_log, limit=2000) or "(environment reused)",
         "format": program_format(run, changes=True),
     }
 
@@ -538,9 +536,9 @@ def judge_output(iteration: Iteration) -> dict:
     return {
         "exit_code": iteration.exit_code,
         "duration": f"{iteration.duration_secs or 0:.1f}",
-        "stdout": trim_output(iteration.stdout),
-        "stderr": trim_output(iteration.stderr),
-        "results": json.dumps(iteration.results, indent=1)[:PROMPT_OUTPUT_CHARS],
+        "stdout": diagnosis.trim_output(iteration.stdout),
+        "stderr": diagnosis.trim_output(iteration.stderr),
+        "results": json.dumps(iteration.results, indent=1)[: diagnosis.PROMPT_OUTPUT_CHARS],
     }
 
 
@@ -562,23 +560,3 @@ def evidence_text(iteration: Iteration) -> str:
         )
     lines += [f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", [])]
     return "\n".join(lines)
-
-
-ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)
-
-
-def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
-    """Head, every error-looking line, and tail, within `limit` characters: the root cause is rarely
-    in the middle of a log, but the error lines may be anywhere."""
-    if len(text) <= limit:
-        return text
-    lines = text.splitlines()
-    head, tail = lines[:20], lines[-60:]
-    middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
-    kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
-    trimmed = "\n".join(line[:500] for line in kept)
-    return (
-        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
-        if len(trimmed) > limit
-        else trimmed
-    )
