@@ -197,6 +197,8 @@ def _do_step(run: Run, token: str, latest: Iteration | None) -> tuple[str, str]:
     if status == S.SURVEYING:
         repository.survey_repository(run)
         selected = run.file_ratings.filter(selected=True).count()
+        if run.rating_skipped:
+            return S.GENERATING, f"{run.rating_skipped} Selected {selected} of {run.file_ratings.count()}."
         return S.GENERATING, f"Rated {run.file_ratings.count()} files; selected {selected}."
     if status == S.GENERATING:
         repository.generate(run)

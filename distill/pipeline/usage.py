@@ -29,7 +29,10 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 
-from distill.pipeline import survey
+from django.db import transaction
+
+from distill.models import Run, UsageSnippet
+from distill.pipeline import digest, proof, survey
 
 # Above this size a snippet is still stored and shown, but never put in a prompt: a small model copies a
 # long script's detours along with its point.
@@ -75,16 +78,84 @@ class Snippet:
     undefined: list[str] = field(default_factory=list)  # names it uses and never defines
     needs: list[str] = field(default_factory=list)  # files it reads, URLs it fetches
 
-    @property
-    def where(self) -> str:
-        return f"cell {self.line}" if self.kind == "notebook" else f"line {self.line}"
-
 
 @dataclass
 class _Block:
     line: int
     code: str
     tree: ast.Module
+
+
+# The survey's and the prompt's side ------------------------------------------------------------------
+
+
+def is_small_context(config: dict) -> bool:
+    return config.get("context_tokens", 128000) <= SMALL_CONTEXT_TOKENS
+
+
+def budgets(config: dict) -> tuple[int, int]:
+    """(usage, digest) tokens. In a small context window they share the file budget, since they take the
+    files' place; in a large one they come on top of the files, each a small share."""
+    files = config.get("file_budget_tokens", 60000)
+    if is_small_context(config):
+        return int(files * 0.4), files - int(files * 0.4)
+    return min(4000, files // 8), min(8000, files // 6)
+
+
+def survey_usage(run: Run, root, found: survey.Survey) -> None:
+    """Harvests the usage and reads the API digest of a surveyed clone; stores both on the run."""
+    packages = proof.repository_packages(root)
+    entries = digest.read_api(root, packages)
+    snippets = harvest(
+        found,
+        top_names=set(packages.names),
+        api_names=digest.names(entries),
+        member_names=digest.members(entries),
+        imports=digest.import_lines(entries),
+    )
+    # Tests call internals too: the README and the authors' examples say what matters.
+    texts = [found.readme.text if found.readme else "", *(s.code for s in snippets if s.kind != "test")]
+    usage_budget, digest_budget = budgets(run.config)
+    chosen = {id(s) for s in for_prompt(snippets, usage_budget)}
+    with transaction.atomic():
+        run.usage_snippets.all().delete()  # a survey done again harvests again
+        UsageSnippet.objects.bulk_create(
+            UsageSnippet(
+                run=run,
+                source=s.source,
+                line=s.line,
+                kind=s.kind,
+                code=s.code,
+                tokens=s.tokens,
+                score=s.score,
+                names=s.names,
+                undefined=s.undefined,
+                needs=s.needs,
+                in_prompt=id(s) in chosen,
+            )  # fmt: skip
+            for s in snippets
+        )
+        run.api_digest = digest.render(digest.rank(entries, texts), digest_budget)
+        run.save(update_fields=["api_digest"])
+
+
+def prompt_block(run: Run, files: str) -> str:
+    """What the generate prompt shows of the repository: the authors' usage and the API digest, then the
+    selected files; in a small context window the digest takes the files' place."""
+    parts = []
+    snippets = list(run.usage_snippets.filter(in_prompt=True))
+    if snippets:
+        parts.append(
+            "How the authors use it (verbatim from the repository, missing imports added):\n"
+            + prompt_text(snippets)
+        )
+    if run.api_digest:
+        parts.append(
+            "The repository's API (signatures read from its source, most used first):\n" + run.api_digest
+        )
+    if not (run.api_digest and is_small_context(run.config)):
+        parts.append("The repository's most relevant files:\n" + files)
+    return "\n\n".join(parts)
 
 
 # Harvest ----------------------------------------------------------------------------------------------
@@ -155,6 +226,8 @@ def rank(
         if missing:
             snippet.code = "\n".join([*dict.fromkeys(known[name] for name in missing), snippet.code])
             tree = _parse(snippet.code)
+        if all(isinstance(node, ast.Import | ast.ImportFrom) for node in tree.body):
+            continue  # imports alone show nothing (a later block that uses them has them in front)
         imported = _imported_modules(tree)
         if not any(module.split(".")[0] in top_names for module in imported):
             continue  # it may mention the API, but without an import it is not runnable usage
@@ -198,7 +271,7 @@ def for_prompt(snippets: list[Snippet], budget_tokens: int) -> list[Snippet]:
 
 
 def prompt_text(snippets) -> str:
-    """The snippets as the prompt shows them, each after the file and line it came from."""
+    """Stored snippets (distill.models.UsageSnippet) as the prompt shows them, each after where it came from."""
     return "\n\n".join(f"# From {s.source}, {s.where}:\n{s.code.strip()}" for s in snippets)
 
 
