@@ -337,20 +337,24 @@ def import_lines(entries: list[Entry]) -> dict[str, str]:
 
 def render(entries: list[Entry], budget_tokens: int) -> str:
     """The ranked entries as Python stubs, as many as fit the budget, each after its import line."""
-    if not entries or budget_tokens <= 0:
-        return ""
-    chunks, used = [], 0
-    for entry in entries:
-        chunk = _stub(entry)
-        tokens = survey.count_tokens(chunk) + 1
-        if used + tokens > budget_tokens:
-            continue  # a smaller one after it may still fit
-        chunks.append(chunk)
-        used += tokens
-    left = len(entries) - len(chunks)
-    if left and chunks:
-        chunks.append(f"# ... and {left} more not shown")
-    return "\n".join(chunks)
+    stubs = [(stub, survey.count_tokens(stub) + 1) for stub in map(_stub, entries)]
+    chosen = _fitting(stubs, budget_tokens)
+    if len(chosen) < len(stubs):
+        # Say that more exists, within the budget too.
+        trailer = f"# ... and {len(stubs)} more not shown"
+        chosen = _fitting(stubs, budget_tokens - survey.count_tokens(trailer) - 1)
+        if chosen:
+            chosen.append(f"# ... and {len(stubs) - len(chosen)} more not shown")
+    return "\n".join(chosen)
+
+
+def _fitting(stubs: list[tuple[str, int]], budget_tokens: int) -> list[str]:
+    chosen, used = [], 0
+    for stub, tokens in stubs:
+        if used + tokens <= budget_tokens:  # a smaller one after a large one may still fit
+            chosen.append(stub)
+            used += tokens
+    return chosen
 
 
 def _stub(entry: Entry) -> str:
