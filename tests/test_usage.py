@@ -3,7 +3,12 @@
 import json
 import textwrap
 
-from distill.pipeline import digest, proof, survey, usage
+import pytest
+
+from distill.models import LLMCall, Run
+from distill.pipeline import digest, proof, repository, survey, usage
+from tests.factories import make_run
+from tests.replies import cassette, ratings
 
 README = """\
 # geolib
@@ -233,3 +238,89 @@ def test_nothing_is_imported_or_run_while_harvesting(tmp_path):
     snippets = harvest(tmp_path, files)
     assert {s.source for s in snippets} == {"README.md", "examples/run_me.py"}
     assert not marker.exists()
+
+
+# The survey step and the generate prompt ----------------------------------------------------------------
+
+
+def surveyed(tmp_path, profile_name="local", files=GEOLIB, **config):
+    """A run of the profile whose clone holds `files`, after the survey step (purpose already known)."""
+    from distill.profiles import load_profile
+
+    profile = load_profile(profile_name, config).model_dump()
+    run = make_run(profile_name=profile_name, config=profile, status=Run.Status.SURVEYING)
+    root = repository.clone_dir(run)
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    repository.survey_repository(run)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.django_db
+def test_in_a_small_context_the_digest_and_usage_replace_the_files_and_nothing_is_rated(tmp_path):
+    run = surveyed(tmp_path)  # the local profile: 4,096 tokens of context
+
+    assert "context of 4096 tokens" in run.rating_skipped
+    assert not LLMCall.objects.filter(run=run).exists()
+    assert run.file_ratings.exists() and not run.file_ratings.exclude(rating=None).exists()
+    # Unrated, the files the usage in the prompt comes from are taken first.
+    prompt_sources = set(run.usage_snippets.filter(in_prompt=True).values_list("source", flat=True))
+    selected = set(run.file_ratings.filter(selected=True).values_list("path", flat=True))
+    assert prompt_sources & selected
+
+    snippets = list(run.usage_snippets.all())
+    assert snippets and {s.kind for s in snippets} >= {"readme", "docs", "doctest", "example", "test"}
+    in_prompt = [s for s in snippets if s.in_prompt]
+    usage_budget, digest_budget = usage.budgets(run.config)
+    assert 0 < sum(s.tokens for s in in_prompt) <= usage_budget and all(not s.undefined for s in in_prompt)
+    assert (
+        "from geolib import area\ndef area(width, height): ...  # The area of a rectangle." in run.api_digest
+    )
+    assert survey.count_tokens(run.api_digest) <= digest_budget
+
+    block = usage.prompt_block(run, files="--- FILE: geolib/core.py ---\n...")
+    assert block.startswith("How the authors use it")
+    assert f"# From {in_prompt[0].source}, {in_prompt[0].where}:\n{in_prompt[0].code}" in block
+    assert "The repository's API" in block and "--- FILE:" not in block
+
+
+@pytest.mark.django_db
+def test_in_a_large_context_the_usage_and_digest_go_before_the_files(tmp_path):
+    run = surveyed(tmp_path, context_tokens=16384)
+
+    # Every file and the digest fit the budget: a CPU model's ratings would change nothing.
+    assert (
+        run.rating_skipped.startswith("Files not rated: all ")
+        and "fit the budget of 2400 tokens" in run.rating_skipped
+    )
+    assert not LLMCall.objects.filter(run=run).exists()
+    block = usage.prompt_block(run, files="--- FILE: geolib/core.py ---\n...")
+    assert (
+        block.index("How the authors use it") < block.index("The repository's API") < block.index("--- FILE:")
+    )
+
+
+@pytest.mark.django_db
+def test_files_are_rated_by_a_providers_model_or_when_the_profile_asks(tmp_path):
+    files = {"README.md": "# geolib\n", "geolib/__init__.py": "def area(w, h):\n    return w * h\n"}
+    replies = cassette(tmp_path / "c.json", [("rate", ratings("geolib/__init__.py"))] * 2)
+    run = surveyed(tmp_path, "gpt-5", files, replay=str(replies))
+    assert run.rating_skipped == "" and LLMCall.objects.filter(run=run, stage="rate").count() == 1
+    assert run.file_ratings.get(path="geolib/__init__.py").rating == 8
+
+    run = surveyed(tmp_path, "local", files, replay=str(replies), rate_files=True)
+    assert run.rating_skipped == "" and LLMCall.objects.filter(run=run, stage="rate").count() == 1
+
+    run = surveyed(tmp_path, "gpt-5", files, replay=str(replies), rate_files=False)
+    assert "rate_files is false" in run.rating_skipped and not LLMCall.objects.filter(run=run).exists()
+
+
+@pytest.mark.django_db
+def test_a_survey_done_again_harvests_again_without_duplicates(tmp_path):
+    run = surveyed(tmp_path)
+    count = run.usage_snippets.count()
+    run.status = Run.Status.SURVEYING
+    repository.survey_repository(run)
+    assert run.usage_snippets.count() == count
