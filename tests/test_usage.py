@@ -121,6 +121,10 @@ GEOLIB = {
 
         def test_area_with_a_fixture(width):
             assert area(width, 1) == width
+
+        def test_a_negative_width_is_refused():
+            with pytest.raises(ValueError):
+                area(-1, 1)
         '''),
 }
 
@@ -214,8 +218,10 @@ def test_self_contained_usage_of_more_of_the_package_ranks_first(tmp_path):
 
     chosen = usage.for_prompt(snippets, budget_tokens=10_000)
     assert 0 < len(chosen) <= 3
-    assert all(not s.undefined for s in chosen)
-    assert len({s.source for s in chosen}) == len(chosen)  # one per file: variety over repetition
+    assert all(not s.undefined and not s.needs for s in chosen)
+    assert all(sum(c.source == s.source for c in chosen) <= 2 for s in chosen)  # variety over repetition
+    raising = next(s for s in snippets if "pytest.raises" in s.code)
+    assert raising.needs == ["needs pytest"]  # how to test it, not how to use it
     assert usage.for_prompt(snippets, budget_tokens=5) == []
 
 

@@ -48,7 +48,7 @@ MAX_DEFAULT_CHARS = 30
 @dataclass
 class Entry:
     name: str
-    kind: str  # "function" or "class"
+    kind: str  # "function", "class", or for a method "staticmethod" or "classmethod"
     module: str  # where it is defined ("kneed.knee_locator")
     path: str  # that module's file, relative to the clone
     signature: str  # "(x, y, S=1.0)" as written; a class's is its constructor's
@@ -210,10 +210,12 @@ def _entry(node, module: str, path: str, order: int) -> Entry | None:
             doc=_first_line(node) or (_first_line(init) if init else ""), order=order,
             methods=methods, attributes=list(dict.fromkeys(attributes)),
         )  # fmt: skip
+    decorators = {d.id for d in node.decorator_list if isinstance(d, ast.Name)}
+    kind = next((k for k in ("staticmethod", "classmethod") if k in decorators), "function")
     returns = ast.unparse(node.returns) if node.returns is not None else ""
     returns = f" -> {returns}" if returns and len(returns) <= MAX_DEFAULT_CHARS else ""
     return Entry(
-        name=node.name, kind="function", module=module, path=path,
+        name=node.name, kind=kind, module=module, path=path,
         signature=_signature(node.args) + returns, doc=_first_line(node), order=order,
     )  # fmt: skip
 
@@ -312,7 +314,8 @@ def rank(entries: list[Entry], texts: list[str]) -> list[Entry]:
             method.uses = counts.get(method.name, 0)
         entry.methods.sort(key=lambda m: (-m.uses, m.order))
         entry.attributes.sort(key=lambda a: -counts.get(a, 0))
-        entry.uses += sum(m.uses for m in entry.methods) // 2
+        if entry.uses:  # `apply`, `matrix`: common method names would lift every class that has them
+            entry.uses += sum(m.uses for m in entry.methods) // 2
     return sorted(entries, key=lambda e: (-e.uses, e.import_from.count("."), e.order))
 
 
@@ -336,15 +339,29 @@ def import_lines(entries: list[Entry]) -> dict[str, str]:
 
 
 def render(entries: list[Entry], budget_tokens: int) -> str:
-    """The ranked entries as Python stubs, as many as fit the budget, each after its import line."""
-    stubs = [(stub, survey.count_tokens(stub) + 1) for stub in map(_stub, entries)]
+    """The ranked entries as Python stubs, as many as fit the budget, each after its import line.
+
+    Entries nothing mentions and only a submodule offers (`findiff.diff.Plus` where `findiff` exports
+    its API) are internals more likely than not: they are only named, on one line at the end.
+    """
+    exported = any(e.import_from.count(".") == 0 for e in entries)
+    major = [e for e in entries if e.uses or not exported or e.import_from.count(".") == 0]
+    minor = [e for e in entries if e not in major]
+    stubs = [(stub, survey.count_tokens(stub) + 1) for stub in map(_stub, major)]
     chosen = _fitting(stubs, budget_tokens)
-    if len(chosen) < len(stubs):
+    left = len(stubs) - len(chosen)
+    if left:
         # Say that more exists, within the budget too.
-        trailer = f"# ... and {len(stubs)} more not shown"
+        trailer = f"# ... and {left} more not shown"
         chosen = _fitting(stubs, budget_tokens - survey.count_tokens(trailer) - 1)
         if chosen:
             chosen.append(f"# ... and {len(stubs) - len(chosen)} more not shown")
+    elif minor:
+        names = ", ".join(f"{e.import_from}.{e.name}" for e in minor)
+        used = sum(t for s, t in stubs)
+        also = survey.truncate_to_tokens(f"# also: {names}", budget_tokens - used - 1)
+        if also and used < budget_tokens:
+            chosen.append(also.rstrip())
     return "\n".join(chosen)
 
 
@@ -370,6 +387,8 @@ def _stub(entry: Entry) -> str:
         lines.append(f"    def __init__{entry.signature}: ...")
     for method in entry.methods[:MAX_METHODS]:
         method_doc = f"  # {method.doc}" if method.doc else ""
+        if method.kind != "function":  # `DataGenerator.figure2()` needs no instance: say so
+            lines.append(f"    @{method.kind}")
         lines.append(f"    def {method.name}{method.signature}: ...{method_doc}")
     if entry.attributes:
         lines.append(f"    # attributes: {', '.join(entry.attributes[:MAX_ATTRIBUTES])}")

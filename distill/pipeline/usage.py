@@ -236,15 +236,13 @@ def rank(
         # A method or attribute counts only after a dot: a variable called `curve` is not `.curve`.
         snippet.names = sorted(((used | attributes) & api_names) | (attributes & member_names))
         snippet.undefined = sorted(_undefined(tree) - (api_names if star else set()))
-        snippet.needs = _needs(tree)
-        testing = sorted(imported & TEST_MODULES)
+        snippet.needs = _needs(tree) + [f"needs {module}" for module in sorted(imported & TEST_MODULES)]
         snippet.tokens = survey.count_tokens(snippet.code)
         snippet.score = round(
             2.0
             + 1.5 * min(len(snippet.names), 8)
             - 2.5 * len(snippet.undefined)
             - 3.0 * len(snippet.needs)
-            - 3.0 * len(testing)
             - snippet.tokens / 250
             + KIND_BONUS.get(snippet.kind, 0.0),
             2,
@@ -255,19 +253,30 @@ def rank(
 
 
 def for_prompt(snippets: list[Snippet], budget_tokens: int) -> list[Snippet]:
-    """The best snippets that fit the budget: self-contained ones only, at most one per source file."""
-    chosen, used, sources = [], 0, set()
+    """The best snippets that fit the budget: self-contained ones only (nothing undefined, no data file,
+    URL or test runner), at most two per source file, none that mostly repeats one already chosen."""
+    chosen, used = [], 0
     for snippet in snippets:
-        if snippet.undefined or snippet.tokens > MAX_PROMPT_SNIPPET_TOKENS or snippet.source in sources:
+        if snippet.undefined or snippet.needs or snippet.tokens > MAX_PROMPT_SNIPPET_TOKENS:
             continue
-        if used + snippet.tokens > budget_tokens:
+        if used + snippet.tokens > budget_tokens or sum(c.source == snippet.source for c in chosen) >= 2:
             continue
+        lines = _lines(snippet.code)
+        if any(len(lines & _lines(c.code)) > len(lines) / 2 for c in chosen):
+            continue  # a README's blocks share their first block: one of them shows it
         chosen.append(snippet)
         used += snippet.tokens
-        sources.add(snippet.source)
         if len(chosen) == 3:
             break
     return chosen
+
+
+def _lines(code: str) -> set[str]:
+    return {
+        line.strip()
+        for line in code.splitlines()
+        if line.strip() and not line.lstrip().startswith(("import", "from"))
+    }
 
 
 def prompt_text(snippets) -> str:
