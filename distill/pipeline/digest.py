@@ -115,6 +115,8 @@ def _module_files(root: Path, packages: proof.Packages) -> list[tuple[str, str]]
     found = [(name, rel) for name, rel in sorted(packages.modules.items())]
     for name, folder in sorted(packages.packages.items()):
         base = root / folder
+        if base.is_symlink() or not base.resolve().is_relative_to(root.resolve()):
+            continue  # metadata may name any folder: only the clone's own are read
         for current, dirs, files in os.walk(base, followlinks=False):
             dirs[:] = sorted(
                 d

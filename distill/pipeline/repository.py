@@ -168,11 +168,17 @@ def _rating_skip_reason(run: Run, files) -> str:
 
 
 def _by_usage(run: Run, files) -> list:
-    """Files whose code the prompt's usage snippets come from first, then by priority (see _by_priority)."""
+    """Unrated files in the order a fix prompt wants them: those the prompt's usage snippets come from,
+    then the repository's own package code, then the rest by priority (see _by_priority)."""
     sources = list(run.usage_snippets.filter(in_prompt=True).values_list("source", flat=True))
     first = {path: index for index, path in enumerate(dict.fromkeys(sources))}
-    ordered = _by_priority(files)
-    return sorted(ordered, key=lambda f: first.get(f.path, len(first)))
+    found = proof.repository_packages(clone_dir(run))
+    own = tuple(f"{folder}/" for folder in found.packages.values()) + tuple(found.modules.values())
+
+    def key(f):
+        return first.get(f.path, len(first) + (0 if f.path.startswith(own) and f.kind == "code" else 1))
+
+    return sorted(_by_priority(files), key=key)
 
 
 def _purpose(run: Run, found) -> str:
