@@ -75,13 +75,18 @@ def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
         "execute",
         "judge",
     ]
+    # In the local profile's small context the API digest takes the place of file excerpts, so the
+    # files are not rated (a minute or more per batch on a CPU), and the run says so.
     assert set(LLMCall.objects.filter(run=run).values_list("stage", flat=True)) == {
         "purpose",
-        "rate",
         "generate",
         "judge",
     }
+    assert "API digest" in run.rating_skipped
     assert FileRating.objects.filter(run=run, selected=True).exists()
+    generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[-1]["content"]
+    assert "from minilib import mean_squared\ndef mean_squared(xs): ..." in generate_prompt
+    assert "--- FILE:" not in generate_prompt
 
     out = run.output_dir
     state = json.loads((out / "current_state.json").read_text())
@@ -252,6 +257,7 @@ def test_malformed_replies_are_repaired_and_never_crash_the_run(repo, tmp_path):
         [("purpose", PURPOSE), ("rate", "I think they are all great!"), ("rate", "still not JSON"),
          ("generate", "```python\nprint('no sections')\n```"), ("generate", program()),
          ("judge", "Looks good to me"), ("judge", verdict(True))],
+        rate_files=True,
     )  # fmt: skip
     run = services.run_until_finished(run_id=run.pk)
 
@@ -278,7 +284,7 @@ def test_a_reply_that_stays_malformed_ends_the_run_with_a_clear_error(repo, tmp_
 def test_only_the_profiles_number_of_files_is_rated_most_promising_first(repo, tmp_path):
     # A CPU model answers a batch of ratings in a minute or more: the local profile rates a few files only.
     entries = [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
-    run = start(repo, tmp_path, entries, max_rated_files=2)
+    run = start(repo, tmp_path, entries, max_rated_files=2, rate_files=True)
     run = services.run_until_finished(run_id=run.pk)
 
     assert run.status == Run.Status.SUCCEEDED, run.status_message

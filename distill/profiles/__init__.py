@@ -62,6 +62,9 @@ class Profile(BaseModel):
     # Files rated per run, most promising first (sources before tests, shallow before deep): each batch is
     # one call, which a CPU model takes a minute or more to answer.
     max_rated_files: int = Field(default=200, ge=1, le=2000)
+    # None: rate unless it would change nothing (distill.pipeline.repository._rating_skip_reason); true or
+    # false: always or never.
+    rate_files: bool | None = None
     code_max_output_tokens: int = Field(default=16000, ge=256)
     max_reply_repairs: int = Field(default=2, ge=0, le=5)
     llm_timeout_secs: float = Field(default=300, gt=0, le=6 * 3600)  # one model call, reading and writing

@@ -107,6 +107,11 @@ def test_a_curator_submits_a_repository_and_watches_it_succeed_without_reloading
     expect(page.get_by_role("link", name="Open report.html")).to_be_visible()
     run = Run.objects.get()
     assert run.status == Run.Status.SUCCEEDED and run.submitted_by == curator
+    # The survey's section arrived by itself too: the API digest, and why no file was rated.
+    expect(page.locator("#run-ratings")).to_contain_text("Files not rated: in a context of 4096 tokens")
+    expect(page.locator(".timeline")).to_contain_text("Files not rated")
+    page.locator(".api-digest summary").click()
+    expect(page.locator(".api-digest")).to_contain_text("def mean_squared(xs): ...")
 
     # The list shows it too, and stops polling: nothing on it is active.
     page.get_by_role("link", name="Runs", exact=True).first.click()
