@@ -259,7 +259,7 @@ def surveyed(tmp_path, profile_name="local", files=GEOLIB, **config):
     for path, text in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
-    repository.survey_repository(run)
+    repository.survey_source(run)
     run.refresh_from_db()
     return run
 
@@ -328,5 +328,5 @@ def test_a_survey_done_again_harvests_again_without_duplicates(tmp_path):
     run = surveyed(tmp_path)
     count = run.usage_snippets.count()
     run.status = Run.Status.SURVEYING
-    repository.survey_repository(run)
+    repository.survey_source(run)
     assert run.usage_snippets.count() == count
