@@ -531,6 +531,11 @@ def register(litellm) -> None:
             *litellm.custom_provider_map,
             {"provider": PROVIDER, "custom_handler": handler},
         ]
+    # litellm itself adds the map's providers to its provider lists only inside its first completion();
+    # until then it does not know `local/...`, and says the provider takes no response_format.
+    from litellm.utils import custom_llm_setup
+
+    custom_llm_setup()
     litellm.register_model(
         {
             MODEL_STRING: {
