@@ -448,6 +448,15 @@ def test_the_task_order_puts_each_file_after_the_files_it_imports():
         paper_steps.parse_logic_design(json.dumps(design | {"task_list": [*files, "extra.py"]}), files=files)
 
 
+def test_a_plan_that_copies_the_prompts_placeholders_is_sent_back_as_missing():
+    copied = {"summary": "3 to 6 sentences: what the paper does and what the implementation will show",
+              "methodology": ["Each component of the method, one sentence each.", "A kernel ridge fit."]}  # fmt: skip
+    with pytest.raises(parsing.ReplyError, match="summary: Field required"):
+        paper_steps.parse_overall_plan(json.dumps(copied))
+    plan = paper_steps.parse_overall_plan(json.dumps(copied | {"summary": "Fits a kernel ridge model."}))
+    assert plan.methodology == ["A kernel ridge fit."]
+
+
 def test_code_replies_must_be_the_asked_file_and_valid_python():
     assert paper_steps.parse_code_file("=== FILE: a.py ===\nx = 1\n=== END ===", "a.py") == "x = 1\n"
     assert paper_steps.parse_code_file("```python\nx = 1\n```", "a.py") == "x = 1\n"

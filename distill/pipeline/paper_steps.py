@@ -141,12 +141,17 @@ def _validated(schema: type[BaseModel], data) -> BaseModel:
         raise parsing.ReplyError(parsing._first_error(exc)) from None
 
 
+def _json(text: str, template: str) -> dict:
+    """The reply's JSON object, without the values that copy the template's own placeholders."""
+    return parsing.extract_json(text, expect=dict, placeholders=prompts.placeholders(template))
+
+
 def parse_overall_plan(text: str) -> OverallPlan:
-    return _validated(OverallPlan, parsing.extract_json(text, expect=dict))
+    return _validated(OverallPlan, _json(text, "paper_plan"))
 
 
 def parse_architecture(text: str) -> Architecture:
-    architecture = _validated(Architecture, parsing.extract_json(text, expect=dict))
+    architecture = _validated(Architecture, _json(text, "paper_architecture"))
     if "main.py" not in architecture.files:
         raise parsing.ReplyError("files: the architecture needs main.py, the entry point")
     return architecture
@@ -154,7 +159,7 @@ def parse_architecture(text: str) -> Architecture:
 
 def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
     """The logic design and the order to write the files in: the task list, each file after its imports."""
-    design = _validated(LogicDesign, parsing.extract_json(text, expect=dict))
+    design = _validated(LogicDesign, _json(text, "paper_logic"))
     known = set(files)
     for name in design.task_list:
         if name not in known:
@@ -254,7 +259,7 @@ def _single_file(text: str, name: str) -> str:
 
 
 def parse_evaluation(text: str) -> EvaluationReply:
-    return _validated(EvaluationReply, parsing.extract_json(text, expect=dict))
+    return _validated(EvaluationReply, _json(text, "paper_evaluate"))
 
 
 # The steps ---------------------------------------------------------------------------------------------
