@@ -239,7 +239,10 @@ print("mean of squares:", value)
 json.dump({"mean_of_squares": value}, open("results.json", "w"))
 json.dump(["read config", "done"], open("log.json", "w"))
 """
-PAPER_BROKEN_MAIN = "from squares import mean_of_squares  # the wrong name\n\nprint(mean_of_squares([1]))\n"
+PAPER_BROKEN_MAIN = (
+    "import json\nfrom squares import mean_of_squares  # the wrong name\n\n"
+    "json.dump({'mean': mean_of_squares([1])}, open('results.json', 'w'))\n"
+)
 
 
 def planning_replies(task_list=("utils.py", "squares.py", "main.py")):
