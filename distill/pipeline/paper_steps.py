@@ -356,16 +356,17 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             ]
             continue
         _check_cancel(should_cancel)
+        schema = None
         if stage == "plan":
-            parse = parse_overall_plan
+            parse, schema = parse_overall_plan, OverallPlan.model_json_schema()
         elif stage == "architecture":
-            parse = parse_architecture
+            parse, schema = parse_architecture, Architecture.model_json_schema()
         elif stage == "logic":
-            parse = partial(parse_logic_design, files=files)
+            parse, schema = partial(parse_logic_design, files=files), LogicDesign.model_json_schema()
         else:
             parse = parse_config_yaml
         value, text = _ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                           max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
+                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema)  # fmt: skip
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
         elif stage == "architecture":
@@ -525,7 +526,8 @@ def _llm_judgement(run: Run, iteration: Iteration) -> dict:
     )
     try:
         verdict, _ = _ask(run, stage="judge", messages=[{"role": "user", "content": prompt}],
-                          parse=parsing.parse_judgement, max_tokens=1200, iteration=iteration.number)  # fmt: skip
+                          parse=parsing.parse_judgement, max_tokens=1200, iteration=iteration.number,
+                          schema=parsing.JUDGEMENT_SCHEMA)  # fmt: skip
     except StepFailed as exc:
         # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
         return {"faithful": False, "accurate": False, "complete": False, "issues": [],
@@ -581,7 +583,8 @@ def evaluate(run: Run, iteration: Iteration) -> dict | None:
     for _sample in range(count):
         try:
             reply, _ = _ask(run, stage="evaluate", messages=[{"role": "user", "content": prompt}],
-                            parse=parse_evaluation, max_tokens=2000, iteration=iteration.number)  # fmt: skip
+                            parse=parse_evaluation, max_tokens=2000, iteration=iteration.number,
+                            schema=EvaluationReply.model_json_schema())  # fmt: skip
         except (StepFailed, llm.LLMError) as exc:
             errors.append(str(exc))
             if isinstance(exc, llm.BudgetExceeded | llm.LLMRefused):
@@ -629,14 +632,15 @@ def paper_text_of(run: Run) -> papers.PaperText:
 # Helpers ----------------------------------------------------------------------------------------------
 
 
-def _ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
+def _ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None,
+         schema: dict | None = None):  # fmt: skip
     """(parsed value, reply text). A malformed reply is sent back for repair a bounded number of times."""
     repairs = run.config.get("max_reply_repairs", 2)
     error = None
     for attempt in range(repairs + 1):
         reply = llm.complete(
             run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens, schema=schema,
         )  # fmt: skip
         try:
             return parse(reply.text), reply.text

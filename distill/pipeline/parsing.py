@@ -76,6 +76,16 @@ class Judgement(BaseModel):
         return self.faithful and self.accurate and self.complete and not self.critical_issues
 
 
+JUDGEMENT_SCHEMA = Judgement.model_json_schema()
+
+
+def ratings_schema(paths: list[str]) -> dict:
+    """The JSON schema of a batch's ratings: one object per file, and only the files asked about."""
+    item = FileRatingReply.model_json_schema()
+    item["properties"] = {**item["properties"], "path": {"enum": paths}}
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": len(paths)}
+
+
 # A line that is wholly a placeholder of program_format.txt ("<one pip requirement a line, ...>"): a small
 # model sometimes copies the format's skeleton instead of filling it in. No file kind has such a line.
 PLACEHOLDER_LINE = re.compile(r"^\s*<[^<>\n]* [^<>\n]*>\s*$", re.M)

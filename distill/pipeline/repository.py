@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
-from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof, sources, survey
+from distill.pipeline import dependencies, diagnosis, parsing, preflight, prompts, proof, sources, survey
 from distill.pipeline.live import LiveOutput
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def _rate_batch(run: Run, batch, excerpt_tokens: int) -> None:
                 model=run.config["model_fast"],
                 messages=messages,
                 max_tokens=200 + 80 * len(batch),
+                schema=parsing.ratings_schema(paths),
             )
             ratings = parsing.parse_ratings(reply.text, expected_paths=paths)
             break
@@ -220,9 +221,7 @@ def generate(run: Run) -> Iteration:
         return existing
     prompt = prompts.render(
         "generate",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=_selected_files_text(run),
+        context=_context(run),
         format=prompts.render("program_format", changes_section=""),
         **_rules(run),
     )
@@ -237,9 +236,7 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         return existing
     prompt = prompts.render(
         "fix",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=_selected_files_text(run, share=0.5),
+        context=_context(run),
         **failed_version(run, previous),
         **_rules(run),
     )
@@ -252,6 +249,17 @@ def fix(run: Run, previous: Iteration) -> Iteration:
         previous_files=previous.files,
     )
     return _save_iteration(run, number, program, change_log=program.change_log)
+
+
+def _context(run: Run) -> str:
+    """What every program prompt of a run begins with, the same each time: a model that keeps the previous
+    prompt's state (the local one; hosted ones with prompt caching) reads it once, not once per version."""
+    return prompts.render(
+        "context",
+        title=run.source_title or run.source_url,
+        purpose=run.repository_description,
+        files=_selected_files_text(run),
+    ).strip()
 
 
 def failed_version(run: Run, previous: Iteration) -> dict:
@@ -305,8 +313,8 @@ def _rules(run: Run) -> dict:
     }
 
 
-def _selected_files_text(run: Run, share: float = 1.0) -> str:
-    budget = int(run.config.get("file_budget_tokens", 60000) * share)
+def _selected_files_text(run: Run) -> str:
+    budget = int(run.config.get("file_budget_tokens", 60000))
     parts, used = [], 0
     for rating in run.file_ratings.filter(selected=True).order_by("-rating", "path"):
         if used + rating.selected_tokens > budget and parts:
@@ -347,7 +355,7 @@ def _ask_for_program(
                 raise parsing.ReplyError(
                     "the files are the same as the version that failed; change them to remove the root cause"
                 )
-            return program
+            return preflight.check(program)
         except parsing.ReplyError as exc:
             logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
             error = exc
@@ -600,6 +608,7 @@ def _llm_judgement(run: Run, iteration: Iteration) -> dict:
             messages=messages,
             iteration=iteration.number,
             max_tokens=1200,
+            schema=parsing.JUDGEMENT_SCHEMA,
         )
         try:
             verdict = parsing.parse_judgement(reply.text)
