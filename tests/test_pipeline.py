@@ -206,6 +206,38 @@ def test_a_fix_that_sends_back_the_failed_program_unchanged_is_repaired_not_run(
     assert "the files are the same as the version that failed" in second_try.prompt[-1]["content"]
 
 
+def test_a_forgotten_standard_library_import_is_added_before_the_first_run(repo, tmp_path):
+    forgetful = WORKING_MAIN.replace("import json\n", "")
+    run = start(
+        repo, tmp_path, [*survey_replies(), ("generate", program(forgetful)), ("judge", verdict(True))]
+    )
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    (iteration,) = run.iterations.all()
+    assert iteration.files["main.py"] == "import json\n" + forgetful
+    assert "added `import json` to main.py" in iteration.change_log
+    assert LLMCall.objects.filter(run=run, stage="generate").count() == 1
+
+
+def test_a_syntax_error_is_repaired_without_a_sandbox_run_or_an_iteration(repo, tmp_path):
+    broken = WORKING_MAIN.replace("print(", "print((", 1)
+    silent = "print('done')\n"  # compiles, but could never pass: it writes no results.json
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(broken)), ("generate", program(silent)),
+         ("generate", program()), ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.iterations.count() == 1 and run.steps.filter(name="execute").count() == 1
+    first, second, third = LLMCall.objects.filter(run=run, stage="generate").order_by("pk")
+    assert "main.py:9: '(' was never closed" in second.prompt[-1]["content"]
+    assert "never writes results.json" in third.prompt[-1]["content"]
+
+
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
     run = start(
         repo,
@@ -238,7 +270,7 @@ def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path
 
 
 def test_exit_zero_without_results_json_is_not_a_success(repo, tmp_path):
-    silent = "print('the example ran, trust me')\n"
+    silent = "print('the example ran, trust me: see results.json')\n"  # named, never written
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(silent))], max_debug_iterations=1)
     run = services.run_until_finished(run_id=run.pk)
 
@@ -393,7 +425,9 @@ def test_cancel_stops_a_queued_run_at_once(repo, tmp_path):
 
 
 def test_cancel_stops_a_running_program(repo, tmp_path):
-    slow = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+    slow = (
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\nopen('results.json', 'w').write('{}')\n"
+    )
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(slow))])
     for _ in range(4):  # fetch, survey, prepare, generate
         services.run_advance(run_id=run.pk, enqueue_next=False)

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from distill import llm
 from distill.models import Iteration, Run
-from distill.pipeline import dependencies, diagnosis, environment, parsing, prompts, proof
+from distill.pipeline import dependencies, diagnosis, environment, parsing, preflight, prompts, proof
 from distill.pipeline.live import LiveOutput
 from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 
@@ -141,15 +141,25 @@ def program_format(run: Run, *, changes: bool) -> str:
 # Ask --------------------------------------------------------------------------------------------------
 
 
-def ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
+def ask(
+    run: Run,
+    *,
+    stage: str,
+    messages: list[dict],
+    parse,
+    max_tokens: int,
+    iteration: int | None = None,
+    schema: dict | None = None,
+):
     """(parsed value, reply text) of the code model. A malformed reply is sent back for repair a bounded
-    number of times, then the step fails with the last problem found."""
+    number of times, then the step fails with the last problem found. `schema` (a JSON reply's schema)
+    holds the models that take one to it (llm.complete)."""
     repairs = run.config.get("max_reply_repairs", 2)
     error = None
     for attempt in range(repairs + 1):
         reply = llm.complete(
             run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens, schema=schema,
         )  # fmt: skip
         try:
             return parse(reply.text), reply.text
@@ -179,7 +189,9 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
     return program
 
 
-def parse_program(run: Run, text: str, *, require_change_log: bool) -> parsing.Program:
+def parse_program(
+    run: Run, text: str, *, require_change_log: bool, keep: dict | None = None
+) -> parsing.Program:
     """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
     main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
     that both always parse and install."""
@@ -199,7 +211,13 @@ def parse_program(run: Run, text: str, *, require_change_log: bool) -> parsing.P
         files = environment.program_files(prepared, files["main.py"], extras, other)
     else:
         files["requirements.txt"] = "".join(f"{line}\n" for line in requirements)
-    return program.model_copy(update={"files": files, "requirement_problems": problems})
+    if keep:
+        # Models leave out files they did not change even when told to give every file (a paper's
+        # program has many): those are kept as they were.
+        files = {**keep, **files}
+    # A program that cannot pass by construction (a syntax error, an undefined name, no results.json) is
+    # sent back as a repair of the reply, without spending a sandbox run.
+    return preflight.check(program.model_copy(update={"files": files, "requirement_problems": problems}))
 
 
 def save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
@@ -230,16 +248,13 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
         return existing
 
     def parse(text: str) -> parsing.Program:
-        program = parse_program(run, text, require_change_log=True)
-        # Models leave out files they did not change even when told to give every file (a paper's
-        # program has many): those are kept as they were.
-        files = {**previous.files, **program.files}
-        if _same_program(files, previous.files):
+        program = parse_program(run, text, require_change_log=True, keep=previous.files)
+        if _same_program(program.files, previous.files):
             # Running it again would fail again, and spend an iteration on nothing.
             raise parsing.ReplyError(
                 "the files are the same as the version that failed; change them to remove the root cause"
             )
-        return program.model_copy(update={"files": files})
+        return program
 
     program = ask_for_program(run, stage="fix", prompt=prompt(run, previous), iteration=number, parse=parse)
     return save_iteration(run, number, program, change_log=program.change_log)
@@ -515,6 +530,7 @@ def _llm_judgement(run: Run, iteration: Iteration, prompt: str) -> dict:
             parse=parsing.parse_judgement,
             max_tokens=1200,
             iteration=iteration.number,
+            schema=parsing.JUDGEMENT_SCHEMA,
         )
     except ReplyUnusable as exc:
         # An unreadable verdict is not a pass, and not a crash: the fixer sees why.

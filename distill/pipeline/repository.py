@@ -246,6 +246,7 @@ def _rate_batch(run: Run, batch, excerpt_tokens: int) -> None:
                 model=run.config["model_fast"],
                 messages=messages,
                 max_tokens=200 + 80 * len(batch),
+                schema=parsing.ratings_schema(paths),
             )
             ratings = parsing.parse_ratings(reply.text, expected_paths=paths)
             break
@@ -282,9 +283,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
         return existing
     prompt = prompts.render(
         "generate",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=usage.prompt_block(run, _selected_files_text(run)),
+        context=_context(run),
         format=program.program_format(run, changes=False),
         **program.rules(run, repository_of(run)),
     )
@@ -295,9 +294,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
 def fix_prompt(run: Run, previous: Iteration) -> str:
     return prompts.render(
         "fix",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=_selected_files_text(run, share=0.5),
+        context=_context(run),
         **program.failed_version(run, previous),
         **program.rules(run, repository_of(run)),
     )
@@ -318,8 +315,19 @@ def conclude(run: Run, iteration: Iteration) -> str:
     return ""
 
 
-def _selected_files_text(run: Run, share: float = 1.0) -> str:
-    budget = int(run.config.get("file_budget_tokens", 60000) * share)
+def _context(run: Run) -> str:
+    """What every program prompt of a run begins with, the same each time: a model that keeps the previous
+    prompt's state (the local one; hosted ones with prompt caching) reads it once, not once per version."""
+    return prompts.render(
+        "context",
+        title=run.source_title or run.source_url,
+        purpose=run.repository_description,
+        files=usage.prompt_block(run, _selected_files_text(run)),
+    ).strip()
+
+
+def _selected_files_text(run: Run) -> str:
+    budget = int(run.config.get("file_budget_tokens", 60000))
     parts, used = [], 0
     for rating in run.file_ratings.filter(selected=True).order_by("-rating", "path"):
         if used + rating.selected_tokens > budget and parts:

@@ -35,7 +35,7 @@ SURVEY = [
     ("purpose", "minilib computes summary statistics; its entry point is minilib.mean_squared."),
     ("rate", ratings("README.md", "minilib/__init__.py", "setup.py")),
 ]
-SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\n"
+SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\nopen('results.json', 'w').write('{}')\n"
 
 
 @pytest.fixture
