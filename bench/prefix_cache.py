@@ -36,7 +36,7 @@ def main() -> None:
 
     django_setup.setup("bench-prefix-cache-")
     from distill import local_model
-    from distill.pipeline import parsing, prompts, survey
+    from distill.pipeline import parsing, program, prompts, survey
 
     local_model.require_installed()
     started = time.monotonic()
@@ -46,8 +46,8 @@ def main() -> None:
     sources = "\n".join(p.read_text() for p in sorted((ROOT / "distill" / "pipeline").glob("*.py")))
     files = survey.truncate_to_tokens(sources, args.context_tokens)
     context = prompts.render("context", title="codedistiller", purpose="Distils repositories.", files=files)
-    task = "Write a small example program that uses this repository.\n\n" + prompts.render(
-        "program_format", changes_section=""
+    task = "Write a small example program that uses this repository.\n\n" + program.reply_format(
+        prepared=False, changes=False
     )
     fix = "The example program below did not pass: NameError: name 'json' is not defined.\n\n" + task
 
@@ -76,8 +76,8 @@ def main() -> None:
     call("3. fix prompt, changing part first (before)", f"{fix}\n\n{context}")
 
     print("\nThe grammars' cost in writing speed (a short prompt, nothing shared)")
-    short = "Write a tiny program that prints the mean of [1, 2, 3].\n\n" + prompts.render(
-        "program_format", changes_section=""
+    short = "Write a tiny program that prints the mean of [1, 2, 3].\n\n" + program.reply_format(
+        prepared=False, changes=False
     )
     call("program reply, with its grammar", short)
     real_grammar = local_model._grammar

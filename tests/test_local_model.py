@@ -18,7 +18,8 @@ import pytest
 
 from distill import llm, local_model, services
 from distill.models import LLMCall, Run
-from distill.pipeline import paper_steps, parsing, prompts
+from distill.pipeline import paper_steps, parsing
+from distill.pipeline.program import reply_format
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
 from tests.replies import WORKING_MAIN, program, verdict
@@ -444,9 +445,7 @@ def test_a_reply_schema_reaches_the_local_model_as_its_grammar(fake_model, fake_
 def test_a_program_reply_and_its_continuation_are_held_to_the_format_by_grammars(fake_model, fake_grammars):
     files = "print(1)\n=== FILE: requirements.txt ===\n\n=== FILE: runscript.sh ===\n"
     fake_model.reply = [files, '{"description": "d"}\n']
-    asking = [
-        {"role": "user", "content": "Write it.\n" + prompts.render("program_format", changes_section="")}
-    ]
+    asking = [{"role": "user", "content": "Write it.\n" + reply_format(prepared=False, changes=False)}]
 
     llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking)
 
@@ -532,9 +531,7 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
 
 PAPER_FIX_PROMPT = (
     "Fix it.\n\n=== FILE: main.py ===\nimport squares\n=== FILE: squares.py ===\ndef f(): pass\n\n"
-    + prompts.render(
-        "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-    )
+    + reply_format(prepared=False, changes=True)
 )
 
 
@@ -573,9 +570,7 @@ def allows(vocabulary, grammar: str, text: str, *, to_the_end: bool = True) -> b
 
 @pytest.mark.local_model
 def test_the_program_grammar_takes_the_format_and_nothing_else(vocabulary):
-    asking = [
-        {"role": "user", "content": "Write it.\n\n" + prompts.render("program_format", changes_section="")}
-    ]
+    asking = [{"role": "user", "content": "Write it.\n\n" + reply_format(prepared=False, changes=False)}]
     grammar = local_model.program_grammar(asking, after=local_model.PROGRAM_START)
     reply = program(WORKING_MAIN.replace("log = [", 'html = """\n<html>\n=====\n"""\nlog = ['))
     after_start = reply.split(local_model.PROGRAM_START, 1)[1]
@@ -636,7 +631,7 @@ def test_the_reply_schemas_become_grammars_that_llama_cpp_takes(vocabulary):
 @pytest.mark.django_db
 def test_a_real_program_reply_through_the_local_provider_has_the_format():
     asking = [{"role": "user", "content": "Write a program that prints 1. Answer with a JSON object, not "
-               "in sections.\n\n" + prompts.render("program_format", changes_section="")}]  # fmt: skip
+               "in sections.\n\n" + reply_format(prepared=False, changes=False)}]  # fmt: skip
 
     reply = llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking,
                          max_tokens=200, temperature=0.2)  # fmt: skip

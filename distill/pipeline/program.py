@@ -119,8 +119,13 @@ def rules(run: Run, repository: Repository | None) -> dict:
 
 
 def program_format(run: Run, *, changes: bool) -> str:
+    """The reply format of the run's program prompts (a prepared environment asks for less)."""
+    return reply_format(prepared=environment.usable(run) is not None, changes=changes)
+
+
+def reply_format(*, prepared: bool, changes: bool) -> str:
     """The reply format: with a prepared environment, main.py and only the extra requirements it needs."""
-    if environment.usable(run):
+    if prepared:
         requirements = (
             "=== FILE: requirements.txt ===\n"
             "<only packages main.py needs beyond the prepared environment, one a line; leave it out if none>\n"
