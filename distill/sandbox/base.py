@@ -116,6 +116,15 @@ class ExecutionResult:
         )
 
     @classmethod
+    def cancelled_while_waiting(cls) -> "ExecutionResult":
+        """Cancelled before it started, while another execution of its environment folder ran."""
+        return cls(
+            exit_code=None, timed_out=False, cancelled=True, out_of_memory=False, duration_secs=0.0,
+            install_secs=0.0, env_reused=False, stdout="", stderr="", install_log="",
+            failure="cancelled while waiting for another execution of the same environment",
+        )  # fmt: skip
+
+    @classmethod
     def failed_install(cls, install, failure: str) -> "ExecutionResult":
         """The result when the install phase failed and main.py was never run. `install` is a backend's
         phase record: exit_code, timed_out, cancelled, secs, stdout."""
