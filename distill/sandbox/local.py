@@ -715,8 +715,8 @@ def _execution_lock(env_dir: Path, should_cancel: CancelCheck | None, *, wait: b
 def kill_leftovers_unless_busy(env_dir: Path) -> int:
     """kill_leftovers, unless an execution for env_dir is running now (then there is nothing left over:
     what runs is that execution's)."""
-    if not env_dir.is_dir():
-        return 0
+    if not env_dir.is_dir():  # no execution can hold it
+        return kill_leftovers(env_dir)
     with _execution_lock(env_dir, None, wait=False) as held:
         return kill_leftovers(env_dir) if held else 0
 
