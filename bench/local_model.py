@@ -6,7 +6,10 @@ Each repository is made from a PyPI source distribution of a small scientific Py
 download --no-binary :all:`), unpacked and committed into a temporary git repository, then distilled by
 the real engine (real local model, real bubblewrap sandbox) in this process. Prints per repository:
 success, iterations, LLM calls, tokens in and out, wall time, the time spent in the model, and the model's
-speed: prompt tokens/s (reading) and reply tokens/s (writing). Needs requirements-local.txt installed.
+speed: prompt tokens/s (reading) and reply tokens/s (writing); then the environment step's figures:
+whether the environment was ready without a model, with the model's changes, or not at all, its time,
+and how many iterations failed on installing or on importing the repository. Needs
+requirements-local.txt installed.
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ def main() -> None:
             f" {row['iterations']:>4} {row['calls']:>5} {row['tokens_in']:>7} {row['tokens_out']:>7}"
             f" {row['wall']:>7.0f} {row['model_secs']:>7.0f} {row['read_tps']:>8.1f} {row['write_tps']:>9.1f}"
         )
+    print()
+    header = f"{'repository':<18} {'environment':<14} {'env s':>6} {'install fails':>13} {'import fails':>12}  outcome"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['package']:<18} {row['environment']:<14} {row['env_secs']:>6.0f} {row['install_failures']:>13}"
+            f" {row['import_failures']:>12}  {row['status']}"
+        )
     for row in rows:
         if row["message"]:
             print(f"{row['package']}: {row['message']}")
@@ -112,6 +124,28 @@ def make_repository(package: str, parent: Path) -> Path:
     return repo
 
 
+def environment_figures(run) -> dict:
+    """How the environment step went, and the iterations that failed on the environment after it."""
+    from distill.pipeline import proof, repository
+
+    state = run.environment or {}
+    if state.get("done") and state.get("status") == "ready":
+        how = "with a model" if any(a.get("model") for a in state.get("attempts", [])) else "without model"
+    else:
+        how = f"not ready ({state.get('status', 'not run')})"
+    clone = repository.clone_dir(run)
+    names = proof.repository_packages(clone).names if clone.is_dir() else []
+    iterations = list(run.iterations.exclude(measured=None))
+    return {
+        "environment": how,
+        "env_secs": sum(a.get("secs", 0) for a in state.get("attempts", [])),
+        "install_failures": sum(1 for it in iterations if it.measured.get("install_failed")),
+        "import_failures": sum(
+            1 for it in iterations if any(f"No module named '{name}" in it.stderr for name in names)
+        ),
+    }
+
+
 def summary(package: str, run, wall: float, generations) -> dict:
     prompt_secs = sum(g.prompt_seconds for g in generations)
     read = sum(g.prompt_read for g in generations)
@@ -129,6 +163,7 @@ def summary(package: str, run, wall: float, generations) -> dict:
         "read_tps": read / prompt_secs if prompt_secs else 0.0,
         "write_tps": sum(g.completion_tokens for g in generations) / reply_secs if reply_secs else 0.0,
         "message": run.status_message if run.status != "succeeded" else "",
+        **environment_figures(run),
     }
 
 

@@ -246,6 +246,9 @@ DISTILL_ALLOW_LOCAL_SOURCES = env_bool("DISTILL_ALLOW_LOCAL_SOURCES", False)
 DISTILL_MAX_REPO_MB = env_int("DISTILL_MAX_REPO_MB", 500)
 DISTILL_MAX_REPO_FILES = env_int("DISTILL_MAX_REPO_FILES", 100_000)
 DISTILL_CLONE_TIMEOUT_SECS = env_int("DISTILL_CLONE_TIMEOUT_SECS", 300)
+# Where the environment step asks whether the repository's version is published (PyPI's JSON API), to name
+# it `name==version` in an example's requirements; "" asks nobody (the version is then "unchecked").
+DISTILL_PYPI_URL = env_str("DISTILL_PYPI_URL", "https://pypi.org/pypi")
 # A run whose worker has not renewed its heartbeat for this long is resumed by the sweeper.
 DISTILL_STALE_SECS = env_int("DISTILL_STALE_SECS", 180)
 # A queued run nobody picked up is re-enqueued only after this long (its task may be waiting in a backlog).

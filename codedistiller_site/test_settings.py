@@ -20,3 +20,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # open connections of their own, and these must see committed rows without sharing a lock.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DATA_DIR"], "test.sqlite3")}  # noqa: F405
+
+# The environment step asks no package index in tests: a repository's version is "unchecked", and named by
+# its commit when its source is a local folder (distill/pipeline/environment.py).
+DISTILL_PYPI_URL = ""

@@ -87,6 +87,7 @@ class _Answer:
     tokens_in: int
     tokens_out: int
     cost_usd: Decimal
+    work_ms: int | None = None  # the provider's own timing of its work, when it gives one
 
 
 @cache
@@ -113,10 +114,13 @@ def complete(
     temperature: float | None = None,
     timeout: float | None = None,
     json_mode: bool = False,
+    schema: dict | None = None,
 ) -> LLMReply:
     """One completion, logged, capped and retried. Calls with `run=None` (a smoke test) have no caps.
 
-    `timeout` (seconds per attempt) defaults to the run's profile's `llm_timeout_secs`.
+    `timeout` (seconds per attempt) defaults to the run's profile's `llm_timeout_secs`. `schema`, the JSON
+    schema of the reply, is sent to providers that constrain a reply to one (the local model compiles it
+    into a grammar); the caller still parses the reply as if it had not been.
 
     Call it outside a transaction: the ledger rows must survive the caller's failure.
     Raises BudgetExceeded, LLMUnavailable or LLMRefused (all LLMError).
@@ -144,6 +148,7 @@ def complete(
                     temperature=temperature,
                     timeout=timeout,
                     json_mode=json_mode,
+                    schema=schema,
                 )
         except Exception as exc:
             _finish(call, started, error=exc)
@@ -177,6 +182,8 @@ def complete(
 def _finish(call: LLMCall, started: float, *, answer: _Answer | None = None, error: Exception | None = None):
     """Complete the attempt's row and add its spend to the run, together: the two must never disagree."""
     call.latency_ms = round((time.monotonic() - started) * 1000)
+    if answer is not None and answer.work_ms is not None:
+        call.latency_ms = answer.work_ms
     if answer is not None:
         call.status = LLMCall.Status.OK
         call.reply = answer.text
@@ -321,6 +328,7 @@ def _call_provider(
     temperature: float | None,
     timeout: float,
     json_mode: bool,
+    schema: dict | None = None,
 ) -> _Answer:
     litellm = _litellm()
     if model.startswith(f"{local_model.PROVIDER}/"):
@@ -333,7 +341,9 @@ def _call_provider(
         options["max_tokens"] = max_tokens
     if temperature is not None:
         options["temperature"] = temperature
-    if json_mode and _supports_json_mode(model):
+    if schema is not None and _supports_schema(model, schema):
+        options["response_format"] = {"type": "json_schema", "json_schema": {"name": stage, "schema": schema}}
+    elif (json_mode or _object(schema)) and _supports_json_mode(model):
         options["response_format"] = {"type": "json_object"}
     try:
         # max_retries=0: the retries are ours, counted and logged as rows, not hidden in the client.
@@ -352,6 +362,7 @@ def _call_provider(
         tokens_in=tokens_in if tokens_in is not None else _count_tokens(model, messages=messages),
         tokens_out=tokens_out if tokens_out is not None else _count_tokens(model, text=text),
         cost_usd=_response_cost(response),
+        work_ms=(getattr(response, "_hidden_params", None) or {}).get("work_ms"),
     )
     _record(
         {
@@ -371,6 +382,19 @@ def _supports_json_mode(model: str) -> bool:
         return "response_format" in (_litellm().get_supported_openai_params(model=model) or [])
     except Exception:  # a model litellm does not know: send plain text and let the prompt ask for JSON
         return False
+
+
+def _supports_schema(model: str, schema: dict) -> bool:
+    # Hosted providers take only an object at the root (OpenAI's structured outputs); a grammar takes any.
+    local = model.startswith(f"{local_model.PROVIDER}/")
+    try:
+        return (local or _object(schema)) and bool(_litellm().supports_response_schema(model=model))
+    except Exception:  # a model litellm does not know
+        return False
+
+
+def _object(schema: dict | None) -> bool:
+    return schema is not None and schema.get("type") == "object"
 
 
 def _response_cost(response) -> Decimal:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ INSTALL_HINT = "install it with `make run`, or `.venv/bin/pip install -r require
 SYSTEM_PROMPT = """\
 You are a careful Python programmer who writes small, working example programs for scientific code.
 - Answer in the form the user's message asks for, and nothing else. A program is always given as \
-`=== FILE: name ===` sections (main.py first, then requirements.txt and runscript.sh), then the \
+`=== FILE: name ===` sections (main.py first, then the other files the format names), then the \
 `=== METADATA ===` section and `=== END ===`; never as one JSON object. Ratings and verdicts are only \
 the JSON asked for, without Markdown fences.
 - Use only modules, classes and functions that you saw in the repository's files, with the arguments \
@@ -326,13 +327,16 @@ def generate(
     max_tokens: int | None = None,
     temperature: float | None = None,
     json_object: bool = False,
+    json_schema: dict | None = None,
     stop: list[str] | None = None,
     seed: int | None = None,
     timeout: float | None = None,
 ) -> Generation:
     """One chat completion: the GGUF's chat template, the prompt measured against the context window first.
 
-    When the conversation asks for a program, the reply is begun with its first section marker. `timeout`
+    When the conversation asks for a program, the reply is begun with its first section marker, and a
+    grammar holds the rest to the format (program_grammar); a JSON reply is held to its `json_schema`, or
+    to JSON (`json_object`), the same way. `timeout`
     seconds, counted from when the model is free, bound the whole call; it is checked after each token
     written (llama.cpp reads a prompt in one go), and raises GenerationTimeout.
     """
@@ -361,10 +365,14 @@ def generate(
         # In every part of the reply: a program never holds the fix prompt's headings.
         "stop": [*STOP, *(stop or []), *(FIX_ECHO_STOP if start == FIX_START else [])],
     }
-    if json_object:
+    if json_schema is not None:
+        options["grammar"] = _grammar(json_schema=json.dumps(json_schema, sort_keys=True))
+    elif json_object:
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         options["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # the reply is valid JSON
+    elif start:
+        options["grammar"] = _grammar(gbnf=program_grammar(messages, after=start))
     if seed is not None:
         options["seed"] = seed
     with _generate_lock:
@@ -387,6 +395,7 @@ def generate(
             if marker is None:
                 break
             text = text.rstrip() + "\n\n" + marker
+            options["grammar"] = _grammar(gbnf=program_grammar(messages, after=marker))
             more = model.tokenize(text[len(start) :].encode(), add_bos=False, special=True)
             options["max_tokens"] = min(budget, N_CTX - len(tokens) - len(more))
             if options["max_tokens"] < 64:
@@ -456,6 +465,84 @@ def _perf_prompt(model) -> tuple[int, float]:
 STOP = ["<|im_end|>", "<|endoftext|>"]
 
 
+# The grammars ------------------------------------------------------------------------------------------
+
+MARKER_LINE = re.compile(r"^=== (?:FILE: (?P<file>[A-Za-z0-9_./-]+)|(?P<kind>METADATA|CHANGES|END)) ===$")
+# One line of a file or of the change log, as GBNF: any line but a section marker (a line that starts
+# with "=== ", indented or not) and a placeholder of the format ("<the complete program>": a line that is
+# one pair of angle brackets with a space inside; parsing.PLACEHOLDER_LINE). Lines such as "=====",
+# "<html>" or "<= 3" stay possible.
+LINE_RULES = r"""
+text-line ::= [ \t]* (line-plain | line-eq | line-lt)? "\n"
+line-plain ::= [^ \t\n=<] [^\n]*
+line-eq ::= "=" ([^=\n] [^\n]* | "=" ([^=\n] [^\n]* | "=" ([^ \n] [^\n]*)?)?)?
+line-lt ::= "<" [^ \t\n<>]* (">" [^\n]* | [ \t] [^>\n]*)?
+text-body ::= text-line*
+"""
+
+
+def program_grammar(messages: list[dict], *, after: str) -> str:
+    """GBNF for the rest of a program reply that has been written up to `after` (a marker of CONTINUE_AT,
+    or the reply's start): the file markers of the format the prompt gives, in its order, each with its
+    lines; other files only by the names the prompt shows (a paper's modules); the METADATA object last.
+
+    The format is read from the prompt (its last `=== FILE: main.py ===` and the markers after it), so a
+    change of program_format.txt changes the grammar with it.
+    """
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    lines = _program_request(messages).splitlines()
+    main_at = max(i for i, line in enumerate(lines) if line == PROGRAM_START.strip())
+    skeleton = [m for line in lines[main_at:] if (m := MARKER_LINE.match(line.strip()))]
+    names = [m["file"] for m in skeleton if m["file"]]
+    shown = [m["file"] for line in lines if (m := MARKER_LINE.match(line.strip())) and m["file"]]
+    extra = [name for name in dict.fromkeys(shown) if name not in names]
+
+    def file(name: str) -> str:
+        return f'{_gbnf_literal(f"=== FILE: {name} ===")} "\\n" text-body'
+
+    rules = [
+        "files ::= text-body "
+        + " ".join(file(name) for name in names[1:])
+        + (" extra-file*" if extra else ""),
+        'metadata ::= ws object ("=== END ===" "\\n"?)?',
+    ]
+    if extra:
+        names_rule = " | ".join(_gbnf_literal(name) for name in extra)
+        rules.append(f'extra-file ::= "=== FILE: " ({names_rule}) " ===\\n" text-body')
+    if after == FIX_START:
+        root = '[^\\n]* "\\n" text-body ' + _gbnf_literal(PROGRAM_START.strip()) + ' "\\n" files meta-section'
+    elif after == PROGRAM_START:
+        root = "files meta-section"
+    else:  # after the METADATA marker
+        root = "metadata"
+    rules += [f"root ::= {root}", 'meta-section ::= "=== METADATA ===\\n" metadata']
+    json_rules = re.sub(r"(?m)^root\s*::=.*$", "", JSON_GBNF)
+    return "\n".join([*rules, LINE_RULES, json_rules])
+
+
+def _program_request(messages: list[dict]) -> str:
+    """The user message that asks for the program (reply_start's)."""
+    for message in messages:
+        lines = (message.get("content") or "").splitlines() if message.get("role") == "user" else []
+        if PROGRAM_START.strip() in lines:
+            return message["content"]
+    raise ValueError("no message asks for a program")
+
+
+def _gbnf_literal(text: str) -> str:
+    return json.dumps(text)  # a GBNF string literal escapes as JSON does, for the characters of a marker
+
+
+def _grammar(*, gbnf: str | None = None, json_schema: str | None = None):
+    """The llama.cpp grammar (llama.cpp parses it when the generation starts)."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    if json_schema is not None:
+        return LlamaGrammar.from_json_schema(json_schema, verbose=False)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
 def reply_start(messages: list[dict]) -> str:
     """How the reply begins, when the conversation asks for a program in the pipeline's sectioned format
     (distill/pipeline/prompts/program_format.txt): a fix's format has a CHANGES section."""
@@ -508,12 +595,14 @@ def _provider_class():
                 raise CustomLLMError(400, f"unknown local model {model!r}; the local provider serves {MODEL}")
             params = kwargs.get("optional_params") or {}
             response_format = params.get("response_format") or {}
+            schema = (response_format.get("json_schema") or {}).get("schema")
             try:
                 result = generate(
                     messages,
                     max_tokens=params.get("max_tokens") or params.get("max_completion_tokens"),
                     temperature=params.get("temperature"),
                     json_object=response_format.get("type") in ("json_object", "json_schema"),
+                    json_schema=schema if response_format.get("type") == "json_schema" else None,
                     stop=params.get("stop"),
                     seed=params.get("seed"),
                     timeout=_seconds(timeout),
@@ -527,6 +616,9 @@ def _provider_class():
             model_response.choices[0].message.content = result.text
             model_response.choices[0].finish_reason = result.finish_reason
             model_response.model = f"{PROVIDER}/{model}"
+            # The model's own work on this reply, for the ledger's latency: not the wait for the model
+            # (another run's generation, the first load), which says nothing of this call.
+            model_response._hidden_params["work_ms"] = round(result.seconds * 1000)
             model_response.usage = Usage(
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
@@ -557,6 +649,11 @@ def register(litellm) -> None:
             *litellm.custom_provider_map,
             {"provider": PROVIDER, "custom_handler": handler},
         ]
+    # litellm itself adds the map's providers to its provider lists only inside its first completion();
+    # until then it does not know `local/...`, and says the provider takes no response_format.
+    from litellm.utils import custom_llm_setup
+
+    custom_llm_setup()
     litellm.register_model(
         {
             MODEL_STRING: {
@@ -569,6 +666,7 @@ def register(litellm) -> None:
                 "output_cost_per_token": 0.0,
                 "cache_creation_input_token_cost": 0.0,
                 "cache_read_input_token_cost": 0.0,
+                "supports_response_schema": True,  # as a grammar (generate)
             }
         }
     )

@@ -10,6 +10,10 @@ from django.db import models
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+# How an example runs outside our sandbox, in a fresh virtual environment: its requirements.txt names the
+# repository itself and the lock of the environment it was proven in (distill/pipeline/environment.py).
+HOW_TO_RUN = ("pip install -r requirements.txt", "python main.py")
+
 
 class RunQuerySet(models.QuerySet):
     def active(self):
@@ -51,7 +55,12 @@ class RunQuerySet(models.QuerySet):
     def for_list(self):
         """What a row of the runs list shows, without the large text fields."""
         return self.select_related("submitted_by").defer(
-            "status_message", "error_information", "repository_description", "lease"
+            "status_message",
+            "error_information",
+            "repository_description",
+            "lease",
+            "environment",
+            "api_digest",
         )
 
     def summary(self) -> dict:
@@ -89,6 +98,7 @@ class Run(models.Model):
         QUEUED = "queued", "Queued"
         FETCHING = "fetching", "Fetching"
         SURVEYING = "surveying", "Surveying"
+        PREPARING = "preparing", "Preparing environment"
         GENERATING = "generating", "Generating"
         EXECUTING = "executing", "Executing"
         JUDGING = "judging", "Judging"
@@ -135,6 +145,15 @@ class Run(models.Model):
     commit_sha = models.CharField(max_length=64, blank=True)
     source_title = models.CharField(max_length=500, blank=True)
     repository_description = models.TextField(blank=True)
+    # The prepared environment (distill.pipeline.environment): status (ready, partial, failed), reason,
+    # imports that worked and failed, the lock (pip freeze), the install log, times, the attempts (and
+    # which asked the model), and the requirement line that names the repository outside our sandbox.
+    # Null until the step ran, and for papers, which have no repository to install.
+    environment = models.JSONField(null=True, blank=True)
+    # The API digest the survey read from the source (distill.pipeline.digest), as the prompts show it,
+    # and why the file rating was skipped ("" when it was not): both shown on the run page.
+    api_digest = models.TextField(blank=True)
+    rating_skipped = models.TextField(blank=True)
 
     iteration_count = models.PositiveIntegerField(default=0)
     # Totals kept in step with LLMCall rows, so lists need no aggregate per row.
@@ -199,11 +218,12 @@ class RunStepQuerySet(models.QuerySet):
 
 
 class RunStep(models.Model):
-    """One step of a run's timeline (fetch, survey, generate, execute, judge, fix)."""
+    """One step of a run's timeline (fetch, survey, prepare, generate, execute, judge, fix)."""
 
     class Name(models.TextChoices):
         FETCH = "fetch", "Fetch"
         SURVEY = "survey", "Survey"
+        PREPARE = "prepare", "Prepare environment"
         GENERATE = "generate", "Generate"
         EXECUTE = "execute", "Execute"
         JUDGE = "judge", "Judge"
@@ -266,6 +286,38 @@ class FileRating(models.Model):
     class Meta:
         ordering = ["-selected", "-rating", "path"]
         constraints = [models.UniqueConstraint(fields=["run", "path"], name="unique_rating_per_file")]
+
+
+class UsageSnippet(models.Model):
+    """A snippet of how the repository's authors use their code, harvested by the survey
+    (distill.pipeline.usage); the best few go verbatim into the generate prompt."""
+
+    class Kind(models.TextChoices):
+        README = "readme", "README"
+        DOCS = "docs", "Docs"
+        EXAMPLE = "example", "Example script"
+        DOCTEST = "doctest", "Doctest"
+        NOTEBOOK = "notebook", "Notebook"
+        TEST = "test", "Test"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="usage_snippets")
+    source = models.CharField(max_length=1000)  # the file, relative to the clone
+    line = models.PositiveIntegerField(default=1)  # where it starts; a notebook's cell number
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    code = models.TextField()
+    tokens = models.PositiveIntegerField(default=0)
+    score = models.FloatField(default=0)
+    names = models.JSONField(default=list)  # the repository's functions, classes and members it uses
+    undefined = models.JSONField(default=list)  # names it uses and never defines
+    needs = models.JSONField(default=list)  # data files it reads, URLs it fetches
+    in_prompt = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-in_prompt", "-score", "id"]
+
+    @property
+    def where(self) -> str:
+        return f"cell {self.line}" if self.kind == self.Kind.NOTEBOOK else f"line {self.line}"
 
 
 class IterationQuerySet(models.QuerySet):

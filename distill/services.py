@@ -1,7 +1,9 @@
 """State changes of runs. The only code that moves a run from one status to the next.
 
-    queued → fetching → surveying → generating → executing → judging → (fixing → executing → judging)*
-           → succeeded | failed | error | cancelled
+    queued → fetching → surveying → preparing → generating → executing → judging
+           → (fixing → executing → judging)* → succeeded | failed | error | cancelled
+
+A paper's run has no repository to prepare an environment for, and goes from surveying to generating.
 
 `run_advance` does exactly one step: it claims the run with a conditional UPDATE (so two workers never
 advance one run at once), does the step, saves its results, moves the status on and enqueues the next
@@ -10,7 +12,6 @@ claims whose heartbeat went stale and enqueues the run again, and every step is 
 """
 
 import logging
-import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from django.utils.text import slugify
 
 from distill import llm
 from distill.models import Iteration, Paper, Run, RunStep
-from distill.pipeline import paper_steps, papers, program, repository, sources
+from distill.pipeline import environment, paper_steps, papers, program, repository, sources
 from distill.profiles import Profile
 from distill.sandbox import SandboxUnavailable, get_sandbox, kill_leftovers
 
@@ -39,6 +40,7 @@ STEP_OF_STATUS = {
     S.QUEUED: RunStep.Name.FETCH,
     S.FETCHING: RunStep.Name.FETCH,
     S.SURVEYING: RunStep.Name.SURVEY,
+    S.PREPARING: RunStep.Name.PREPARE,
     S.GENERATING: RunStep.Name.GENERATE,
     S.EXECUTING: RunStep.Name.EXECUTE,
     S.JUDGING: RunStep.Name.JUDGE,
@@ -47,6 +49,7 @@ STEP_OF_STATUS = {
 STATUS_OF_STEP = {
     RunStep.Name.FETCH: S.FETCHING,
     RunStep.Name.SURVEY: S.SURVEYING,
+    RunStep.Name.PREPARE: S.PREPARING,
     RunStep.Name.GENERATE: S.GENERATING,
     RunStep.Name.EXECUTE: S.EXECUTING,
     RunStep.Name.JUDGE: S.JUDGING,
@@ -207,7 +210,9 @@ def run_advance(*, run_id: int, enqueue_next: bool = True) -> bool:
     step = RunStep.objects.create(
         run=run,
         name=step_name,
-        iteration=latest.number if latest and step_name not in ("fetch", "survey", "generate") else None,
+        iteration=latest.number
+        if latest and step_name not in ("fetch", "survey", "prepare", "generate")
+        else None,
     )
     with _Heartbeat(run.pk, token):
         try:
@@ -248,7 +253,13 @@ def _do_step(run: Run, latest: Iteration | None) -> tuple[str, str]:
         if status == S.FETCHING:
             return S.SURVEYING, kind.read_source(run)
         if status == S.SURVEYING:
-            return S.GENERATING, kind.survey_source(run, should_cancel=should_cancel)
+            message = kind.survey_source(run, should_cancel=should_cancel)
+            # A repository's environment is prepared and proven before any program is written for it.
+            return (S.PREPARING if environment.pending(run) else S.GENERATING), message
+        if status == S.PREPARING:
+            # One attempt a step: a second (a rule's, or the model's) is the next step, on the timeline.
+            done, message = environment.prepare(run, repository.clone_dir(run), should_cancel=should_cancel)
+            return (S.GENERATING if done else S.PREPARING), message
         if status == S.GENERATING:
             first = kind.write_first_version(run, should_cancel=should_cancel)
             return S.EXECUTING, f"Wrote iteration 1: {len(first.files)} files."
@@ -291,6 +302,8 @@ def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
         return S.ERROR, f"The source was refused: {exc}"
     if isinstance(exc, program.StepFailed):
         return S.ERROR, str(exc)[:1].upper() + str(exc)[1:]
+    if isinstance(exc, environment.EnvironmentFailed):
+        return S.FAILED, str(exc)[:1].upper() + str(exc)[1:]
     if isinstance(exc, llm.BudgetExceeded):
         return S.FAILED, f"Stopped before a call that would pass the run's cap: {exc}"
     if isinstance(exc, llm.LLMUnavailable):
@@ -308,8 +321,7 @@ def _finish(run: Run, token: str, status: str, message: str) -> None:
         status=status, status_message=message, lease="", heartbeat_at=timezone.now(), finished_at=timezone.now(),
         error_information=message if status == S.ERROR else "",
     )  # fmt: skip
-    # Environments can take gigabytes; a retry rebuilds one in a minute.
-    shutil.rmtree(program.env_dir(run), ignore_errors=True)
+    environment.release(run)
     _write_outputs(run.pk)
 
 
@@ -435,7 +447,9 @@ def resume_status(run: Run) -> str | None:
         return S.SURVEYING
     latest = run.iterations.order_by("-number").first()
     if latest is None:
-        return S.GENERATING
+        # A repository's first program is written for its prepared environment (a run from before the
+        # step has iterations, and goes on where it was).
+        return S.PREPARING if environment.pending(run) else S.GENERATING
     if latest.state in (Iteration.State.WRITTEN, Iteration.State.RUNNING) or (latest.sandbox or {}).get(
         "cancelled"
     ):
@@ -460,6 +474,9 @@ def run_retry(*, run: Run) -> Run:
             raise RunRefused(
                 f"Run {run.pk} has used all {run.max_iterations} iterations; run it again, with more iterations."
             )
+        if status == S.PREPARING and (run.environment or {}).get("done"):
+            # It failed after every attempt: a retry starts over (a commit's built environments are kept).
+            Run.objects.filter(pk=run.pk).update(environment=None)
         if status == S.EXECUTING:
             # A cancelled or interrupted program is run again from the start.
             run.iterations.filter(number=run.iteration_count).update(

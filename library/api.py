@@ -257,6 +257,7 @@ def detail_json(request, example: Example) -> dict:
         "exclusion_criteria": example.exclusion_criteria,
         "python_version": example.python_version,
         "requirements": example.requirements,
+        "how_to_run": example.how_to_run,
         "files": files_json(example),
         "metadata": example.metadata,
         "provenance": provenance(example),

@@ -169,6 +169,11 @@ SCHEMAS = {
             "status": {"type": "string", "enum": ["approved"]},
             "description": STRING,
             "python_version": STRING,
+            "how_to_run": {
+                "type": "array",
+                "items": STRING,
+                "description": "The commands that run it in a fresh virtual environment, outside the sandbox.",
+            },
             "files": FILES,
             "metadata": {"type": "object", "description": "The metadata the code model wrote."},
             "provenance": _ref("Provenance"),

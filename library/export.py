@@ -141,6 +141,7 @@ def metadata_record(example: Example) -> dict:
         "gpu_required": example.gpu_required,
         "python_version": example.python_version,
         "requirements": example.requirements,
+        "how_to_run": example.how_to_run,
         "version": example.version,
         "is_latest": example.is_latest,
         "status": example.status,
@@ -154,6 +155,16 @@ def metadata_record(example: Example) -> dict:
         "measured": example.measured,
         "judgement": example.judgement,
     }
+
+
+def readme_text(example: Example) -> str:
+    """How to run the example, for the folder of an export: two commands in a fresh virtual environment."""
+    commands = "".join(f"    {command}\n" for command in example.how_to_run)
+    return (
+        f"# {fold(example.title)}\n\n{example.summary.strip()}\n\n"
+        f"Run it in a fresh virtual environment (Python {example.python_version or '3'}):\n\n{commands}\n"
+        "requirements.txt names the repository itself and the versions it was proven with.\n"
+    )
 
 
 def tag_names(example: Example) -> list[str]:
@@ -194,6 +205,8 @@ def codeblock_text(example: Example) -> str:
     }
     lines = [f"# {key}: {fold(value)}".rstrip() for key, value in fields.items()]
     lines += [f"# pip_requirement: {fold(requirement)}" for requirement in example.requirements]
+    if example.how_to_run:
+        lines.append(f"# how_to_run: {' && '.join(example.how_to_run)}")
     return "\n".join(lines) + "\n\n" + codeblock_body(codeblock_code(example))
 
 
@@ -319,6 +332,8 @@ def example_entries(example: Example, *, folder: str, url_for=None) -> Iterator[
     if url_for:
         record["url"] = url_for(example)
     yield Entry(f"{folder}/metadata.json", _json(record), date_time=when)
+    if example.how_to_run and "README.md" not in example.files:
+        yield Entry(f"{folder}/README.md", readme_text(example).encode(), date_time=when)
     if example.results is not None:
         yield Entry(f"{folder}/results.json", _json(example.results), date_time=when)
     for saved in saved_file_paths(example):

@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from distill.models import HOW_TO_RUN
+
 # Expert scores run from 1 to 5 (the review forms); a band is a facet of the library.
 SCORE_BANDS = {
     "4+": ("4 and above", Q(score__gte=4)),
@@ -186,6 +188,11 @@ class Example(models.Model):
         """What the embedding represents: the example's meaning in words (code is left to full text)."""
         tags = ", ".join(tag.name for tag in self.tags.all())
         return f"{self.title}. {tags}. {self.summary}" if tags else f"{self.title}. {self.summary}"
+
+    @property
+    def how_to_run(self) -> list[str]:
+        """The two commands that run it in a fresh virtual environment, outside our sandbox."""
+        return list(HOW_TO_RUN) if "main.py" in self.files and "requirements.txt" in self.files else []
 
     @property
     def requirements(self) -> list[str]:

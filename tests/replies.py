@@ -40,12 +40,15 @@ with open("results.json", "w") as f:
 """
 
 BROKEN_MAIN = """\
+import json
 import sys
 
 sys.path.insert(0, "/repo")
 from minilib import mean_squares  # wrong name: the first version fails
 
-print(mean_squares([1.0]))
+value = mean_squares([1.0])
+with open("results.json", "w") as f:
+    json.dump({"mean_squared": value}, f)
 """
 
 

@@ -253,6 +253,7 @@ def test_an_example_comes_with_its_files_requirements_provenance_and_results(cli
     assert data["id"] == example.pk and data["status"] == "approved" and data["is_latest"] is True
     assert {file["name"]: file["content"] for file in data["files"]} == example.files
     assert data["requirements"] == ["numpy==2.1.0"]
+    assert data["how_to_run"] == ["pip install -r requirements.txt", "python main.py"]
     assert data["results"] == {"x": 1} and data["metadata"]["description"] == "Shows minilib."
     assert data["inclusion_criteria"] == "When you need minilib." and data["python_version"] == "3.11"
     provenance = data["provenance"]

@@ -21,6 +21,8 @@ from tests.test_pipeline import MINILIB, survey_replies
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
+# Fails before it gets to write its results.
+EXITS_3 = "import json\n\nraise SystemExit(3)\njson.dump({}, open('results.json', 'w'))\n"
 
 
 def distill(*args, tmp_path, replay: Path | None = None, **env):
@@ -62,9 +64,7 @@ def test_it_distills_a_repository_and_exits_zero(tmp_path):
 
 def test_a_failed_run_makes_the_exit_code_non_zero(tmp_path):
     repo = make_git_repo(tmp_path / "minilib", MINILIB)
-    replay = cassette(
-        tmp_path / "c.json", [*survey_replies(), ("generate", program("raise SystemExit(3)\n"))]
-    )
+    replay = cassette(tmp_path / "c.json", [*survey_replies(), ("generate", program(EXITS_3))])
     proc = distill(
         str(repo),
         "--config",

@@ -114,6 +114,7 @@ def test_the_codeblock_export_round_trips(client, curator):
         assert fields["exclusion_criteria"] == example.exclusion_criteria
         assert fields["python_version"] == "3.11"
         assert fields["pip_requirements"] == ["numpy==2.1.0"]
+        assert fields["how_to_run"] == "pip install -r requirements.txt && python main.py"
         assert fields["code"] == example.files["main.py"]
         assert codescientist_fields(archive.read(f"{name}.py").decode()) == {
             "name": name,
@@ -356,8 +357,20 @@ def test_one_example_downloads_as_a_folder(client, curator):
     folder = export_name(example)
     assert sorted(archive.namelist()) == sorted(
         f"{folder}/{name}"
-        for name in ["main.py", "requirements.txt", "runscript.sh", "metadata.json", "results.json"]
+        for name in [
+            "main.py",
+            "requirements.txt",
+            "runscript.sh",
+            "metadata.json",
+            "results.json",
+            "README.md",
+        ]
     )
+    # How to run it outside our sandbox, in two commands: in the folder and in its metadata.
+    readme = archive.read(f"{folder}/README.md").decode()
+    assert "    pip install -r requirements.txt\n    python main.py\n" in readme
+    metadata = json.loads(archive.read(f"{folder}/metadata.json"))
+    assert metadata["how_to_run"] == ["pip install -r requirements.txt", "python main.py"]
     assert client.get(reverse("example_download", args=[example.pk + 100])).status_code == 404
 
 

@@ -61,6 +61,11 @@ def test_a_curator_approves_an_iteration_with_title_summary_and_tags(curator_cli
     )
     assert (example.title, example.summary, example.approved_by) == ("Squares", "Squares numbers.", curator)
     assert sorted(example.tags.values_list("name", flat=True)) == ["statistics", "tiny-data"]
+    page = curator_client.get(response["Location"]).content.decode()
+    assert (
+        '<pre class="output" data-testid="how-to-run">pip install -r requirements.txt\npython main.py\n</pre>'
+        in page
+    )
 
 
 def test_a_failed_iteration_needs_a_reason(curator_client):

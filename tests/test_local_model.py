@@ -3,6 +3,7 @@ it is not installed, and (marked `local_model`, skipped unless installed) the re
 
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -17,8 +18,11 @@ import pytest
 
 from distill import llm, local_model, services
 from distill.models import LLMCall, Run
+from distill.pipeline import paper_steps, parsing
+from distill.pipeline.program import reply_format
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
+from tests.replies import WORKING_MAIN, program, verdict
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +210,22 @@ class FakeLlama:
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
+def fake_grammars(monkeypatch):
+    """llama_cpp's grammar module, noting the grammars asked for (its real one: test_grammar_*)."""
+    made = []
+    module = type(sys)("llama_cpp.llama_grammar")
+    module.JSON_GBNF = 'root ::= object\nobject ::= "{" "}"'
+    module.LlamaGrammar = type("LlamaGrammar", (), {
+        "from_string": staticmethod(lambda text, verbose: made.append(("gbnf", text)) or made[-1]),
+        "from_json_schema": staticmethod(lambda text, verbose: made.append(("schema", text)) or made[-1]),
+    })  # fmt: skip
+    monkeypatch.setitem(sys.modules, "llama_cpp", type(sys)("llama_cpp"))
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_grammar", module)
+    return made
+
+
+@pytest.fixture
+def fake_model(monkeypatch, fake_grammars):
     model = FakeLlama()
     monkeypatch.setattr(local_model, "get_model", lambda: model)
     monkeypatch.setattr(local_model, "require_installed", lambda: None)
@@ -238,6 +257,19 @@ def test_a_local_call_goes_through_the_ledger_with_its_tokens_and_no_cost(fake_m
         reply.tokens_in,
         2,
     )
+
+
+@pytest.mark.django_db
+def test_a_local_calls_latency_is_the_models_work_not_its_wait_for_the_model(fake_model, monkeypatch):
+    def slow_to_load():
+        time.sleep(0.5)  # as the first call of a process loads the weights, or waits for another run's reply
+        return fake_model
+
+    monkeypatch.setattr(local_model, "get_model", slow_to_load)
+
+    reply = llm.complete(run=None, stage="smoke", model=local_model.MODEL_STRING, messages=MESSAGES)
+
+    assert LLMCall.objects.get(pk=reply.call_id).latency_ms < 400
 
 
 @pytest.mark.django_db
@@ -400,6 +432,30 @@ def test_json_mode_constrains_the_reply_with_a_grammar(fake_model, monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_reply_schema_reaches_the_local_model_as_its_grammar(fake_model, fake_grammars):
+    schema = parsing.ratings_schema(["a.py", "b.py"])
+
+    llm.complete(run=None, stage="rate", model=local_model.MODEL_STRING, messages=MESSAGES, schema=schema)
+
+    assert fake_grammars == [("schema", json.dumps(schema, sort_keys=True))]
+    assert fake_model.calls[0]["grammar"] == fake_grammars[0]
+
+
+@pytest.mark.django_db
+def test_a_program_reply_and_its_continuation_are_held_to_the_format_by_grammars(fake_model, fake_grammars):
+    files = "print(1)\n=== FILE: requirements.txt ===\n\n=== FILE: runscript.sh ===\n"
+    fake_model.reply = [files, '{"description": "d"}\n']
+    asking = [{"role": "user", "content": "Write it.\n" + reply_format(prepared=False, changes=False)}]
+
+    llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking)
+
+    first, second = fake_model.calls
+    assert first["grammar"] == ("gbnf", local_model.program_grammar(asking, after=local_model.PROGRAM_START))
+    assert second["grammar"] == ("gbnf", local_model.program_grammar(asking, after="=== METADATA ===\n"))
+    assert second["grammar"][1].startswith("files ::=") and "root ::= metadata" in second["grammar"][1]
+
+
+@pytest.mark.django_db
 def test_a_reply_not_finished_within_the_profiles_timeout_is_refused_once_not_retried(fake_model):
     fake_model.reply, fake_model.delay = "word " * 200, 0.01
     profile = load_profile("local", {"llm_timeout_secs": 0.3})
@@ -469,6 +525,138 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
     (kwargs,) = loads
     assert kwargs["model_path"] == "/models/model.gguf"
     assert kwargs["n_ctx"] == local_model.N_CTX and kwargs["n_threads"] == local_model.N_THREADS
+
+
+# The grammars, held against the real vocabulary ------------------------------------------------------------
+
+PAPER_FIX_PROMPT = (
+    "Fix it.\n\n=== FILE: main.py ===\nimport squares\n=== FILE: squares.py ===\ndef f(): pass\n\n"
+    + reply_format(prepared=False, changes=True)
+)
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    """The real model's vocabulary alone (no weights are read): enough to hold text to a grammar."""
+    if not real_model_installed():
+        pytest.skip("the local model (requirements-local.txt) is not installed")
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(local_model.model_path()), vocab_only=True, verbose=False)
+
+
+def allows(vocabulary, grammar: str, text: str, *, to_the_end: bool = True) -> bool:
+    """Whether llama.cpp's grammar sampler lets the model write `text` (and then stop), token by token."""
+    import ctypes
+
+    import llama_cpp
+
+    vocab = vocabulary._model.vocab
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    assert sampler, "llama.cpp could not parse the grammar"
+    tokens = vocabulary.tokenize(text.encode(), add_bos=False, special=False)
+    try:
+        for token in [*tokens, llama_cpp.llama_vocab_eos(vocab)] if to_the_end else tokens:
+            candidate = llama_cpp.llama_token_data(token, 0.0, 0.0)
+            array = llama_cpp.llama_token_data_array(ctypes.pointer(candidate), 1, -1, False)
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            if candidate.logit == float("-inf"):
+                return False
+            llama_cpp.llama_sampler_accept(sampler, token)
+        return True
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.mark.local_model
+def test_the_program_grammar_takes_the_format_and_nothing_else(vocabulary):
+    asking = [{"role": "user", "content": "Write it.\n\n" + reply_format(prepared=False, changes=False)}]
+    grammar = local_model.program_grammar(asking, after=local_model.PROGRAM_START)
+    reply = program(WORKING_MAIN.replace("log = [", 'html = """\n<html>\n=====\n"""\nlog = ['))
+    after_start = reply.split(local_model.PROGRAM_START, 1)[1]
+
+    assert allows(vocabulary, grammar, after_start)
+    assert allows(vocabulary, grammar, after_start.removesuffix("=== END ==="))  # or it stops at the object
+    # What a 1.5B model was seen to write instead:
+    assert not allows(vocabulary, grammar, "<the complete program>\n", to_the_end=False)
+    assert not allows(vocabulary, grammar, '{"main.py": "print(1)"}\n')  # JSON, never the sections
+    assert not allows(vocabulary, grammar, "print(1)\n=== METADATA ===\n", to_the_end=False)  # files left out
+    echo = after_start.replace("=== FILE: runscript.sh ===", "=== FILE: main.py ===")
+    assert not allows(vocabulary, grammar, echo)  # the program again, from its start
+    placeholder = "print(1)\n=== FILE: requirements.txt ===\n<one pip requirement>\n"
+    assert not allows(vocabulary, grammar, placeholder, to_the_end=False)
+    # Where a reply that stopped short goes on: the metadata object, then the end.
+    rest = local_model.program_grammar(asking, after="=== METADATA ===\n")
+    assert allows(vocabulary, rest, '{"description": "d"}\n=== END ===')
+    assert not allows(vocabulary, rest, "Here it is:", to_the_end=False)
+
+
+@pytest.mark.local_model
+def test_a_fix_grammar_begins_with_the_root_cause_and_takes_only_the_files_the_prompt_shows(vocabulary):
+    asking = [{"role": "user", "content": PAPER_FIX_PROMPT}]
+    grammar = local_model.program_grammar(asking, after=local_model.FIX_START)
+    files = "=== FILE: main.py ===\nimport squares\n=== FILE: requirements.txt ===\n\n=== FILE: runscript.sh ===\n\n"
+    metadata = '=== METADATA ===\n{"description": "d"}\n'
+
+    assert allows(vocabulary, grammar, f" a wrong name.\nIt is f.\n{files}{metadata}")
+    with_module = f" a wrong name.\n{files}=== FILE: squares.py ===\ndef f(): return 1\n{metadata}"
+    assert allows(vocabulary, grammar, with_module)
+    assert not allows(vocabulary, grammar, with_module.replace("squares.py ===", "other.py ==="))
+    assert not allows(vocabulary, grammar, " a wrong name.\n" + metadata)
+
+
+@pytest.mark.local_model
+def test_the_reply_schemas_become_grammars_that_llama_cpp_takes(vocabulary):
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    judge = json_schema_to_gbnf(json.dumps(parsing.JUDGEMENT_SCHEMA))
+    assert allows(vocabulary, judge, verdict(True).removeprefix("```json\n").removesuffix("\n```"))
+    assert not allows(vocabulary, judge, "The program looks good to me.", to_the_end=False)
+    assert not allows(vocabulary, judge, '{"faithful": "yes"', to_the_end=False)
+
+    rating = json_schema_to_gbnf(json.dumps(parsing.ratings_schema(["a.py", "b.py"])))
+    assert allows(vocabulary, rating, '[{"path": "a.py", "rating": 7, "reason": "The API."}]')
+    assert not allows(vocabulary, rating, '[{"path": "c.py"', to_the_end=False)  # only the files asked about
+    for schema in (
+        paper_steps.OverallPlan,
+        paper_steps.Architecture,
+        paper_steps.LogicDesign,
+        paper_steps.EvaluationReply,
+    ):
+        grammar = json_schema_to_gbnf(json.dumps(schema.model_json_schema()))
+        assert allows(vocabulary, grammar, "{", to_the_end=False)
+
+
+@needs_real_model
+@pytest.mark.django_db
+def test_a_real_program_reply_through_the_local_provider_has_the_format():
+    asking = [{"role": "user", "content": "Write a program that prints 1. Answer with a JSON object, not "
+               "in sections.\n\n" + reply_format(prepared=False, changes=False)}]  # fmt: skip
+
+    reply = llm.complete(run=None, stage="generate", model=local_model.MODEL_STRING, messages=asking,
+                         max_tokens=200, temperature=0.2)  # fmt: skip
+
+    markers = [line for line in reply.text.splitlines() if line.startswith("=== ")]
+    assert markers[:3] == [
+        "=== FILE: main.py ===",
+        "=== FILE: requirements.txt ===",
+        "=== FILE: runscript.sh ===",
+    ]
+    assert not parsing.PLACEHOLDER_LINE.search(reply.text)
+    if "=== METADATA ===" in markers:  # within 200 tokens, the model may not get that far
+        assert parsing.parse_program(reply.text).files["main.py"].strip()
+
+
+@needs_real_model
+@pytest.mark.django_db
+def test_a_real_verdict_through_the_local_provider_fits_its_schema():
+    asking = [{"role": "user", "content": "Is `print(2 + 2)` a faithful example of Python's addition? "
+               "Say it in prose, not JSON."}]  # fmt: skip
+
+    reply = llm.complete(run=None, stage="judge", model=local_model.MODEL_STRING, messages=asking,
+                         max_tokens=120, schema=parsing.JUDGEMENT_SCHEMA)  # fmt: skip
+
+    assert isinstance(parsing.Judgement.model_validate_json(reply.text).faithful, bool)
 
 
 # Not installed: one clear line --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from tests.test_pipeline import MINILIB, survey_replies
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 20
-STEPS = ["fetch", "survey", "generate", "execute", "judge"]
+STEPS = ["fetch", "survey", "prepare", "generate", "execute", "judge"]
 KILL_GRACE_SECS = 5
 
 
@@ -167,7 +167,8 @@ def test_two_clusters_complete_twenty_runs_exactly_once(
             )
         assert run.iterations.count() == 1
         stages = Counter(LLMCall.objects.filter(run=run).values_list("stage", flat=True))
-        assert stages == {"purpose": 1, "rate": 1, "generate": 1, "judge": 1}, (run.pk, stages)
+        # No "rate": in the local profile's small context the API digest stands in for file excerpts.
+        assert stages == {"purpose": 1, "generate": 1, "judge": 1}, (run.pk, stages)
         assert not run.lease
 
     # Both clusters took part: each logs the tasks it processed.

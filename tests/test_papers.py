@@ -239,7 +239,10 @@ print("mean of squares:", value)
 json.dump({"mean_of_squares": value}, open("results.json", "w"))
 json.dump(["read config", "done"], open("log.json", "w"))
 """
-PAPER_BROKEN_MAIN = "from squares import mean_of_squares  # the wrong name\n\nprint(mean_of_squares([1]))\n"
+PAPER_BROKEN_MAIN = (
+    "import json\nfrom squares import mean_of_squares  # the wrong name\n\n"
+    "json.dump({'mean': mean_of_squares([1])}, open('results.json', 'w'))\n"
+)
 
 
 def planning_replies(task_list=("utils.py", "squares.py", "main.py")):
@@ -446,6 +449,15 @@ def test_the_task_order_puts_each_file_after_the_files_it_imports():
         )
     with pytest.raises(parsing.ReplyError, match="not one of the architecture's files"):
         paper_steps.parse_logic_design(json.dumps(design | {"task_list": [*files, "extra.py"]}), files=files)
+
+
+def test_a_plan_that_copies_the_prompts_placeholders_is_sent_back_as_missing():
+    copied = {"summary": "3 to 6 sentences: what the paper does and what the implementation will show",
+              "methodology": ["Each component of the method, one sentence each.", "A kernel ridge fit."]}  # fmt: skip
+    with pytest.raises(parsing.ReplyError, match="summary: Field required"):
+        paper_steps.parse_overall_plan(json.dumps(copied))
+    plan = paper_steps.parse_overall_plan(json.dumps(copied | {"summary": "Fits a kernel ridge model."}))
+    assert plan.methodology == ["A kernel ridge fit."]
 
 
 def test_code_replies_must_be_the_asked_file_and_valid_python():

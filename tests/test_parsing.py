@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from distill.pipeline.parsing import ReplyError, extract_json, parse_judgement, parse_program, parse_ratings
@@ -113,3 +115,32 @@ def test_no_json_at_all_is_a_reply_error():
         extract_json("I cannot do that.", expect=dict)
     with pytest.raises(ReplyError, match="verdict"):
         parse_judgement('{"faithful": "maybe"}')
+
+
+def test_a_judge_that_copies_the_prompts_placeholders_has_not_found_anything():
+    # Seen from the local model: a good run judged faithful, accurate and complete, failed by the echo.
+    echoed = json.dumps({"faithful": True, "accurate": True, "complete": True,
+                         "issues": ["Minor problems.", "the plot has no title"],
+                         "critical_issues": ["problems that make it  unusable as an example"],
+                         "explanation": "two or three sentences"})  # fmt: skip
+
+    judged = parse_judgement(echoed)
+
+    assert judged.passed
+    assert (judged.critical_issues, judged.issues, judged.explanation) == ([], ["the plot has no title"], "")
+    real = parse_judgement(echoed.replace("that make it  unusable", "that make it useless"))
+    assert not real.passed and real.critical_issues == ["problems that make it useless as an example"]
+
+
+def test_a_rating_reason_that_copies_the_placeholder_is_absent():
+    reply = '[{"path": "a.py", "rating": 7, "reason": "One short sentence."}]'
+    assert parse_ratings(reply, expected_paths=["a.py"])["a.py"].reason == ""
+
+
+def test_metadata_that_copies_the_formats_description_is_refused_as_missing():
+    copied = {
+        "description": "what the example demonstrates",
+        "inclusion_criteria": "when to use this example",
+    }
+    with pytest.raises(ReplyError, match="metadata: description: Field required"):
+        parse_program(program(metadata=copied))

@@ -10,7 +10,7 @@ from django.db import connection
 
 from distill import llm, services
 from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
-from distill.pipeline.program import env_dir
+from distill.pipeline import environment
 from distill.profiles import load_profile
 from tests.factories import make_git_repo
 from tests.replies import BROKEN_MAIN, FAKE_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
@@ -70,17 +70,23 @@ def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
     assert list(run.steps.values_list("name", flat=True)) == [
         "fetch",
         "survey",
+        "prepare",
         "generate",
         "execute",
         "judge",
     ]
+    # In the local profile's small context the API digest takes the place of file excerpts, so the
+    # files are not rated (a minute or more per batch on a CPU), and the run says so.
     assert set(LLMCall.objects.filter(run=run).values_list("stage", flat=True)) == {
         "purpose",
-        "rate",
         "generate",
         "judge",
     }
+    assert "API digest" in run.rating_skipped
     assert FileRating.objects.filter(run=run, selected=True).exists()
+    generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[-1]["content"]
+    assert "from minilib import mean_squared\ndef mean_squared(xs): ..." in generate_prompt
+    assert "--- FILE:" not in generate_prompt
 
     out = run.output_dir
     state = json.loads((out / "current_state.json").read_text())
@@ -95,6 +101,11 @@ def test_it_succeeds_at_the_first_iteration(repo, tmp_path):
     assert json.loads((out / "iteration_1" / "results.json").read_text()) == iteration.results
     report = (out / "report.html").read_text()
     assert "minilib" in report and "mean_squared" in report and "File ratings" in report
+    # The environment it ran in, and how it runs outside the sandbox.
+    assert state["environment"]["status"] == "ready" and "install_log" not in state["environment"]
+    assert state["how_to_run"] == ["pip install -r requirements.txt", "python main.py"]
+    assert "<h2>Environment</h2>" in report and "Run it yourself" in report
+    assert (out / "environment" / "install_log.txt").read_text() == run.environment["install_log"]
 
     # It is proven to have run the repository's code, and the figures say how much of it.
     assert iteration.measured["uses_repository"] and iteration.proof["verdict"] == "proven"
@@ -132,7 +143,7 @@ def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
     assert run.steps.filter(name="execute").count() == 2
 
 
-def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iteration(tmp_path, settings):
+def test_a_dependency_that_does_not_exist_stops_the_run_at_the_environment_with_one_line(tmp_path, settings):
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
     needy = {
         **MINILIB,
@@ -141,38 +152,42 @@ def test_a_missing_dependency_is_named_first_in_the_fix_prompt_and_on_the_iterat
         "setup(name='minilib', packages=['minilib'], install_requires=['tinystats_dep_xyz>=1.0'])\n",
     }
     repo = make_git_repo(tmp_path / "needy", needy)
-    # The fix puts both requirements on one line, as a small model did: pip refuses it before any download.
-    fix = program(changes="Install the dependency.", requirements="tinystats_dep_xyz>=1.0 numpy\n")
-    entries = [*survey_replies(), ("generate", program()), ("fix", fix)]
-    run = start(repo, tmp_path, entries, max_debug_iterations=2)
+    run = start(repo, tmp_path, survey_replies(), max_environment_repairs=0)
     run = services.run_until_finished(run_id=run.pk)
 
     assert run.status == Run.Status.FAILED
-    first = run.iterations.first()
-    assert "No module named 'tinystats_dep_xyz'" in first.stderr
-    assert first.measured["diagnosis"] == [
-        "the module 'tinystats_dep_xyz' is not installed: add 'tinystats_dep_xyz>=1.0' to requirements.txt"
-        " (the repository declares it)"
-    ]
-    # It crashed inside the import: "does not use the repository" follows from that, and is not critical.
-    assert "critical" not in first.measured
-    assert any(r.endswith("ran none of its functions before it failed") for r in first.measured["reasons"])
-    generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[0]["content"]
-    assert "The repository declares these dependencies:\n    tinystats_dep_xyz>=1.0\n" in generate_prompt
-    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
-    problems = fix_prompt.split("What went wrong:\n")[1].splitlines()
-    assert problems[0].startswith("- likely root cause, found in its output: the module 'tinystats_dep_xyz'")
-    assert "- critical:" not in fix_prompt
-    assert "/sandbox/record/" not in fix_prompt, "the recorder's own frames are not the program's"
-    assert "tinystats_dep_xyz" in fix_prompt.split("--- stderr ---")[1]
+    assert run.status_message.startswith("The environment could not be prepared: install failed: exit code 1")
+    assert "\n" not in run.status_message
+    assert "tinystats_dep_xyz" in run.environment["install_log"]
+    assert not run.iterations.exists(), "no program is written for an environment that does not work"
+    assert list(run.steps.values_list("name", "outcome")) == [
+        ("fetch", "done"), ("survey", "done"), ("prepare", "failed")
+    ]  # fmt: skip
+    assert not LLMCall.objects.filter(run=run, stage__in=["environment", "generate"]).exists()
 
-    second = run.iterations.get(number=2)
-    assert second.measured["install_failed"] and second.measured["diagnosis"] == [
-        "line 1 of requirements.txt, 'tinystats_dep_xyz>=1.0 numpy', is not a requirement pip can read: put "
-        "each requirement on a line of its own"
-    ]
-    # It never ran: no "unproven" on top of the install failure.
-    assert not any(r.startswith("unproven") for r in second.measured["reasons"]), second.measured["reasons"]
+    assert services.resume_status(run) == Run.Status.PREPARING, "a retry prepares it again"
+
+
+def test_programs_are_written_for_the_prepared_environment_and_bad_requirement_lines_are_named(
+    repo, tmp_path
+):
+    # Two requirements on one line, as a small model wrote them: the line is left out and named, the
+    # install goes on; the program fails on its own mistake, which is the likely cause after it.
+    broken = program(BROKEN_MAIN, requirements="`tinystats_dep_xyz>=1.0 numpy`\n")
+    run = start(repo, tmp_path, [*survey_replies(), ("generate", broken)], max_debug_iterations=1)
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.environment["status"] == "ready" and run.environment["installed"]["name"] == "minilib"
+    generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[0]["content"]
+    assert "The repository is installed as minilib 0.0.0. These imports work: minilib." in generate_prompt
+    assert "=== FILE: runscript.sh ===" not in generate_prompt, "the runscript is derived, not asked for"
+    first = run.iterations.get()
+    assert first.files["requirements.txt"].startswith("# The repository itself\nminilib @ git+file://")
+    assert "tinystats" not in first.files["requirements.txt"]
+    assert first.sandbox["env_reused"], "the program runs in the environment the step proved"
+    assert first.measured["diagnosis"][0] == (
+        "requirements.txt: 'tinystats_dep_xyz>=1.0 numpy' is not a requirement pip can read; it was left out"
+    )
 
 
 def test_a_fix_that_sends_back_the_failed_program_unchanged_is_repaired_not_run(repo, tmp_path):
@@ -189,6 +204,38 @@ def test_a_fix_that_sends_back_the_failed_program_unchanged_is_repaired_not_run(
     assert run.iterations.count() == 2 and run.steps.filter(name="execute").count() == 2
     first_try, second_try = LLMCall.objects.filter(run=run, stage="fix").order_by("pk")
     assert "the files are the same as the version that failed" in second_try.prompt[-1]["content"]
+
+
+def test_a_forgotten_standard_library_import_is_added_before_the_first_run(repo, tmp_path):
+    forgetful = WORKING_MAIN.replace("import json\n", "")
+    run = start(
+        repo, tmp_path, [*survey_replies(), ("generate", program(forgetful)), ("judge", verdict(True))]
+    )
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    (iteration,) = run.iterations.all()
+    assert iteration.files["main.py"] == "import json\n" + forgetful
+    assert "added `import json` to main.py" in iteration.change_log
+    assert LLMCall.objects.filter(run=run, stage="generate").count() == 1
+
+
+def test_a_syntax_error_is_repaired_without_a_sandbox_run_or_an_iteration(repo, tmp_path):
+    broken = WORKING_MAIN.replace("print(", "print((", 1)
+    silent = "print('done')\n"  # compiles, but could never pass: it writes no results.json
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(broken)), ("generate", program(silent)),
+         ("generate", program()), ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert run.iterations.count() == 1 and run.steps.filter(name="execute").count() == 1
+    first, second, third = LLMCall.objects.filter(run=run, stage="generate").order_by("pk")
+    assert "main.py:9: '(' was never closed" in second.prompt[-1]["content"]
+    assert "never writes results.json" in third.prompt[-1]["content"]
 
 
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
@@ -223,7 +270,7 @@ def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path
 
 
 def test_exit_zero_without_results_json_is_not_a_success(repo, tmp_path):
-    silent = "print('the example ran, trust me')\n"
+    silent = "print('the example ran, trust me: see results.json')\n"  # named, never written
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(silent))], max_debug_iterations=1)
     run = services.run_until_finished(run_id=run.pk)
 
@@ -242,6 +289,7 @@ def test_malformed_replies_are_repaired_and_never_crash_the_run(repo, tmp_path):
         [("purpose", PURPOSE), ("rate", "I think they are all great!"), ("rate", "still not JSON"),
          ("generate", "```python\nprint('no sections')\n```"), ("generate", program()),
          ("judge", "Looks good to me"), ("judge", verdict(True))],
+        rate_files=True,
     )  # fmt: skip
     run = services.run_until_finished(run_id=run.pk)
 
@@ -268,7 +316,7 @@ def test_a_reply_that_stays_malformed_ends_the_run_with_a_clear_error(repo, tmp_
 def test_only_the_profiles_number_of_files_is_rated_most_promising_first(repo, tmp_path):
     # A CPU model answers a batch of ratings in a minute or more: the local profile rates a few files only.
     entries = [*survey_replies(), ("generate", program()), ("judge", verdict(True))]
-    run = start(repo, tmp_path, entries, max_rated_files=2)
+    run = start(repo, tmp_path, entries, max_rated_files=2, rate_files=True)
     run = services.run_until_finished(run_id=run.pk)
 
     assert run.status == Run.Status.SUCCEEDED, run.status_message
@@ -333,7 +381,7 @@ def test_links_a_program_leaves_behind_cannot_reach_the_host(repo, tmp_path):
     assert canary.read_text() == "untouched"
     assert iteration.saved_files == []
     assert not (iteration.output_dir / "to_save").is_symlink()
-    assert not env_dir(run).exists(), "a finished run's environment is removed"
+    assert environment.env_dir(run).is_dir(), "a commit's environment is kept for its next run"
 
 
 def test_a_refused_source_is_a_clear_error_on_submit(settings):
@@ -377,9 +425,11 @@ def test_cancel_stops_a_queued_run_at_once(repo, tmp_path):
 
 
 def test_cancel_stops_a_running_program(repo, tmp_path):
-    slow = "import time\nprint('started', flush=True)\ntime.sleep(60)\n"
+    slow = (
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\nopen('results.json', 'w').write('{}')\n"
+    )
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(slow))])
-    for _ in range(3):  # fetch, survey, generate
+    for _ in range(4):  # fetch, survey, prepare, generate
         services.run_advance(run_id=run.pk, enqueue_next=False)
     worker = threading.Thread(target=advance_in_thread, args=(run.pk,))
     worker.start()
@@ -406,7 +456,7 @@ def advance_in_thread(run_id):
 
 def test_a_run_whose_worker_died_is_resumed_without_losing_or_repeating_work(repo, tmp_path):
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program()), ("judge", verdict(True))])
-    for _ in range(3):  # fetch, survey, generate
+    for _ in range(4):  # fetch, survey, prepare, generate
         services.run_advance(run_id=run.pk, enqueue_next=False)
     # A worker claims the execute step and dies: its claim stays, its heartbeat goes stale, its step
     # stays "running" and the iteration was left half-run.

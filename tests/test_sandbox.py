@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -640,3 +641,42 @@ def test_the_sandbox_dies_with_its_worker(shared_env, tmp_path):
     time.sleep(5)
 
     assert host_processes_with(marker, wait=0) == []
+
+
+def test_two_executions_of_one_environment_folder_take_turns_and_neither_kills_the_other(sandbox, tmp_path):
+    # The runs of one commit share its environment folder, and with it what marks an execution's
+    # processes: the second must neither kill the first as a leftover nor run beside it.
+    env = tmp_path / "env"
+    main = """
+        import time
+        started = time.time()
+        time.sleep(3)
+        print(f"{started} {time.time()}")
+    """
+    results = {}
+
+    def one(name):
+        results[name] = execute(sandbox, main, tmp_path / name, env)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(results[name].exit_code == 0 for name in ("a", "b")), results
+    spans = sorted(tuple(map(float, results[name].stdout.split())) for name in ("a", "b"))
+    assert spans[0][1] <= spans[1][0], f"the two programs ran at once: {spans}"
+
+
+def test_an_execution_waiting_for_its_environment_folder_can_be_cancelled(sandbox, tmp_path):
+    from distill.sandbox.local import _execution_lock
+
+    env = tmp_path / "env"
+    env.mkdir()
+    with _execution_lock(env, None) as held:
+        assert held
+        started = time.monotonic()
+        result = execute(sandbox, "print('never')", tmp_path / "job", env, should_cancel=lambda: True)
+    assert result.cancelled and result.exit_code is None and "waiting" in result.failure
+    assert time.monotonic() - started < 5

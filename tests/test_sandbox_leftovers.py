@@ -57,3 +57,23 @@ def test_the_sweeper_kills_a_stale_runs_sandbox_before_resuming_it():
     assert services.sweep_stale_runs(stale_after=timedelta(0)) == [run.pk]
 
     assert gone(process)
+
+
+def test_the_sweeper_leaves_alone_what_a_live_execution_of_the_same_folder_runs(tmp_path):
+    # The runs of one commit share its environment folder: while one executes, what runs is its own.
+    from distill.sandbox.local import _execution_lock
+
+    env = tmp_path / "env"
+    env.mkdir()
+    process = leftover(env)
+    try:
+        with _execution_lock(env, None) as held:
+            assert held
+            assert kill_leftovers(env) == 0
+            assert process.poll() is None
+        assert kill_leftovers(env) == 1, "once no execution holds the folder, what is left is a leftover"
+        assert gone(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
+from distill.models import FileRating, Iteration, LLMCall, Run, RunStep, UsageSnippet
 from tests.factories import make_iteration, make_run
 
 pytestmark = pytest.mark.django_db
@@ -337,6 +337,30 @@ def test_the_run_page_shows_ratings_stage_costs_and_the_models(curator_client):
     assert "The local offline model" in html and "limited quality" in html
 
 
+def test_the_run_page_shows_the_harvested_usage_and_the_api_digest_escaped_and_highlighted(curator_client):
+    reason = "Files not rated: in a context of 4096 tokens the API digest and the authors' usage take the place of file excerpts."
+    run = make_run(api_digest=f"from minilib import mean\ndef mean(xs): ...  # {XSS}", rating_skipped=reason)
+    RunStep.objects.create(run=run, name="survey", outcome="done", finished_at=timezone.now())
+    UsageSnippet.objects.create(run=run, source="README.md", line=7, kind="readme", code=f"import minilib\nprint({XSS!r})",
+                                score=9.5, tokens=12, names=["mean"], in_prompt=True)  # fmt: skip
+    UsageSnippet.objects.create(run=run, source="demo.ipynb", line=3, kind="notebook", code="minilib.mean(xs)",
+                                undefined=["xs"], needs=["reads data.csv"])  # fmt: skip
+    html = curator_client.get(detail(run)).content.decode()
+
+    assert XSS not in html and "&lt;script&gt;" in html
+    assert "README.md" in html and "line 7" in html and "in the prompt" in html
+    assert "demo.ipynb" in html and "cell 3" in html and "undefined: xs" in html and "reads data.csv" in html
+    # Highlighted like the iterations' code (pygments spans), with the digest beside it.
+    assert '<span class="kn">import</span>' in html and '<span class="k">def</span>' in html
+    # Why the files were not rated: in the ratings panel and on the survey step of the timeline.
+    assert html.count("Files not rated: in a context of 4096 tokens") == 2
+
+    # Before the survey the section says what will come, and polls.
+    waiting = make_run(source_url=GH + "waiting", status=Run.Status.SURVEYING)
+    fragment = htmx(curator_client, detail(waiting) + "?part=ratings").content.decode()
+    assert "The survey harvests them" in fragment and "The survey reads it from the source" in fragment
+
+
 def test_a_large_llm_call_is_loaded_when_opened(curator_client):
     run = make_run()
     call = LLMCall.objects.create(run=run, stage="fix", model="m", status="ok", prompt=[{"role": "user", "content": "p" * 9000}],
@@ -525,5 +549,63 @@ def test_the_pages_make_as_many_queries_for_30_runs_as_for_3(curator_client, cur
         LLMCall.objects.create(run=last, stage="fix", model="m", status="ok", reply="y" * 9000)
     many = (_queries(curator_client, reverse("runs")), _queries(curator_client, detail(last)))
     assert many == few
-    # The run page's budget includes the library panel's two queries (its examples and rejections).
-    assert few[0] <= 12 and few[1] <= 16, few
+    # The run page's budget includes the library panel's two queries (its examples and rejections) and
+    # the harvested usage's one.
+    assert few[0] <= 12 and few[1] <= 17, few
+
+
+ENVIRONMENT = {
+    "status": "partial",
+    "done": True,
+    "model": False,
+    "number": 2,
+    "secs": 61.0,
+    "reason": "import extra: ModuleNotFoundError: No module named '<script>x</script>'",
+    "installed": {"name": "minilib", "version": "1.0"},
+    "imports": [
+        {"name": "minilib", "ok": True, "error": "", "secs": 0.4},
+        {
+            "name": "extra",
+            "ok": False,
+            "error": "ModuleNotFoundError: No module named '<script>x</script>'",
+            "secs": 0.3,
+        },
+    ],
+    "lock": ["numpy==2.1.0"],
+    "install_log": "Successfully installed <b>minilib</b>",
+    "extras": ["pyDOE==0.3.8"],
+    "attempts": [
+        {"number": 1, "status": "failed", "extras": [], "reason": "import minilib failed"},
+        {"number": 2, "status": "partial", "extras": ["pyDOE==0.3.8"], "reason": "one failed"},
+    ],
+    "repository": {"requirement": "minilib==1.0", "published": True},
+}
+
+
+def test_the_run_page_shows_the_prepared_environment_escaped(reader_client):
+    run = make_run(environment=ENVIRONMENT)
+    html = reader_client.get(detail(run)).content.decode()
+    assert 'data-testid="environment-status"' in html and "partly importable" in html
+    assert "without a model (attempt 2)" in html
+    assert "installed as <code>minilib 1.0</code>" in html and "<code>pyDOE==0.3.8</code>" in html
+    assert "<code>minilib==1.0</code>" in html and "published on PyPI" in html
+    assert "<script>x</script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "Successfully installed &lt;b&gt;minilib&lt;/b&gt;" in html
+    assert '<pre class="output" data-testid="environment-lock">numpy==2.1.0\n</pre>' in html
+
+
+def test_the_run_page_shows_an_environment_attempt_as_it_runs(reader_client):
+    run = make_run(status=Run.Status.PREPARING, environment={"live": "Collecting numpy\n", "live_attempt": 1})
+    html = htmx(reader_client, detail(run)).content.decode()
+    assert "Attempt 1 is running" in html and "Collecting numpy" in html
+    assert 'data-testid="environment-status"' not in html, "nothing is known yet but the output"
+
+
+def test_a_run_stopped_at_its_environment_is_retried_from_a_fresh_start(curator_client):
+    failed = {**ENVIRONMENT, "status": "failed", "reason": "install failed: exit code 1"}
+    run = make_run(status=Run.Status.FAILED, environment=failed)
+    FileRating.objects.create(run=run, path="a.py", selected=True)
+    assert "Retry from the preparing environment step" in curator_client.get(detail(run)).content.decode()
+    curator_client.post(reverse("run_retry", args=[run.pk]))
+    run.refresh_from_db()
+    assert run.status == Run.Status.PREPARING and run.environment is None

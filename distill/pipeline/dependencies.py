@@ -1,9 +1,9 @@
 """What a repository says it needs installed, read from its metadata files; nothing of it is executed.
 
-The program's author (a model) writes requirements.txt from memory otherwise, and a missing dependency is
-the commonest first failure (CodeDistiller's own analysis; and a small model rarely repairs it from the
-traceback alone). The list goes into the generate and fix prompts as a fact, not a rule: the program
-installs what it needs of it.
+A missing dependency is the commonest first failure of a program whose author (a model) writes its
+requirements from memory (CodeDistiller's own analysis). The environment step (environment.py) installs
+what is declared here before any program is written, and every requirement line, the repository's or a
+model's, is checked here with `packaging` (the parser pip itself uses) before pip sees it.
 """
 
 import ast
@@ -13,11 +13,12 @@ import tomllib
 from email.parser import HeaderParser
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 MAX_FILE_BYTES = 1024 * 1024
 MAX_REQUIREMENTS = 40
-# A requirement as pip takes it: a name, extras, a version specifier, a marker. Anything else (URLs,
-# options, paths, prose a repository put there) is left out of the prompt.
-REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._ -]*\])?\s*([<>=!~;,( ].*)?$")
+MAX_LINE = 200
 TEST_AND_DOCS = re.compile(r"^(pytest|coverage|sphinx|flake8|black|mypy|tox|pre-commit|ruff|pylint)\b", re.I)
 
 
@@ -27,21 +28,102 @@ def declared_dependencies(root: Path) -> list[str]:
     for reader in (_pyproject, _setup_cfg, _setup_py, _pkg_info, _requirements_txt):
         found += reader(root)
     chosen, seen = [], set()
-    for requirement in found:
-        requirement = " ".join(requirement.split())[:120]
-        if not REQUIREMENT.match(requirement) or TEST_AND_DOCS.match(requirement):
+    for line in found:
+        # Only a name with extras, versions and markers: a URL or a path a repository put there would
+        # point the sandbox's pip somewhere the repository's authors chose, and prose is no requirement.
+        requirement = parsed(line)
+        if requirement is None or requirement.url or TEST_AND_DOCS.match(requirement.name):
             continue
-        if "extra ==" in requirement.replace('"', "").replace("'", ""):
+        if requirement.marker and "extra" in str(requirement.marker):
             continue  # optional: only for an extra
-        name = normalized_name(requirement)
+        name = canonicalize_name(requirement.name)
         if name not in seen:
             seen.add(name)
-            chosen.append(requirement)
+            chosen.append(str(requirement))
     return chosen[:MAX_REQUIREMENTS]
 
 
 def normalized_name(requirement: str) -> str:
-    return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~;,( ]", requirement, maxsplit=1)[0]).lower()
+    parsed_requirement = parsed(requirement)
+    if parsed_requirement is not None:
+        return canonicalize_name(parsed_requirement.name)
+    return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~;,( @]", requirement.strip(), maxsplit=1)[0]).lower()
+
+
+def parsed(line: str) -> Requirement | None:
+    """The line as a requirement (PEP 508, as pip reads it), or None."""
+    line = " ".join(line.split())
+    if not line or len(line) > MAX_LINE:
+        return None
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
+
+
+# Lines a model wraps a requirement in: a bullet or a number, backticks, `pip install` before it.
+BULLET = re.compile(r"^(?:[-*+•]|\d+[.)])\s+")
+PIP_INSTALL = re.compile(r"^(?:python3?\s+-m\s+)?pip3?\s+install\s+", re.I)
+
+
+def clean_requirements(text: str) -> tuple[list[str], list[str]]:
+    """(requirements, problems): the requirement lines of a model's text, cleaned and checked.
+
+    Markdown fences, comments, bullets, backticks and a leading `pip install` are taken off; what is left
+    must parse as a requirement, or it is named in `problems` (one sentence each) and left out, so one bad
+    line never fails the whole install. pip options (-r, --index-url, -e) are never taken from a model.
+    """
+    requirements, problems, seen = [], [], set()
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "```", "~~~")):
+            continue
+        line = PIP_INSTALL.sub("", BULLET.sub("", line)).strip().strip("`'\"").strip()
+        if not line or line.lower() in ("none", "(none)", "n/a"):
+            continue
+        if line.startswith("-"):
+            problems.append(f"{line[:80]!r} is a pip option, not a requirement; it was left out")
+            continue
+        for part in line.split() if PIP_INSTALL.match(raw.strip()) else [line]:
+            requirement = parsed(part.strip("`,"))
+            if requirement is None:
+                problems.append(f"{part[:80]!r} is not a requirement pip can read; it was left out")
+                continue
+            name = canonicalize_name(requirement.name)
+            if name not in seen:
+                seen.add(name)
+                requirements.append(str(requirement))
+    return requirements, problems
+
+
+def distribution_name(root: Path) -> str:
+    """The repository's own distribution name as its metadata gives it, or ""."""
+    try:
+        project = tomllib.loads(_read(root / "pyproject.toml")).get("project") or {}
+    except (tomllib.TOMLDecodeError, ValueError):
+        project = {}
+    if isinstance(project.get("name"), str):
+        return project["name"]
+    cfg = configparser.ConfigParser(interpolation=None)
+    try:
+        cfg.read_string(_read(root / "setup.cfg"))
+        name = cfg.get("metadata", "name", fallback="")
+    except (configparser.Error, ValueError):
+        name = ""
+    if name:
+        return name
+    if headers := _read(root / "PKG-INFO"):
+        return HeaderParser().parsestr(headers).get("Name", "")
+    return _setup_py_keyword(root, "name") or ""
+
+
+def is_installable(root: Path) -> bool:
+    """Whether pip can build the repository: it has build metadata (nothing here runs it)."""
+    try:
+        pyproject = tomllib.loads(_read(root / "pyproject.toml"))
+    except (tomllib.TOMLDecodeError, ValueError):
+        pyproject = {}
+    return bool(pyproject.get("build-system") or pyproject.get("project")) or (root / "setup.py").is_file()
 
 
 def _read(path: Path) -> str:
@@ -74,22 +156,26 @@ def _setup_cfg(root: Path) -> list[str]:
 
 def _setup_py(root: Path) -> list[str]:
     """install_requires=[...] when it is a literal in setup.py's syntax tree."""
+    value = _setup_py_keyword(root, "install_requires")
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list | tuple) else []
+
+
+def _setup_py_keyword(root: Path, name: str):
+    """The literal value of a keyword argument of a call in setup.py (setup(name=...)), or None."""
     try:
         tree = ast.parse(_read(root / "setup.py"))
     except (SyntaxError, ValueError):
-        return []
+        return None
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             for keyword in node.keywords:
-                if keyword.arg != "install_requires":
+                if keyword.arg != name:
                     continue
                 try:
-                    value = ast.literal_eval(keyword.value)
+                    return ast.literal_eval(keyword.value)
                 except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     continue
-                if isinstance(value, list | tuple):
-                    return [item for item in value if isinstance(item, str)]
-    return []
+    return None
 
 
 def _pkg_info(root: Path) -> list[str]:

@@ -59,6 +59,7 @@ def diagnose(
     main_source: str = "",
     imported: set[str] | None = None,
     out_of_memory_mb: int | None = None,
+    prepared: bool = False,
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
@@ -68,6 +69,8 @@ def diagnose(
     recorder saw imported when it found the program did not use the repository (None: not known); those
     main.py imports but the recorder never saw are found even when the program swallowed the ImportError.
     `out_of_memory_mb` is the sandbox's memory limit when it stopped the program there (None: it did not).
+    `prepared`: the program ran in a prepared environment (environment.py), where the repository is
+    installed: a sys.path line is then never the way out.
     """
     findings: list[str] = []
     if out_of_memory_mb is not None:
@@ -92,6 +95,12 @@ def diagnose(
     unreached = unreached_imports(main_source, packages, imported) if imported is not None else set()
     missing = [m.split(".")[0] for m in NO_MODULE.findall(output)] + sorted(unreached)
     for top in dict.fromkeys(m for m in missing if m in packages):
+        if prepared:
+            findings.append(
+                f"the repository's own package {top!r} could not be imported: the prepared environment "
+                "lists the imports that work; use only those, and never add a folder to sys.path"
+            )
+            continue
         # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
         # model took neither and sent the same program back.
         folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
@@ -142,3 +151,24 @@ def unreached_imports(main_source: str, packages: dict[str, str], imported: set[
 def without_recorder_frames(output: str) -> str:
     """A traceback as the program would have had it without the sandbox's recorder in between."""
     return RECORDER_FRAME.sub("", output)
+
+
+PROMPT_OUTPUT_CHARS = 6000  # of stdout/stderr shown to the judge, the fixer and the environment's repair
+ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)
+
+
+def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
+    """Head, every error-looking line, and tail, within `limit` characters: the root cause is rarely
+    in the middle of a log, but the error lines may be anywhere."""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines()
+    head, tail = lines[:20], lines[-60:]
+    middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
+    kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
+    trimmed = "\n".join(line[:500] for line in kept)
+    return (
+        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
+        if len(trimmed) > limit
+        else trimmed
+    )

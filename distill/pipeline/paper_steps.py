@@ -141,12 +141,17 @@ def _validated(schema: type[BaseModel], data) -> BaseModel:
         raise parsing.ReplyError(parsing._first_error(exc)) from None
 
 
+def _json(text: str, template: str) -> dict:
+    """The reply's JSON object, without the values that copy the template's own placeholders."""
+    return parsing.extract_json(text, expect=dict, placeholders=prompts.placeholders(template))
+
+
 def parse_overall_plan(text: str) -> OverallPlan:
-    return _validated(OverallPlan, parsing.extract_json(text, expect=dict))
+    return _validated(OverallPlan, _json(text, "paper_plan"))
 
 
 def parse_architecture(text: str) -> Architecture:
-    architecture = _validated(Architecture, parsing.extract_json(text, expect=dict))
+    architecture = _validated(Architecture, _json(text, "paper_architecture"))
     if "main.py" not in architecture.files:
         raise parsing.ReplyError("files: the architecture needs main.py, the entry point")
     return architecture
@@ -154,7 +159,7 @@ def parse_architecture(text: str) -> Architecture:
 
 def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
     """The logic design and the order to write the files in: the task list, each file after its imports."""
-    design = _validated(LogicDesign, parsing.extract_json(text, expect=dict))
+    design = _validated(LogicDesign, _json(text, "paper_logic"))
     known = set(files)
     for name in design.task_list:
         if name not in known:
@@ -254,7 +259,7 @@ def _single_file(text: str, name: str) -> str:
 
 
 def parse_evaluation(text: str) -> EvaluationReply:
-    return _validated(EvaluationReply, parsing.extract_json(text, expect=dict))
+    return _validated(EvaluationReply, _json(text, "paper_evaluate"))
 
 
 # The steps ---------------------------------------------------------------------------------------------
@@ -318,16 +323,17 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             ]
             continue
         program.stop_if_cancelled(should_cancel)
+        schema = None
         if stage == "plan":
-            parse = parse_overall_plan
+            parse, schema = parse_overall_plan, OverallPlan.model_json_schema()
         elif stage == "architecture":
-            parse = parse_architecture
+            parse, schema = parse_architecture, Architecture.model_json_schema()
         elif stage == "logic":
-            parse = partial(parse_logic_design, files=files)
+            parse, schema = partial(parse_logic_design, files=files), LogicDesign.model_json_schema()
         else:
             parse = parse_config_yaml
         value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                           max_tokens=run.config.get("code_max_output_tokens", 16000))  # fmt: skip
+                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema)  # fmt: skip
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
         elif stage == "architecture":
@@ -401,7 +407,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
         plan=_plan_digest(run, data, share=0.2),
         written=_files_text(written, budget=_budget(run, 0.3)),
         analysis=analyses.get("main.py", ""),
-        format=prompts.render("program_format", changes_section=""),
+        format=program.program_format(run, changes=False),
         **program.rules(run, None),
     )
     entry = program.ask_for_program(run, stage="entry", prompt=prompt, iteration=1)
@@ -518,7 +524,8 @@ def evaluate(run: Run, iteration: Iteration) -> dict | None:
     for _sample in range(count):
         try:
             reply, _ = program.ask(run, stage="evaluate", messages=[{"role": "user", "content": prompt}],
-                            parse=parse_evaluation, max_tokens=2000, iteration=iteration.number)  # fmt: skip
+                            parse=parse_evaluation, max_tokens=2000, iteration=iteration.number,
+                            schema=EvaluationReply.model_json_schema())  # fmt: skip
         except (StepFailed, llm.LLMError) as exc:
             errors.append(str(exc))
             if isinstance(exc, llm.BudgetExceeded | llm.LLMRefused):

@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from distill.pipeline import prompts
+
 
 class ReplyError(ValueError):
     """A reply that does not fit its schema; the message is sent back to the model to repair it."""
@@ -21,12 +23,6 @@ SECTION = re.compile(
     r"^=== (FILE|METADATA|CHANGES): ?(.*?) ?===[ \t]*$|^=== (END|METADATA|CHANGES) ===[ \t]*$"
 )
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-
-
-FORMAT_CHOICES = {  # as program_format.txt gives them
-    "demonstration | tutorial | benchmark | workflow",
-    "cpu | gpu, with rough memory and time",
-}
 
 
 class ExampleMetadata(BaseModel):
@@ -40,15 +36,6 @@ class ExampleMetadata(BaseModel):
     gpu_required: bool = False
     api_keys_needed: list[str] = []
     python_version: str = "3.11"
-
-    @field_validator("example_type", "compute_needs", mode="before")
-    @classmethod
-    def _unchosen(cls, value, info):
-        # The format's own text for the field ("demonstration | tutorial | ..."), copied: nothing was
-        # chosen, as if the field were left out; the default is kept (the format's first choice).
-        if isinstance(value, str) and " | " in value and value.strip() in FORMAT_CHOICES:
-            return cls.model_fields[info.field_name].default
-        return value
 
     @field_validator("api_keys_needed", mode="before")
     @classmethod
@@ -64,6 +51,8 @@ class Program(BaseModel):
     files: dict[str, str]
     metadata: ExampleMetadata
     change_log: str = ""
+    # Requirement lines of the reply that were left out, each with why (dependencies.clean_requirements).
+    requirement_problems: list[str] = []
 
 
 class FileRatingReply(BaseModel):
@@ -89,12 +78,26 @@ class Judgement(BaseModel):
         return self.faithful and self.accurate and self.complete and not self.critical_issues
 
 
+JUDGEMENT_SCHEMA = Judgement.model_json_schema()
+
+
+def ratings_schema(paths: list[str]) -> dict:
+    """The JSON schema of a batch's ratings: one object per file, and only the files asked about."""
+    item = FileRatingReply.model_json_schema()
+    item["properties"] = {**item["properties"], "path": {"enum": paths}}
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": len(paths)}
+
+
 # A line that is wholly a placeholder of program_format.txt ("<one pip requirement a line, ...>"): a small
 # model sometimes copies the format's skeleton instead of filling it in. No file kind has such a line.
 PLACEHOLDER_LINE = re.compile(r"^\s*<[^<>\n]* [^<>\n]*>\s*$", re.M)
 
 
-def parse_program(text: str, *, require_change_log: bool = False) -> Program:
+def parse_program(
+    text: str, *, require_change_log: bool = False, required_files: tuple[str, ...] = REQUIRED_FILES
+) -> Program:
+    """A program reply. With a prepared environment only main.py is required: its requirements.txt, if
+    any, holds extra requirements, and the files the sandbox runs are derived (environment.py)."""
     files: dict[str, str] = {}
     metadata_text = None
     change_log = ""
@@ -137,7 +140,7 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
         current = (kind, name)
     close()
 
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    missing = [name for name in required_files if name not in files]
     if missing:
         raise ReplyError(
             f"missing file section(s): {', '.join(missing)}; each file starts with a line '=== FILE: name ==='"
@@ -145,6 +148,8 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     if not files["main.py"].strip():
         raise ReplyError("main.py is empty")
     for name, content in files.items():
+        if name == "requirements.txt" and name not in required_files:
+            continue  # extras only: cleaned line by line later, a copied placeholder named as a problem
         if match := PLACEHOLDER_LINE.search(content):
             raise ReplyError(
                 f"{name} holds the format's placeholder {match.group().strip()!r}: write the real content"
@@ -152,7 +157,9 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     if metadata_text is None:
         raise ReplyError("missing the '=== METADATA ===' section with a JSON object")
     try:
-        metadata = ExampleMetadata.model_validate(extract_json(metadata_text, expect=dict))
+        metadata = ExampleMetadata.model_validate(
+            extract_json(metadata_text, expect=dict, placeholders=prompts.placeholders("program_format"))
+        )
     except ValidationError as exc:
         raise ReplyError(f"metadata: {_first_error(exc)}") from None
     if require_change_log and not change_log:
@@ -160,9 +167,32 @@ def parse_program(text: str, *, require_change_log: bool = False) -> Program:
     return Program(files=files, metadata=metadata, change_log=change_log)
 
 
+class EnvironmentChange(BaseModel):
+    """The code model's changes to an environment that did not build: requirement lines, and why."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    requirements: list[str]
+    reason: str = ""
+
+    @field_validator("requirements", mode="before")
+    @classmethod
+    def _lines(cls, value):
+        if isinstance(value, str):
+            return value.splitlines()
+        return [str(item) for item in value] if isinstance(value, list) else value
+
+
+def parse_environment_change(text: str) -> EnvironmentChange:
+    try:
+        return EnvironmentChange.model_validate(extract_json(text, expect=dict))
+    except ValidationError as exc:
+        raise ReplyError(f"environment change: {_first_error(exc)}") from None
+
+
 def parse_ratings(text: str, *, expected_paths: list[str]) -> dict[str, FileRatingReply]:
     """Ratings for a batch of files; only paths that were asked about are kept."""
-    data = extract_json(text, expect=(list, dict))
+    data = extract_json(text, expect=(list, dict), placeholders=prompts.placeholders("rate"))
     if isinstance(data, dict):
         data = data.get("ratings", data.get("files", [data]))
     if not isinstance(data, list):
@@ -182,13 +212,37 @@ def parse_ratings(text: str, *, expected_paths: list[str]) -> dict[str, FileRati
 
 def parse_judgement(text: str) -> Judgement:
     try:
-        return Judgement.model_validate(extract_json(text, expect=dict))
+        verdict = extract_json(text, expect=dict, placeholders=prompts.placeholders("judge", "paper_judge"))
+        return Judgement.model_validate(verdict)
     except ValidationError as exc:
         raise ReplyError(f"verdict: {_first_error(exc)}") from None
 
 
-def extract_json(text: str, *, expect):
-    """The first JSON value of the expected type in a reply, with or without a Markdown fence around it."""
+def extract_json(text: str, *, expect, placeholders: frozenset[str] = frozenset()):
+    """The first JSON value of the expected type in a reply, with or without a Markdown fence around it.
+
+    A value that copies one of the prompt's `placeholders` (prompts.placeholders) counts as absent: it is
+    dropped from its object or list, so the schema's default or its "field required" applies.
+    """
+    value = _first_json(text, expect=expect)
+    return without_placeholders(value, placeholders) if placeholders else value
+
+
+def without_placeholders(value, placeholders: frozenset[str]):
+    if isinstance(value, dict):
+        return {
+            k: without_placeholders(v, placeholders) for k, v in value.items() if not _copied(v, placeholders)
+        }
+    if isinstance(value, list):
+        return [without_placeholders(v, placeholders) for v in value if not _copied(v, placeholders)]
+    return value
+
+
+def _copied(value, placeholders: frozenset[str]) -> bool:
+    return isinstance(value, str) and prompts.normal(value) in placeholders
+
+
+def _first_json(text: str, *, expect):
     text = text.strip()
     candidates = [text, _strip_outer_fence(text)]
     decoder = json.JSONDecoder()

@@ -12,27 +12,24 @@ earlier step's results.
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Protocol
 
-from django.conf import settings
 from django.utils import timezone
 
 from distill import llm
 from distill.models import Iteration, Run
-from distill.pipeline import dependencies, diagnosis, parsing, prompts, proof
+from distill.pipeline import dependencies, diagnosis, environment, parsing, preflight, prompts, proof
 from distill.pipeline.live import LiveOutput
 from distill.sandbox import ExecutionRequest, Limits, get_sandbox
 
 logger = logging.getLogger(__name__)
 
 RESULTS_MAX_BYTES = 2 * 1024 * 1024
-PROMPT_OUTPUT_CHARS = 6000  # of stdout/stderr shown to the judge and the fixer
 
 
 class StepFailed(Exception):
@@ -91,9 +88,7 @@ SANDBOX_LIMITS = (
 )
 
 
-def env_dir(run: Run) -> Path:
-    """Where the sandbox keeps the program's environments across the iterations of one run."""
-    return settings.DATA_DIR / "envs" / str(run.pk)
+env_dir = environment.env_dir  # where the sandbox keeps the programs' environments (the commit's, cached)
 
 
 @dataclass
@@ -119,23 +114,57 @@ def rules(run: Run, repository: Repository | None) -> dict:
         "runtime_mins": run.config.get("max_runtime_mins", 45),
         "memory_mb": run.config.get("memory_mb", 4096),
         "network": "with network access" if run.config.get("network_run") else "without network access",
-        # One a line, as requirements.txt takes them: given in one line, a small model copied the line.
-        "dependencies": "\n".join(f"    {r}" for r in declared) if declared else "    (none declared)",
+        "environment": environment.prompt_facts(run.environment, declared),
     }
+
+
+def program_format(run: Run, *, changes: bool) -> str:
+    """The reply format of the run's program prompts (a prepared environment asks for less)."""
+    return reply_format(prepared=environment.usable(run) is not None, changes=changes)
+
+
+def reply_format(*, prepared: bool, changes: bool) -> str:
+    """The reply format: with a prepared environment, main.py and only the extra requirements it needs."""
+    if prepared:
+        requirements = (
+            "=== FILE: requirements.txt ===\n"
+            "<only packages main.py needs beyond the prepared environment, one a line; leave it out if none>\n"
+        )
+    else:
+        requirements = (
+            "=== FILE: requirements.txt ===\n<one pip requirement a line, pinned where it matters>\n"
+            "=== FILE: runscript.sh ===\n"
+            "<bash commands that install the dependencies only, e.g. pip install -r requirements.txt>\n"
+        )
+    return prompts.render(
+        "program_format",
+        requirements_section=requirements,
+        changes_section="=== CHANGES ===\n<what this version changes, and why>\n" if changes else "",
+    )
 
 
 # Ask --------------------------------------------------------------------------------------------------
 
 
-def ask(run: Run, *, stage: str, messages: list[dict], parse, max_tokens: int, iteration: int | None = None):
+def ask(
+    run: Run,
+    *,
+    stage: str,
+    messages: list[dict],
+    parse,
+    max_tokens: int,
+    iteration: int | None = None,
+    schema: dict | None = None,
+):
     """(parsed value, reply text) of the code model. A malformed reply is sent back for repair a bounded
-    number of times, then the step fails with the last problem found."""
+    number of times, then the step fails with the last problem found. `schema` (a JSON reply's schema)
+    holds the models that take one to it (llm.complete)."""
     repairs = run.config.get("max_reply_repairs", 2)
     error = None
     for attempt in range(repairs + 1):
         reply = llm.complete(
             run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens, schema=schema,
         )  # fmt: skip
         try:
             return parse(reply.text), reply.text
@@ -158,11 +187,42 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
         run,
         stage=stage,
         messages=[{"role": "user", "content": prompt}],
-        parse=parse or parsing.parse_program,
+        parse=parse or partial(parse_program, run, require_change_log=False),
         max_tokens=run.config.get("code_max_output_tokens", 16000),
         iteration=iteration,
     )
     return program
+
+
+def parse_program(
+    run: Run, text: str, *, require_change_log: bool, keep: dict | None = None
+) -> parsing.Program:
+    """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
+    main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
+    that both always parse and install."""
+    prepared = environment.usable(run)
+    program = parsing.parse_program(
+        text,
+        require_change_log=require_change_log,
+        required_files=("main.py",) if prepared else parsing.REQUIRED_FILES,
+    )
+    requirements, problems = dependencies.clean_requirements(program.files.get("requirements.txt", ""))
+    files = dict(program.files)
+    if prepared:
+        other = {
+            name: text for name, text in files.items() if name not in ("requirements.txt", "runscript.sh")
+        }
+        extras = environment.beyond_environment(prepared, requirements)
+        files = environment.program_files(prepared, files["main.py"], extras, other)
+    else:
+        files["requirements.txt"] = "".join(f"{line}\n" for line in requirements)
+    if keep:
+        # Models leave out files they did not change even when told to give every file (a paper's
+        # program has many): those are kept as they were.
+        files = {**keep, **files}
+    # A program that cannot pass by construction (a syntax error, an undefined name, no results.json) is
+    # sent back as a repair of the reply, without spending a sandbox run.
+    return preflight.check(program.model_copy(update={"files": files, "requirement_problems": problems}))
 
 
 def save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
@@ -172,6 +232,10 @@ def save_iteration(run: Run, number: int, program: parsing.Program, *, change_lo
         files=program.files,
         metadata=program.metadata.model_dump(),
         change_log=change_log,
+        # Shown with the iteration and named to the fixer when the program fails.
+        sandbox={"requirement_problems": program.requirement_problems}
+        if program.requirement_problems
+        else {},
     )
     Run.objects.filter(pk=run.pk).update(iteration_count=number)
     run.iteration_count = number
@@ -189,16 +253,13 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
         return existing
 
     def parse(text: str) -> parsing.Program:
-        program = parsing.parse_program(text, require_change_log=True)
-        # Models leave out files they did not change even when told to give every file (a paper's
-        # program has many): those are kept as they were.
-        files = {**previous.files, **program.files}
-        if _same_program(files, previous.files):
+        program = parse_program(run, text, require_change_log=True, keep=previous.files)
+        if _same_program(program.files, previous.files):
             # Running it again would fail again, and spend an iteration on nothing.
             raise parsing.ReplyError(
                 "the files are the same as the version that failed; change them to remove the root cause"
             )
-        return program.model_copy(update={"files": files})
+        return program
 
     program = ask_for_program(run, stage="fix", prompt=prompt(run, previous), iteration=number, parse=parse)
     return save_iteration(run, number, program, change_log=program.change_log)
@@ -215,12 +276,10 @@ def failed_version(run: Run, previous: Iteration) -> dict:
         "change_log": change_log or "(none)",
         "problems": "\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
         "exit_code": previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
-        "stdout": trim_output(previous.stdout),
-        "stderr": trim_output(diagnosis.without_recorder_frames(previous.stderr)),
-        "install_log": trim_output(previous.install_log, limit=2000) or "(environment reused)",
-        "format": prompts.render(
-            "program_format", changes_section="=== CHANGES ===\n<what this version changes, and why>\n"
-        ),
+        "stdout": diagnosis.trim_output(previous.stdout),
+        "stderr": diagnosis.trim_output(diagnosis.without_recorder_frames(previous.stderr)),
+        "install_log": diagnosis.trim_output(previous.install_log, limit=2000) or "(environment reused)",
+        "format": program_format(run, changes=True),
     }
 
 
@@ -269,12 +328,18 @@ def execute(
     packages = repository.packages if repository is not None else proof.Packages()
     clone = repository.clone if repository is not None else None
     recording = proof.recording_config(packages) if repository is not None else None
+    prepared = environment.usable(run)
+    requirement_problems = (iteration.sandbox or {}).get("requirement_problems", [])
     request = ExecutionRequest(
         files=iteration.files,
         job_dir=job,
         env_dir=env_dir(run),
         repo_dir=clone,
         recording=recording,
+        # Programs reuse the environment the prepare step proved, whatever their files say.
+        env_key=environment.program_env_key(prepared, environment.program_extras(iteration.files))
+        if prepared
+        else None,
         limits=Limits(
             wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
             network_run=bool(config.get("network_run", False)),
@@ -313,12 +378,16 @@ def execute(
         "cpu_secs": result.cpu_secs,
         "memory_mb": request.limits.memory_mb,
         "notes": result.notes,
+        **({"requirement_problems": requirement_problems} if requirement_problems else {}),
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
-        iteration.measured["diagnosis"] = _diagnose(iteration, result, repository)
+        named = [f"requirements.txt: {problem}" for problem in requirement_problems]
+        iteration.measured["diagnosis"] = named + _diagnose(
+            iteration, result, repository, prepared=bool(prepared)
+        )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -332,7 +401,7 @@ def execute(
         (job / name).write_text(text)
 
 
-def _diagnose(iteration: Iteration, result, repository: Repository | None) -> list[str]:
+def _diagnose(iteration: Iteration, result, repository: Repository | None, *, prepared: bool) -> list[str]:
     """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
     evidence = iteration.proof or {}
     unused = evidence.get("verdict") == proof.UNUSED
@@ -345,6 +414,7 @@ def _diagnose(iteration: Iteration, result, repository: Repository | None) -> li
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
         out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
+        prepared=prepared,
     )
 
 
@@ -465,6 +535,7 @@ def _llm_judgement(run: Run, iteration: Iteration, prompt: str) -> dict:
             parse=parsing.parse_judgement,
             max_tokens=1200,
             iteration=iteration.number,
+            schema=parsing.JUDGEMENT_SCHEMA,
         )
     except ReplyUnusable as exc:
         # An unreadable verdict is not a pass, and not a crash: the fixer sees why.
@@ -486,9 +557,9 @@ def judge_output(iteration: Iteration) -> dict:
     return {
         "exit_code": iteration.exit_code,
         "duration": f"{iteration.duration_secs or 0:.1f}",
-        "stdout": trim_output(iteration.stdout),
-        "stderr": trim_output(iteration.stderr),
-        "results": json.dumps(iteration.results, indent=1)[:PROMPT_OUTPUT_CHARS],
+        "stdout": diagnosis.trim_output(iteration.stdout),
+        "stderr": diagnosis.trim_output(iteration.stderr),
+        "results": json.dumps(iteration.results, indent=1)[: diagnosis.PROMPT_OUTPUT_CHARS],
     }
 
 
@@ -510,23 +581,3 @@ def evidence_text(iteration: Iteration) -> str:
         )
     lines += [f"Flag: {flag}" for flag in (iteration.measured or {}).get("flags", [])]
     return "\n".join(lines)
-
-
-ERROR_LINE = re.compile(r"(error|exception|traceback|warning|failed|line \d+|^\s+File \")", re.IGNORECASE)
-
-
-def trim_output(text: str, limit: int = PROMPT_OUTPUT_CHARS) -> str:
-    """Head, every error-looking line, and tail, within `limit` characters: the root cause is rarely
-    in the middle of a log, but the error lines may be anywhere."""
-    if len(text) <= limit:
-        return text
-    lines = text.splitlines()
-    head, tail = lines[:20], lines[-60:]
-    middle = [line for line in lines[20:-60] if ERROR_LINE.search(line)]
-    kept = head + ["... [trimmed] ..."] + middle[-80:] + ["... [trimmed] ..."] + tail
-    trimmed = "\n".join(line[:500] for line in kept)
-    return (
-        trimmed[: limit // 3] + "\n... [trimmed] ...\n" + trimmed[-(2 * limit) // 3 :]
-        if len(trimmed) > limit
-        else trimmed
-    )

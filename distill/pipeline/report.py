@@ -4,6 +4,7 @@
     current_state.json   the reference's fields, and more
     iteration_<n>/       main.py, requirements.txt, runscript.sh, stdout.txt, stderr.txt, log.json,
                          results.json, to_save/
+    environment/         the environment step's install log, runscript and import check (results.json)
 
 Written after every step, so an interrupted run still leaves a readable folder.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from django.template.loader import render_to_string
 
-from distill.models import Iteration, Run
+from distill.models import HOW_TO_RUN, Iteration, Run
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp"}
 MAX_INLINE_IMAGE_BYTES = 2 * 1024 * 1024
@@ -59,6 +60,11 @@ def current_state(run: Run, iterations: list[Iteration]) -> dict:
         "change_log": [{"iteration": it.number, "change": it.change_log} for it in iterations],
         "code": last.files.get("main.py", "") if last else "",
         "requirements": last.files.get("requirements.txt", "") if last else "",
+        # The prepared environment, without its install log (in the run's environment/ folder).
+        "environment": {k: v for k, v in run.environment.items() if k != "install_log"}
+        if run.environment
+        else None,
+        "how_to_run": list(HOW_TO_RUN),
         "runscript": last.files.get("runscript.sh", "") if last else "",
         "metadata": last.metadata if last else {},
         "error_information": run.error_information,
@@ -130,6 +136,7 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
         {
             "run": run,
             "state": state,
+            "how_to_run": HOW_TO_RUN,
             "last": last,
             "last_ran": last_ran,
             "iterations": iterations,

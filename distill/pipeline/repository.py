@@ -15,7 +15,7 @@ from django.conf import settings
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
-from distill.pipeline import parsing, program, prompts, sources, survey
+from distill.pipeline import parsing, program, prompts, proof, sources, survey, usage
 from distill.pipeline.program import StepFailed
 
 logger = logging.getLogger(__name__)
@@ -84,25 +84,38 @@ def survey_source(run: Run, *, should_cancel: Callable[[], bool] | None = None) 
         run.repository_description = _purpose(run, found)
         run.save(update_fields=["repository_description"])
 
+    usage.survey_usage(run, root, found)
     by_path = {f.path: f for f in found.files}
-    already = set(run.file_ratings.values_list("path", flat=True))
-    todo = [f for f in _by_priority(found.files) if f.path not in already][
-        : config.get("max_rated_files", 200)
-    ]
-    batch_size = config.get("rating_batch_size", 8)
-    # Each file is shown to the rater only up to this size: ratings need the gist, not all of it.
-    excerpt_tokens = max(
-        200,
-        min(
-            config.get("max_tokens_per_file", 12000), config.get("context_tokens", 128000) // (batch_size + 3)
-        ),
-    )
-    for start in range(0, len(todo), batch_size):
-        _rate_batch(run, todo[start : start + batch_size], excerpt_tokens)
+    run.rating_skipped = _rating_skip_reason(run, found.files)
+    run.save(update_fields=["rating_skipped"])
+    if run.rating_skipped:
+        ordered = _by_usage(run, found.files)[: config.get("max_rated_files", 200)]
+        for f in ordered:
+            FileRating.objects.update_or_create(
+                run=run, path=f.path, defaults={"tokens": f.tokens, "rating": None, "reason": "", "error": ""}
+            )
+        # Unrated, the files are taken in the order the usage and the digest point to them.
+        rank_of = {f.path: len(ordered) - index for index, f in enumerate(ordered)}
+    else:
+        already = set(run.file_ratings.values_list("path", flat=True))
+        todo = [f for f in _by_priority(found.files) if f.path not in already][
+            : config.get("max_rated_files", 200)
+        ]
+        batch_size = config.get("rating_batch_size", 8)
+        # Each file is shown to the rater only up to this size: ratings need the gist, not all of it.
+        excerpt_tokens = max(
+            200,
+            min(
+                config.get("max_tokens_per_file", 12000),
+                config.get("context_tokens", 128000) // (batch_size + 3),
+            ),
+        )
+        for start in range(0, len(todo), batch_size):
+            _rate_batch(run, todo[start : start + batch_size], excerpt_tokens)
 
     ratings = list(run.file_ratings.all())
     chosen = survey.select_files(
-        [(r.path, r.tokens, r.rating) for r in ratings],
+        [(r.path, r.tokens, rank_of.get(r.path) if run.rating_skipped else r.rating) for r in ratings],
         budget_tokens=config.get("file_budget_tokens", 60000),
         max_tokens_per_file=config.get("max_tokens_per_file", 12000),
     )
@@ -131,11 +144,51 @@ def survey_source(run: Run, *, should_cancel: Callable[[], bool] | None = None) 
             },
         )
     selected = run.file_ratings.filter(selected=True).count()
+    if run.rating_skipped:
+        return f"{run.rating_skipped} Selected {selected} of {run.file_ratings.count()}."
     return f"Rated {run.file_ratings.count()} files; selected {selected}."
 
 
 def is_surveyed(run: Run) -> bool:
     return bool(run.repository_description) and run.file_ratings.exists()
+
+
+def _rating_skip_reason(run: Run, files) -> str:
+    """Why the files are not rated, or "": rating is skipped where it would change nothing, for a CPU
+    model whose every batch takes a minute or more."""
+    config = run.config
+    if config.get("rate_files") is not None:
+        return "" if config["rate_files"] else "Files not rated: the profile says so (rate_files is false)."
+    if usage.is_small_context(config) and run.api_digest:
+        return (
+            f"Files not rated: in a context of {config.get('context_tokens')} tokens the API digest and the "
+            "authors' usage take the place of file excerpts."
+        )
+    if not str(config.get("model_fast", "")).startswith("local/"):
+        return ""  # a provider's model rates in seconds, and a file it rates 0 is left out even if it fits
+    budget = config.get("file_budget_tokens", 60000)
+    files_tokens = sum(min(f.tokens, config.get("max_tokens_per_file", 12000)) for f in files)
+    digest_tokens = survey.count_tokens(run.api_digest)
+    if files and files_tokens + digest_tokens <= budget:
+        return (
+            f"Files not rated: all {len(files)} files ({files_tokens} tokens) and the API digest "
+            f"({digest_tokens} tokens) fit the budget of {budget} tokens."
+        )
+    return ""
+
+
+def _by_usage(run: Run, files) -> list:
+    """Unrated files in the order a fix prompt wants them: those the prompt's usage snippets come from,
+    then the repository's own package code, then the rest by priority (see _by_priority)."""
+    sources = list(run.usage_snippets.filter(in_prompt=True).values_list("source", flat=True))
+    first = {path: index for index, path in enumerate(dict.fromkeys(sources))}
+    found = proof.repository_packages(clone_dir(run))
+    own = tuple(f"{folder}/" for folder in found.packages.values()) + tuple(found.modules.values())
+
+    def key(f):
+        return first.get(f.path, len(first) + (0 if f.path.startswith(own) and f.kind == "code" else 1))
+
+    return sorted(_by_priority(files), key=key)
 
 
 def _purpose(run: Run, found) -> str:
@@ -193,6 +246,7 @@ def _rate_batch(run: Run, batch, excerpt_tokens: int) -> None:
                 model=run.config["model_fast"],
                 messages=messages,
                 max_tokens=200 + 80 * len(batch),
+                schema=parsing.ratings_schema(paths),
             )
             ratings = parsing.parse_ratings(reply.text, expected_paths=paths)
             break
@@ -229,10 +283,8 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
         return existing
     prompt = prompts.render(
         "generate",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=_selected_files_text(run),
-        format=prompts.render("program_format", changes_section=""),
+        context=_context(run),
+        format=program.program_format(run, changes=False),
         **program.rules(run, repository_of(run)),
     )
     written = program.ask_for_program(run, stage="generate", prompt=prompt, iteration=1)
@@ -242,9 +294,7 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
 def fix_prompt(run: Run, previous: Iteration) -> str:
     return prompts.render(
         "fix",
-        title=run.source_title or run.source_url,
-        purpose=run.repository_description,
-        files=_selected_files_text(run, share=0.5),
+        context=_context(run),
         **program.failed_version(run, previous),
         **program.rules(run, repository_of(run)),
     )
@@ -265,8 +315,19 @@ def conclude(run: Run, iteration: Iteration) -> str:
     return ""
 
 
-def _selected_files_text(run: Run, share: float = 1.0) -> str:
-    budget = int(run.config.get("file_budget_tokens", 60000) * share)
+def _context(run: Run) -> str:
+    """What every program prompt of a run begins with, the same each time: a model that keeps the previous
+    prompt's state (the local one; hosted ones with prompt caching) reads it once, not once per version."""
+    return prompts.render(
+        "context",
+        title=run.source_title or run.source_url,
+        purpose=run.repository_description,
+        files=usage.prompt_block(run, _selected_files_text(run)),
+    ).strip()
+
+
+def _selected_files_text(run: Run) -> str:
+    budget = int(run.config.get("file_budget_tokens", 60000))
     parts, used = [], 0
     for rating in run.file_ratings.filter(selected=True).order_by("-rating", "path"):
         if used + rating.selected_tokens > budget and parts:

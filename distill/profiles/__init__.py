@@ -51,6 +51,10 @@ class Profile(BaseModel):
     shm_mb: int = Field(default=256, ge=16)  # /dev/shm, in memory
     max_saved_files: int = Field(default=500, ge=1)  # files of to_save/ kept; the rest are left out
     max_saved_mb: int = Field(default=512, ge=1)
+    # The environment step (distill/pipeline/environment.py): its install's time limit, and how many times
+    # the code model may change the requirements when the deterministic install is not ready.
+    environment_install_mins: float = Field(default=15, gt=0, le=120)
+    max_environment_repairs: int = Field(default=2, ge=0, le=5)
     context_tokens: int = Field(default=128000, ge=2048)
     file_budget_tokens: int = Field(default=60000, ge=500)
     max_tokens_per_file: int = Field(default=12000, ge=100)
@@ -58,6 +62,9 @@ class Profile(BaseModel):
     # Files rated per run, most promising first (sources before tests, shallow before deep): each batch is
     # one call, which a CPU model takes a minute or more to answer.
     max_rated_files: int = Field(default=200, ge=1, le=2000)
+    # None: rate unless it would change nothing (distill.pipeline.repository._rating_skip_reason); true or
+    # false: always or never.
+    rate_files: bool | None = None
     code_max_output_tokens: int = Field(default=16000, ge=256)
     max_reply_repairs: int = Field(default=2, ge=0, le=5)
     llm_timeout_secs: float = Field(default=300, gt=0, le=6 * 3600)  # one model call, reading and writing

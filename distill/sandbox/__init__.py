@@ -41,6 +41,7 @@ def get_sandbox(name: str, options: dict | None = None) -> Sandbox:
 def kill_leftovers(env_dir: Path) -> int:
     """Kills what a local sandbox of this run's environment folder left running on this machine when its
     worker was killed; how many processes there were. (A Modal sandbox ends at its own timeout.)"""
-    from .local import kill_leftovers
+    from .local import kill_leftovers_unless_busy
 
-    return kill_leftovers(env_dir)
+    # Another run of the same commit may be executing in the folder now: its processes are no leftovers.
+    return kill_leftovers_unless_busy(env_dir)

@@ -63,6 +63,10 @@ class ExecutionRequest:
     # configuration, {"key": hex, "packages": [...], "modules": [...]}; None records nothing. The key must
     # reach the recorder through a file descriptor or a file the program cannot read, never the environment.
     recording: dict | None = None
+    # Names the environment in env_dir that the install phase makes and later requests reuse; None keys it
+    # by requirements.txt and runscript.sh. The environment step (distill/pipeline/environment.py) keys it
+    # by (commit, extra requirements), so programs reuse the environment it proved whatever their files say.
+    env_key: str | None = None
 
 
 @dataclass
@@ -110,6 +114,15 @@ class ExecutionResult:
             cpu_secs=run.cpu_secs,
             notes=list(dict.fromkeys([*(install.notes if install else []), *run.notes, *notes])),
         )
+
+    @classmethod
+    def cancelled_while_waiting(cls) -> "ExecutionResult":
+        """Cancelled before it started, while another execution of its environment folder ran."""
+        return cls(
+            exit_code=None, timed_out=False, cancelled=True, out_of_memory=False, duration_secs=0.0,
+            install_secs=0.0, env_reused=False, stdout="", stderr="", install_log="",
+            failure="cancelled while waiting for another execution of the same environment",
+        )  # fmt: skip
 
     @classmethod
     def failed_install(cls, install, failure: str) -> "ExecutionResult":
@@ -206,8 +219,12 @@ def checked_files(files: dict[str, str]) -> dict[str, str]:
     return checked
 
 
-def env_hash(files: dict[str, str]) -> str:
-    """The key of an installed environment: what the install phase reads."""
+def env_hash(request: ExecutionRequest, files: dict[str, str]) -> str:
+    """The key of an installed environment: the request's env_key, else what the install phase reads."""
+    if request.env_key is not None:
+        if not re.fullmatch(r"[0-9a-f]{8,64}", request.env_key):
+            raise ValueError(f"invalid environment key {request.env_key!r}")
+        return request.env_key
     key = "\0".join(["v1", files["requirements.txt"], files["runscript.sh"]])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -12,6 +12,7 @@ namespace, mounts those folders under a staging folder it can reach; then it dro
 the limits, and starts the real, unprivileged sandbox with its user namespace.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import ipaddress
@@ -149,6 +150,19 @@ class LocalSandbox:
         on_output: OutputCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> ExecutionResult:
+        request.env_dir.mkdir(parents=True, exist_ok=True)
+        with _execution_lock(request.env_dir, should_cancel) as held:
+            if not held:
+                return ExecutionResult.cancelled_while_waiting()
+            return self._execute(request, on_output=on_output, should_cancel=should_cancel)
+
+    def _execute(
+        self,
+        request: ExecutionRequest,
+        *,
+        on_output: OutputCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> ExecutionResult:
         files = checked_files(request.files)
         limits = request.limits
         uid = _host_uid(request.env_dir) if self.as_root else None
@@ -158,8 +172,9 @@ class LocalSandbox:
         job_dir.mkdir(parents=True, exist_ok=True)
         _write_files(job_dir, files)
         _make_folder(job_dir, "to_save")
+        key = env_hash(request, files)
         venvs = request.env_dir / "venvs"
-        venv, ready = venvs / env_hash(files), venvs / f"{env_hash(files)}.ready"
+        venv, ready = venvs / key, venvs / f"{key}.ready"
         cache = request.env_dir / "cache"
         venvs.mkdir(parents=True, exist_ok=True)
         cache.mkdir(exist_ok=True)
@@ -669,10 +684,47 @@ def _end_watchdog(watchdog: subprocess.Popen) -> None:
     watchdog.wait()
 
 
+LOCK_POLL_SECS = 0.5
+
+
+@contextlib.contextmanager
+def _execution_lock(env_dir: Path, should_cancel: CancelCheck | None, *, wait: bool = True):
+    """One execution at a time per environment folder, across processes; yields whether it is held.
+
+    The runs of one commit share its folder (distill/pipeline/environment.py), and with it the host uid
+    and cgroup that say which processes are an execution's: only while this lock is held is whatever
+    runs under them a leftover of a killed worker, safe to kill. A dead worker's lock goes with it (the
+    sandbox's own processes do not inherit the descriptor). Waiting polls `should_cancel`.
+    """
+    with open(env_dir / "execute.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait or (should_cancel is not None and should_cancel()):
+                    yield False
+                    return
+                time.sleep(LOCK_POLL_SECS)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def kill_leftovers_unless_busy(env_dir: Path) -> int:
+    """kill_leftovers, unless an execution for env_dir is running now (then there is nothing left over:
+    what runs is that execution's)."""
+    if not env_dir.is_dir():  # no execution can hold it
+        return kill_leftovers(env_dir)
+    with _execution_lock(env_dir, None, wait=False) as held:
+        return kill_leftovers(env_dir) if held else 0
+
+
 def kill_leftovers(env_dir: Path) -> int:
     """Kills whatever an earlier execution for env_dir left running (its worker was killed before it
     could); returns how many processes there were. Its cgroup, and when running as root its host uid,
-    belong to that env_dir alone."""
+    belong to that env_dir alone. Call it holding the execution lock (execute does)."""
     killed = 0
     group = SandboxCgroup.existing(_group_name(env_dir))
     if group is not None:

@@ -309,7 +309,7 @@ class ModalSandbox:
 
         cache = request.env_dir / "modal"
         cache.mkdir(parents=True, exist_ok=True)
-        image_file = cache / f"{env_hash(files)}.image"
+        image_file = cache / f"{env_hash(request, files)}.image"
         image_id = image_file.read_text().strip() if image_file.is_file() else ""
         env_reused = bool(image_id)
         install = None

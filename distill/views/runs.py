@@ -29,6 +29,7 @@ PAGE_SIZE = 25
 INLINE_CALL_CHARS = 4000  # larger prompts and replies are fetched when their <details> is opened
 COST_CHART_RUNS = 40
 TAIL_LINES = 40
+USAGE_SHOWN = 12  # harvested snippets on the run page, those in the prompt first
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
 
 
@@ -232,9 +233,15 @@ def _ratings_context(run: Run) -> dict:
     if run.kind == Run.Kind.PAPER:
         # A paper has no files to rate: its sections, and what the planner read of them, stand in.
         return {"run": run, "reading": services.paper_reading(run)}
+    snippets = list(run.usage_snippets.all()[:USAGE_SHOWN])
+    for snippet in snippets:
+        snippet.code_file = CodeFile(f"usage-{snippet.pk}.py", snippet.code)
     return {
         "run": run,
         "ratings": list(run.file_ratings.defer("excerpt")),
+        "snippets": snippets,
+        "usage_count": run.usage_snippets.count() if len(snippets) == USAGE_SHOWN else len(snippets),
+        "digest_file": CodeFile("api-digest.py", run.api_digest) if run.api_digest else None,
         # The ratings arrive with the survey; until then their section asks again.
         "ratings_pending": run.kind == Run.Kind.REPOSITORY
         and run.status in (Run.Status.QUEUED, Run.Status.FETCHING, Run.Status.SURVEYING),

@@ -24,7 +24,7 @@ from tests.test_many_workers import database_url
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 60_000  # ms: the first execution of a run builds a venv in the sandbox
+RUN_TIMEOUT = 180_000  # ms: a run builds and proves its environment in the sandbox before its first program
 
 MINILIB = {
     "README.md": "# minilib\n\nTiny statistics for tests. `mean_squared(xs)` returns the mean of squares.\n",
@@ -35,7 +35,7 @@ SURVEY = [
     ("purpose", "minilib computes summary statistics; its entry point is minilib.mean_squared."),
     ("rate", ratings("README.md", "minilib/__init__.py", "setup.py")),
 ]
-SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\n"
+SLEEPER = "import time\n\nprint('sleeping now', flush=True)\ntime.sleep(300)\nopen('results.json', 'w').write('{}')\n"
 
 
 @pytest.fixture
@@ -102,9 +102,16 @@ def test_a_curator_submits_a_repository_and_watches_it_succeed_without_reloading
 
     expect(page.get_by_role("heading", name="Iteration 1")).to_be_visible()
     expect(page.locator(".timeline")).to_contain_text("Judge")
+    expect(page.locator(".timeline")).to_contain_text("Prepare environment")
+    expect(page.get_by_test_id("environment-status")).to_contain_text("ready without a model")
     expect(page.get_by_role("link", name="Open report.html")).to_be_visible()
     run = Run.objects.get()
     assert run.status == Run.Status.SUCCEEDED and run.submitted_by == curator
+    # The survey's section arrived by itself too: the API digest, and why no file was rated.
+    expect(page.locator("#run-ratings")).to_contain_text("Files not rated: in a context of 4096 tokens")
+    expect(page.locator(".timeline")).to_contain_text("Files not rated")
+    page.locator(".api-digest summary").click()
+    expect(page.locator(".api-digest")).to_contain_text("def mean_squared(xs): ...")
 
     # The list shows it too, and stops polling: nothing on it is active.
     page.get_by_role("link", name="Runs", exact=True).first.click()
