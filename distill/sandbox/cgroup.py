@@ -154,15 +154,22 @@ class SandboxCgroup:
         folder = self.folders.get("all" if self.version == 2 else controller)
         return folder / name if folder is not None else None
 
-    def attach_self(self) -> None:
-        """Moves the calling process into the cgroup: run in the child between fork and exec, so it uses
-        bare system calls only."""
-        for folder in self.folders.values():
-            fd = os.open(folder / "cgroup.procs", os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+    def attacher(self):
+        """A function that moves the calling process into the cgroup, for the child between fork and exec.
+
+        The paths are made here, in the parent: in the child, while other threads of the worker may hold
+        locks, it runs bare system calls only (os.open, os.write, os.close)."""
+        procs = [os.fsencode(folder / "cgroup.procs") for folder in self.folders.values()]
+
+        def attach() -> None:
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+
+        return attach
 
     def pids(self) -> list[int]:
         found: set[int] = set()

@@ -374,7 +374,7 @@ class _PhaseRunner:
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 pass_fds=tuple(fds.values()),
                 start_new_session=True,
-                preexec_fn=group.attach_self if group is not None else None,
+                preexec_fn=group.attacher() if group is not None else None,
             )
         except BaseException:
             for fd in parent_ends:
