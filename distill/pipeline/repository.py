@@ -441,7 +441,7 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
     iteration.results, iteration.measured = _measure(result, job)
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
     if not iteration.measured["passed"]:
-        iteration.measured["diagnosis"] = _diagnose(iteration, result, packages, clone)
+        iteration.measured["diagnosis"] = _diagnose(run, iteration, result, packages, clone)
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -455,7 +455,9 @@ def execute(run: Run, iteration: Iteration, *, should_cancel: Callable[[], bool]
         (job / name).write_text(text)
 
 
-def _diagnose(iteration: Iteration, result, packages: proof.Packages, clone: Path | None) -> list[str]:
+def _diagnose(
+    run: Run, iteration: Iteration, result, packages: proof.Packages, clone: Path | None
+) -> list[str]:
     """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
     evidence = iteration.proof or {}
     unused = evidence.get("verdict") == proof.UNUSED
@@ -466,6 +468,7 @@ def _diagnose(iteration: Iteration, result, packages: proof.Packages, clone: Pat
         declared=dependencies.declared_dependencies(clone) if clone is not None else [],
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
+        paper=run.kind == Run.Kind.PAPER,
     )
 
 
