@@ -222,6 +222,24 @@ class RunStep(models.Model):
             return None
         return (self.finished_at - self.started_at).total_seconds()
 
+    def mark(self, iteration: "Iteration | None") -> tuple[str, str]:
+        """(class, words) of the step's mark on the timeline: what came of it, not only whether it ended.
+
+        An execution whose program failed, or was stopped by a cancel, did its step's work: its outcome is
+        "done", yet a green mark there read as a program that worked.
+        """
+        if self.outcome == self.Outcome.DONE and iteration is not None:
+            measured, judgement = iteration.measured or {}, iteration.judgement or {}
+            if self.name == self.Name.EXECUTE and (iteration.sandbox or {}).get("cancelled"):
+                return "cancelled", "cancelled"
+            if self.name == self.Name.EXECUTE and measured and not measured.get("passed"):
+                return "failed", "program failed"
+            if self.name == self.Name.JUDGE and judgement and not judgement.get("passed"):
+                return "failed", "did not pass"
+        if self.outcome in (self.Outcome.DONE, self.Outcome.RUNNING):
+            return self.outcome, ""
+        return self.outcome, self.get_outcome_display().lower()
+
     @property
     def label(self) -> str:
         """The step's name as the run's timeline shows it; `run.steps.all()` gives each step its run."""

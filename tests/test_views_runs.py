@@ -525,5 +525,6 @@ def test_the_pages_make_as_many_queries_for_30_runs_as_for_3(curator_client, cur
         LLMCall.objects.create(run=last, stage="fix", model="m", status="ok", reply="y" * 9000)
     many = (_queries(curator_client, reverse("runs")), _queries(curator_client, detail(last)))
     assert many == few
-    # The run page's budget includes the library panel's two queries (its examples and rejections).
-    assert few[0] <= 12 and few[1] <= 16, few
+    # The run page's budget includes the library panel's two queries (its examples and rejections)
+    # and the second read of the run that checks that the page shows one moment.
+    assert few[0] <= 12 and few[1] <= 17, few

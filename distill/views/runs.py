@@ -120,7 +120,7 @@ def run_new(request):
             form.add_error(None, f"Nothing was started: {exc}")
         else:
             if len(started) == 1:
-                messages.success(request, f"Run {started[0].pk} is queued; this page follows it live.")
+                messages.success(request, f"Run {started[0].pk} was submitted.")
                 return redirect("run_detail", started[0].pk)
             messages.success(request, f"{len(started)} runs are queued. The list below shows only them.")
             return redirect(f"{reverse('runs')}?{urlencode({'ids': ','.join(str(r.pk) for r in started)})}")
@@ -139,7 +139,7 @@ def _submit_paper(request, form):
     except services.RunRefused as exc:
         form.add_error(None, f"Nothing was started: {exc}")
         return render(request, "distill/run_new.html", {"form": form, "profiles": _profile_cards()})
-    messages.success(request, f"Run {run.pk} is queued; this page follows it live.")
+    messages.success(request, f"Run {run.pk} was submitted.")
     return redirect("run_detail", run.pk)
 
 
@@ -164,6 +164,13 @@ def run_detail(request, run_id: int):
     if request.GET.get("part") == "ratings" and request.htmx:
         return render(request, "distill/run_detail.html#ratings", _ratings_context(run))
     context = _live_context(request, run)
+    # Read again if a step began or ended while the page was read: its badge, timeline and calls are of
+    # one moment, never a "Queued" badge over a running step.
+    for _ in range(2):
+        now = Run.objects.select_related("submitted_by").get(pk=run_id)
+        if (now.status, now.lease, now.iteration_count) == (run.status, run.lease, run.iteration_count):
+            break
+        run, context = now, _live_context(request, now)
     if request.htmx:
         return render(request, "distill/run_detail.html#live", context)
     context |= _ratings_context(run)
@@ -183,6 +190,9 @@ def _live_context(request, run: Run) -> dict:
     )
     for iteration in iterations:
         iteration.duration_text = human_duration(iteration.duration_secs)
+    by_number = {iteration.number: iteration for iteration in iterations}
+    for step in steps:
+        step.mark_class, step.mark_words = step.mark(by_number.get(step.iteration))
     # Its tail is saved about every second while it runs; the iteration page shows the whole output later.
     executing = (
         run.iterations.filter(state=Iteration.State.RUNNING)
@@ -215,6 +225,7 @@ def _live_context(request, run: Run) -> dict:
         "duration_text": human_duration(run.duration_secs),
         "steps": steps,
         "iterations": iterations,
+        "passed": run.is_finished and any(iteration.succeeded for iteration in iterations),
         "executing": executing,
         "calls": calls,
         "stage_rows": [
