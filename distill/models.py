@@ -8,6 +8,12 @@ from django.db import models
 from django.db.models import Count, Q
 from django.utils import timezone
 
+# A repository that could not be fetched (no network, gone) ended in an error before anything was
+# distilled: it says nothing of how well distilling works, so the success rate leaves it out. Its fetch
+# made nothing: no commit, no title (`services.resume_status` goes on from the fetch for the same reason).
+NOT_FETCHED_FIELDS = {"status": "error", "kind": "repository", "commit_sha": "", "source_title": ""}
+NOT_FETCHED = Q(**NOT_FETCHED_FIELDS)
+
 
 class RunQuerySet(models.QuerySet):
     def active(self):
@@ -49,14 +55,16 @@ class RunQuerySet(models.QuerySet):
         )
 
     def summary(self) -> dict:
-        """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none)."""
+        """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none),
+        apart from the cancelled ones and those that could not be fetched (`not_fetched`)."""
         active = [s for s in Run.Status.values if s not in Run.FINISHED and s != Run.Status.QUEUED]
         counts = self.order_by().aggregate(
             total=Count("id"),
             queued=Count("id", filter=Q(status=Run.Status.QUEUED)),
             running=Count("id", filter=Q(status__in=active)),
             succeeded=Count("id", filter=Q(status=Run.Status.SUCCEEDED)),
-            failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR))),
+            failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR)) & ~NOT_FETCHED),
+            not_fetched=Count("id", filter=NOT_FETCHED),
             cancelled=Count("id", filter=Q(status=Run.Status.CANCELLED)),
         )
         ended = counts["succeeded"] + counts["failed"]  # a cancelled run says nothing about quality
@@ -147,6 +155,11 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def not_fetched(self) -> bool:
+        """Ended in an error before its source was fetched (see NOT_FETCHED)."""
+        return all(getattr(self, field) == value for field, value in NOT_FETCHED_FIELDS.items())
 
     @property
     def status_label(self) -> str:

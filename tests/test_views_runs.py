@@ -210,6 +210,18 @@ def test_the_summary_counts_statuses_and_the_success_rate_of_finished_runs(reade
     assert summary["success_rate"] == pytest.approx(0.75)
 
 
+def test_a_source_that_could_not_be_fetched_is_counted_apart_from_the_success_rate(reader_client):
+    make_run(status="succeeded")
+    make_run(status="error")  # failed while distilling: counts against the rate
+    unfetched = make_run(status="error", commit_sha="", source_title="")
+    summary = reader_client.get(reverse("runs")).context["summary"]
+    assert (summary["succeeded"], summary["failed"], summary["not_fetched"]) == (1, 1, 1)
+    assert summary["success_rate"] == pytest.approx(0.5)
+    # The page's word for one run and the list's count are one definition.
+    assert unfetched.not_fetched and not Run.objects.get(status="succeeded").not_fetched
+    assert "1 whose source could not be fetched" in reader_client.get(reverse("runs")).content.decode()
+
+
 def test_the_list_filters_by_status_submitter_profile_and_search(reader_client, curator, reader):
     a = make_run(source_url=GH + "alpha", status="succeeded", submitted_by=curator)
     b = make_run(source_url=GH + "beta", status="failed", submitted_by=reader, profile_name="gpt-5")
@@ -396,6 +408,18 @@ def test_a_failed_run_offers_a_retry_from_the_failed_step(curator_client):
     curator_client.post(reverse("run_retry", args=[run.pk]))
     run.refresh_from_db()
     assert run.status == Run.Status.SURVEYING and run.finished_at is None
+
+
+def test_retrying_a_fetch_while_its_host_is_out_of_reach_is_refused_at_once(curator_client, settings):
+    # A name that never resolves (RFC 2606): out of reach as every host is from an offline site.
+    settings.DISTILL_ALLOWED_HOSTS = [*settings.DISTILL_ALLOWED_HOSTS, "forge.invalid"]
+    run = make_run(
+        status=Run.Status.ERROR, commit_sha="", source_title="", source_url="https://forge.invalid/a/b"
+    )
+    response = curator_client.post(reverse("run_retry", args=[run.pk]), follow=True)
+    assert "Not retried. Could not reach forge.invalid" in response.content.decode()
+    run.refresh_from_db()
+    assert run.status == Run.Status.ERROR and not run.steps.exists()
 
 
 def test_retrying_a_running_run_is_refused_with_a_message(curator_client):

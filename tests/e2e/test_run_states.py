@@ -10,8 +10,10 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from distill import services
 from distill.models import LLMCall, Run, RunStep
 from distill.pipeline.diagnosis import diagnose
+from distill.profiles import load_profile
 from library import services as library_services
 from tests.e2e.conftest import look
 from tests.factories import make_git_repo, make_iteration, make_run
@@ -157,3 +159,38 @@ def test_the_likely_cause_named_first_is_the_line_that_failed_first(page, login,
     expect(causes.first).to_have_text("the module 'numpy' is not installed: add 'numpy' to requirements.txt")
     expect(page.get_by_text("could not be imported")).to_have_count(0)
     look(page, "iteration-likely-cause")
+
+
+def test_a_source_whose_host_cannot_be_reached_says_so_and_stays_out_of_the_success_rate(
+    page, login, curator, settings
+):
+    # A name that never resolves (RFC 2606): a real clone fails as it does on a machine with no network.
+    settings.DISTILL_ALLOWED_HOSTS = [*settings.DISTILL_ALLOWED_HOSTS, "forge.invalid"]
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    run = services.run_submit(
+        source="https://forge.invalid/lab/minilib", profile_name="local", profile=load_profile("local"),
+        submitted_by=curator, enqueue=False,
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+    assert run.status == Run.Status.ERROR
+    done = make_run(status=Run.Status.SUCCEEDED)
+    make_iteration(done, 1)
+    login(curator, next_path=f"/runs/{run.pk}/")
+
+    alert = page.locator(".status-line")
+    expect(alert).to_contain_text("Could not reach forge.invalid")
+    expect(alert).to_contain_text("Check the network, then retry, or submit a local copy")
+    expect(page.locator("body")).not_to_contain_text("refused")
+    expect(page.locator("#iterations-h + p")).to_have_text(
+        "No iteration: the source could not be fetched, so nothing was distilled."
+    )
+    look(page, "run-not-fetched")
+
+    page.get_by_role("button", name="Retry from the fetching step").click()
+    expect(page.locator(".messages")).to_contain_text("Not retried. Could not reach forge.invalid")
+    expect(page.locator(".timeline__step")).to_have_count(1)  # no second failed fetch
+
+    page.get_by_role("link", name="Runs", exact=True).first.click()
+    expect(page.locator("#runs-summary")).to_contain_text("100%")
+    expect(page.get_by_test_id("not-fetched")).to_contain_text("1 could not be fetched")
+    look(page, "runs-list")
