@@ -5,7 +5,7 @@ A run is a small state machine (see `Run.Status`); `distill.services` is the onl
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 # A repository that could not be fetched (no network, gone) ended in an error before anything was
@@ -58,6 +58,7 @@ class RunQuerySet(models.QuerySet):
         """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none),
         apart from the cancelled ones and those that could not be fetched (`not_fetched`)."""
         active = [s for s in Run.Status.values if s not in Run.FINISHED and s != Run.Status.QUEUED]
+        ended = Q(status__in=(Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.ERROR))
         counts = self.order_by().aggregate(
             total=Count("id"),
             queued=Count("id", filter=Q(status=Run.Status.QUEUED)),
@@ -65,6 +66,8 @@ class RunQuerySet(models.QuerySet):
             succeeded=Count("id", filter=Q(status=Run.Status.SUCCEEDED)),
             failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR)) & ~NOT_FETCHED),
             not_fetched=Count("id", filter=NOT_FETCHED),
+            # How far the success chart reaches: the furthest iteration a run that counts got to.
+            furthest=Max("iteration_count", filter=ended & ~NOT_FETCHED),
             cancelled=Count("id", filter=Q(status=Run.Status.CANCELLED)),
         )
         ended = counts["succeeded"] + counts["failed"]  # a cancelled run says nothing about quality

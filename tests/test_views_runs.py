@@ -267,6 +267,22 @@ def test_the_list_draws_both_charts_as_accessible_svg(reader_client):
     assert "median $1.00" in html
 
 
+def test_the_charts_keep_to_the_runs_shown_their_iterations_and_their_scale(reader_client):
+    for cost, iterations in ((Decimal("0.01"), 1), (Decimal("0.04"), 4)):
+        run = make_run(status="succeeded", cost_usd=cost)
+        for n in range(1, iterations + 1):
+            make_iteration(run, n)
+    context = reader_client.get(reverse("runs")).context
+    # The runs shown stopped by iteration 4: the chart does not run on to the profiles' default of 8.
+    assert [tick["label"] for tick in context["success_chart"].x_ticks] == ["1", "2", "3", "4"]
+    assert [tick["label"] for tick in context["cost_chart"].y_ticks] == ["$0", "2.5¢", "5¢"]
+
+    Run.objects.update(cost_usd=0)  # the local model's runs cost nothing
+    assert [tick["label"] for tick in reader_client.get(reverse("runs")).context["cost_chart"].y_ticks] == [
+        "$0"
+    ]
+
+
 def test_the_list_without_runs_invites_a_curator_to_submit(curator_client):
     html = curator_client.get(reverse("runs")).content.decode()
     assert "No runs yet" in html and "No finished runs yet" in html

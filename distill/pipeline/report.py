@@ -37,6 +37,18 @@ def write_outputs(run: Run) -> Path:
     return out
 
 
+# The pipeline's order, for the tables of cost and time per stage: a repository's steps and model stages,
+# a paper's among them.
+STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
+          "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
+          "evaluate"]  # fmt: skip
+
+
+def in_pipeline_order(stages) -> list[str]:
+    """The stages in the order the pipeline runs them; any unknown ones after, by name."""
+    return sorted(stages, key=lambda stage: (STAGES.index(stage) if stage in STAGES else len(STAGES), stage))
+
+
 def stage_totals(run: Run) -> dict[str, dict]:
     rows = run.llm_calls.values("stage").annotate(
         cost=Sum("cost_usd"), tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), calls=Count("id")
@@ -145,7 +157,7 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
     last_ran = ran[-1] if ran else None
     totals = stage_totals(run)
     runtimes = step_runtimes(run, labelled=True)
-    stages = sorted(set(totals) | set(runtimes))
+    stages = in_pipeline_order(set(totals) | set(runtimes))
     return render_to_string(
         "distill/report.html",
         {

@@ -67,7 +67,7 @@ def run_list(request):
     recent = runs.finished().order_by("-created_at", "-id").values("pk", "cost_usd", "status")
     context |= {
         "success_chart": charts.success_by_iteration(
-            runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"]
+            runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"], summary["furthest"] or 1
         ),
         "cost_chart": charts.cost_per_run(list(recent[:COST_CHART_RUNS])),
         # A paper's run in a shared status is found under the repository's word too: say both.
@@ -215,7 +215,7 @@ def _live_context(request, run: Run) -> dict:
             call.body = {**bodies[call.pk], "error": call.error}
     totals = report.stage_totals(run)
     secs = report.step_runtimes(run, labelled=True, steps=steps)
-    stages = sorted(set(totals) | set(secs), key=_stage_order)
+    stages = report.in_pipeline_order(set(totals) | set(secs))
     is_curator = has_role(request.user, CURATOR)
     resume = services.resume_status(run) if is_curator and run.status in _STOPPED else None
     other_active = services.in_progress_for(run.source_url) if is_curator and run.is_finished else None
@@ -289,14 +289,6 @@ def _paper_context(run: Run) -> dict:
 
 
 _STOPPED = (Run.Status.FAILED, Run.Status.ERROR, Run.Status.CANCELLED)
-# The order of the cost and time table: a repository's steps and model stages, a paper's among them.
-_STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
-           "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
-           "evaluate"]  # fmt: skip
-
-
-def _stage_order(stage: str):
-    return (_STAGES.index(stage) if stage in _STAGES else len(_STAGES), stage)
 
 
 def _llm_call(request, run: Run, call_id: str):
