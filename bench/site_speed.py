@@ -63,6 +63,7 @@ def main() -> None:
     from django.test import Client
 
     from bench import library_search, run_pages
+    from codedistiller_site import startup
     from distill.models import Run
     from library import semantic
     from library.models import Example, Tag
@@ -121,7 +122,8 @@ def main() -> None:
     for process in burners:
         process.start()
     try:
-        # As a web process does when it starts (codedistiller_site/wsgi.py).
+        # As a web process does when it starts (codedistiller_site/wsgi.py), waiting for the model here.
+        startup.warm_up()
         warming = semantic.warm_in_background()
         if warming is not None:
             warming.join()

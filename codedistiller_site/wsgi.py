@@ -6,7 +6,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codedistiller_site.settings")
 
 application = get_wsgi_application()
 
-# Each web process loads the search's embedding model as it starts, not on the first search of a phrase.
-from library import semantic  # noqa: E402 (needs the settings above)
+from codedistiller_site import startup  # noqa: E402 (after the settings are set)
 
-semantic.warm_in_background()
+startup.warm_up()
