@@ -11,6 +11,7 @@ urlpatterns = [
     path("items/<int:item_id>/", views.item_score, name="review_item"),
     path("items/<int:item_id>/skip/", views.item_skip, name="review_skip"),
     path("items/<int:item_id>/hold/", views.item_hold, name="review_hold"),
+    path("items/<int:item_id>/draft/", views.item_draft, name="review_draft"),
     path("ab/", views.ab_compare, name="review_ab"),
     path("ab/results/", views.ab_results, name="review_ab_results"),
 ]

@@ -136,3 +136,60 @@ def test_a_curator_selects_a_page_at_a_time_and_keeps_the_ticks_across_pages(
     expect(page.get_by_role("heading", name="Page by page")).to_be_visible()
     queue = ReviewQueue.objects.get()
     assert set(queue.items.values_list("example_id", flat=True)) == {e.pk for e in examples}
+
+
+def _expert_on_an_item(page, login, expert):
+    shipped_forms()
+    reviews.queue_create(
+        name="Drafts batch", form=ScoringForm.objects.get(name=CODEDISTILLER), examples=[make_example(1)],
+        experts=[expert], created_by=None, scores_needed=1,
+    )  # fmt: skip
+    login(expert, next_path="/reviews/")
+    page.get_by_role("button", name="Score the next example in Drafts batch").click()
+    expect(page).to_have_url(re.compile(r"/reviews/items/\d+/$"))
+
+
+def test_an_experts_answers_survive_leaving_the_scoring_page(page, login, expert):
+    _expert_on_an_item(page, login, expert)
+    faithful = page.get_by_role("group", name="Is it faithful to the repository's core purpose?")
+    expect(faithful.get_by_label("Yes")).to_be_checked()  # the judge's suggestion
+    faithful.get_by_label("No").check()
+    page.get_by_role("group", name="Would it help a coding agent").get_by_label("2").check()
+    page.get_by_role("group", name="Notes").locator("textarea").fill("Half done: the seed is missing.")
+    expect(page.locator("#draft-status")).to_contain_text("Draft saved at")
+
+    page.get_by_role("link", name="Library", exact=True).first.click()
+    page.get_by_role("link", name="Reviews", exact=True).first.click()
+    page.get_by_role("button", name="Score the next example in Drafts batch").click()
+    faithful = page.get_by_role("group", name="Is it faithful to the repository's core purpose?")
+    expect(faithful.get_by_label("No")).to_be_checked()
+    expect(page.get_by_role("group", name="Would it help a coding agent").get_by_label("2")).to_be_checked()
+    expect(page.get_by_role("group", name="Notes").locator("textarea")).to_have_value(
+        "Half done: the seed is missing."
+    )
+    page.reload()
+    expect(faithful.get_by_label("No")).to_be_checked()
+    if SHOTS:
+        page.screenshot(path=f"{SHOTS}/scoring-draft.png", full_page=True)
+
+
+def test_leaving_with_answers_not_yet_saved_asks_first(page, login, expert):
+    _expert_on_an_item(page, login, expert)
+    asked = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+    page.get_by_role("group", name="Notes").locator("textarea").fill("typed just now")
+    page.close(run_before_unload=True)  # before the draft's pause has passed
+    page.wait_for_timeout(300)
+    assert asked == ["beforeunload"]
+
+
+def test_the_whole_scoring_form_is_reachable_by_scrolling_the_page_in_a_short_window(page, login, expert):
+    page.set_viewport_size({"width": 1280, "height": 600})
+    _expert_on_an_item(page, login, expert)
+    panel = page.locator(".scoring__panel")
+    assert panel.evaluate("p => p.scrollHeight <= p.clientHeight + 1"), "the panel scrolls by itself"
+    submit = page.get_by_role("button", name="Submit scores")
+    # Scrolling the window (not the panel) to the button brings it into view: nothing clips it.
+    submit.evaluate("b => window.scrollTo(0, b.getBoundingClientRect().top + window.scrollY - 100)")
+    expect(submit).to_be_in_viewport()
+    expect(page.get_by_role("group", name="Notes")).to_be_in_viewport()
