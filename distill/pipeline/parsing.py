@@ -29,6 +29,15 @@ FORMAT_CHOICES = {  # as program_format.txt gives them
 }
 
 
+# The format's descriptions of the free-text fields, as program_format.txt gives them: copied into a reply,
+# they describe nothing, and the library would show "when to use this example" as when to use it.
+FORMAT_PLACEHOLDERS = {
+    "description": "what the example demonstrates",
+    "inclusion_criteria": "when to use this example",
+    "exclusion_criteria": "when not to use it",
+}
+
+
 class ExampleMetadata(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -48,6 +57,17 @@ class ExampleMetadata(BaseModel):
         # chosen, as if the field were left out; the default is kept (the format's first choice).
         if isinstance(value, str) and " | " in value and value.strip() in FORMAT_CHOICES:
             return cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator(*FORMAT_PLACEHOLDERS, mode="before")
+    @classmethod
+    def _placeholder(cls, value, info):
+        # Treated as left out: empty criteria, and a description the repair asks for again.
+        if (
+            isinstance(value, str)
+            and value.strip().rstrip(".").lower() == FORMAT_PLACEHOLDERS[info.field_name]
+        ):
+            return ""
         return value
 
     @field_validator("api_keys_needed", mode="before")
@@ -209,6 +229,12 @@ def extract_json(text: str, *, expect):
             if isinstance(value, expect):
                 return value
     raise ReplyError("the reply holds no valid JSON " + ("object" if expect is dict else "value"))
+
+
+def prose(text: str) -> str:
+    """A model's plain-text answer without the Markdown fences it was not asked for (pages show it as text)."""
+    lines = _strip_outer_fence(text.strip()).splitlines()
+    return "\n".join(line for line in lines if not line.strip().startswith("```")).strip()
 
 
 def _strip_outer_fence(text: str) -> str:
