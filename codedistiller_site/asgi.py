@@ -5,3 +5,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codedistiller_site.settings")
 
 application = get_asgi_application()
+
+from codedistiller_site import startup  # noqa: E402 (after the settings are set)
+
+startup.warm_up()

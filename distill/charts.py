@@ -42,7 +42,8 @@ class Chart:
 def success_by_iteration(succeeded_at: dict[int, int], ended: int, max_iterations: int = 8) -> Chart:
     """Cumulative share of ended runs that had succeeded by iteration k (CodeDistiller's own analysis).
 
-    succeeded_at: {iteration number: runs that succeeded there}; ended: succeeded + failed runs.
+    succeeded_at: {iteration number: runs that succeeded there}; ended: succeeded + failed runs;
+    max_iterations: the furthest iteration those runs reached, where the chart ends.
     """
     chart = Chart()
     last = max([max_iterations, *succeeded_at]) if succeeded_at else max_iterations
@@ -82,8 +83,10 @@ def cost_per_run(runs: list[dict]) -> Chart:
     runs = list(reversed(runs))
     costs = [float(r["cost_usd"] or Decimal(0)) for r in runs]
     top = _nice_ceiling(max(costs, default=0))
+    # Runs of the local model cost nothing: one tick at $0, not three that all read "$0".
     chart.y_ticks = [
-        {"y": round(TOP + PLOT_H - PLOT_H * frac, 1), "label": _dollars(top * frac)} for frac in (0, 0.5, 1)
+        {"y": round(TOP + PLOT_H - PLOT_H * frac, 1), "label": _axis_money(top * frac, top)}
+        for frac in ((0, 0.5, 1) if top else (0,))
     ]
     if not runs:
         chart.summary = "No run has finished yet."
@@ -128,6 +131,15 @@ def _nice_ceiling(value: float) -> float:
         if value <= factor * magnitude + 1e-12:
             return factor * magnitude
     return 10 * magnitude  # pragma: no cover
+
+
+def _axis_money(value: float, top: float) -> str:
+    """An axis label at the axis's own scale: cents below a dollar ("2.5¢"), dollars above ("$2.5")."""
+    if value == 0:
+        return "$0"
+    if top < 1:
+        return f"{value * 100:.4g}¢"
+    return f"${value:.4g}"
 
 
 def _dollars(value: float) -> str:

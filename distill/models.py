@@ -7,12 +7,17 @@ from collections import defaultdict
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 # How an example runs outside our sandbox, in a fresh virtual environment: its requirements.txt names the
 # repository itself and the lock of the environment it was proven in (distill/pipeline/environment.py).
 HOW_TO_RUN = ("pip install -r requirements.txt", "python main.py")
+# A repository that could not be fetched (no network, gone) ended in an error before anything was
+# distilled: it says nothing of how well distilling works, so the success rate leaves it out. Its fetch
+# made nothing: no commit, no title (`services.resume_status` goes on from the fetch for the same reason).
+NOT_FETCHED_FIELDS = {"status": "error", "kind": "repository", "commit_sha": "", "source_title": ""}
+NOT_FETCHED = Q(**NOT_FETCHED_FIELDS)
 
 
 class RunQuerySet(models.QuerySet):
@@ -64,14 +69,19 @@ class RunQuerySet(models.QuerySet):
         )
 
     def summary(self) -> dict:
-        """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none)."""
+        """Counts per group of statuses, in one query; `success_rate` is of finished runs (None if none),
+        apart from the cancelled ones and those that could not be fetched (`not_fetched`)."""
         active = [s for s in Run.Status.values if s not in Run.FINISHED and s != Run.Status.QUEUED]
+        ended = Q(status__in=(Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.ERROR))
         counts = self.order_by().aggregate(
             total=Count("id"),
             queued=Count("id", filter=Q(status=Run.Status.QUEUED)),
             running=Count("id", filter=Q(status__in=active)),
             succeeded=Count("id", filter=Q(status=Run.Status.SUCCEEDED)),
-            failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR))),
+            failed=Count("id", filter=Q(status__in=(Run.Status.FAILED, Run.Status.ERROR)) & ~NOT_FETCHED),
+            not_fetched=Count("id", filter=NOT_FETCHED),
+            # How far the success chart reaches: the furthest iteration a run that counts got to.
+            furthest=Max("iteration_count", filter=ended & ~NOT_FETCHED),
             cancelled=Count("id", filter=Q(status=Run.Status.CANCELLED)),
         )
         ended = counts["succeeded"] + counts["failed"]  # a cancelled run says nothing about quality
@@ -174,6 +184,11 @@ class Run(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def not_fetched(self) -> bool:
+        """Ended in an error before its source was fetched (see NOT_FETCHED)."""
+        return all(getattr(self, field) == value for field, value in NOT_FETCHED_FIELDS.items())
+
+    @property
     def status_label(self) -> str:
         return self.label_of_status(self.status)
 
@@ -260,6 +275,24 @@ class RunStep(models.Model):
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    def mark(self, iteration: "Iteration | None") -> tuple[str, str]:
+        """(class, words) of the step's mark on the timeline: what came of it, not only whether it ended.
+
+        An execution whose program failed, or was stopped by a cancel, did its step's work: its outcome is
+        "done", yet a green mark there read as a program that worked.
+        """
+        if self.outcome == self.Outcome.DONE and iteration is not None:
+            measured, judgement = iteration.measured or {}, iteration.judgement or {}
+            if self.name == self.Name.EXECUTE and (iteration.sandbox or {}).get("cancelled"):
+                return "cancelled", "cancelled"
+            if self.name == self.Name.EXECUTE and measured and not measured.get("passed"):
+                return "failed", "program failed"
+            if self.name == self.Name.JUDGE and judgement and not judgement.get("passed"):
+                return "failed", "did not pass"
+        if self.outcome in (self.Outcome.DONE, self.Outcome.RUNNING):
+            return self.outcome, ""
+        return self.outcome, self.get_outcome_display().lower()
 
     @property
     def label(self) -> str:
@@ -402,6 +435,19 @@ class Iteration(models.Model):
     def proof_label(self) -> str:
         """The proof's verdict in words, or "" when nothing was recorded."""
         return self.PROOF_LABELS.get((self.proof or {}).get("verdict"), "")
+
+
+# The pipeline's order, for the tables of cost and time per stage (the run page, report.html): a
+# repository's steps and model stages, a paper's among them. By name, report.html read "code, execute, fix,
+# generate, judge, survey".
+STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
+          "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
+          "evaluate"]  # fmt: skip
+
+
+def in_pipeline_order(stages) -> list[str]:
+    """The stages in the order the pipeline runs them; any unknown ones after, by name."""
+    return sorted(stages, key=lambda stage: (STAGES.index(stage) if stage in STAGES else len(STAGES), stage))
 
 
 class LLMCallQuerySet(models.QuerySet):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from hashlib import sha256
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -298,6 +299,8 @@ def _conclusion(kind: program.Kind, run: Run, final: Iteration) -> str:
 
 
 def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, sources.SourceUnreachable):
+        return S.ERROR, _unreachable_message(run.source_url)
     if isinstance(exc, sources.SourceRefused):
         return S.ERROR, f"The source was refused: {exc}"
     if isinstance(exc, program.StepFailed):
@@ -314,6 +317,15 @@ def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
         return S.ERROR, f"The sandbox is not available: {exc}"
     logger.exception("run %s: unexpected error in status %s", run.pk, run.status)
     return S.ERROR, f"Internal error ({type(exc).__name__}: {exc}). The step can be retried."
+
+
+def _unreachable_message(source: str) -> str:
+    """What happened and what to do, when the network (not the source) stopped a fetch."""
+    host = urlsplit(source).hostname or source
+    then = "retry"
+    if settings.DISTILL_ALLOW_LOCAL_SOURCES:
+        then += ", or submit a local copy of the repository (a folder on this machine)"
+    return f"Could not reach {host}: the repository could not be cloned. Check the network, then {then}."
 
 
 def _finish(run: Run, token: str, status: str, message: str) -> None:
@@ -463,6 +475,11 @@ def resume_status(run: Run) -> str | None:
 
 def run_retry(*, run: Run) -> Run:
     """Go on from the step that failed (or was cancelled), keeping everything made before it."""
+    # Asked before the transaction, which must not wait on the network: retrying a fetch while the host
+    # is still out of reach would only add a second failed fetch to the timeline.
+    stopped = run.status in (S.FAILED, S.ERROR, S.CANCELLED)
+    if stopped and resume_status(run) == S.FETCHING and not sources.host_reachable(run.source_url):
+        raise RunRefused(f"Not retried. {_unreachable_message(run.source_url)}")
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.status not in (S.FAILED, S.ERROR, S.CANCELLED):

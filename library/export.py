@@ -179,14 +179,46 @@ def fold(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# Files that are the example's setup, not its program: the codeblock's header carries the requirements.
+SETUP_FILES = ("requirements.txt", "runscript.sh")
+FUTURE_IMPORT = re.compile(r"^from __future__ import [^\n]*\n", re.M)
+
+
 def codeblock_code(example: Example) -> str:
-    """The example's program: main.py, or its first Python file."""
-    if "main.py" in example.files:
-        return example.files["main.py"]
-    for name in sorted(example.files):
-        if name.endswith(".py"):
-            return example.files[name]
-    return ""
+    """The example's program as one file: main.py (or its first Python file), with every other file it
+    needs inlined ahead of it.
+
+    A CodeScientist codeblock is one Python file, but a program written from a paper often imports its
+    own modules and reads its own config.yaml: `main.py` alone would fail at its first import. The other
+    files go into the codeblock as text that the program writes beside itself before its own code runs,
+    so the codeblock both reads whole and runs as it is.
+    """
+    python_files = [name for name in sorted(example.files) if name.endswith(".py")]
+    main_name = "main.py" if "main.py" in example.files else (python_files[0] if python_files else None)
+    if main_name is None:
+        return ""
+    main = example.files[main_name]
+    others = {
+        name: text for name, text in sorted(example.files.items()) if name not in (main_name, *SETUP_FILES)
+    }
+    if not others:
+        return main
+    futures = "".join(FUTURE_IMPORT.findall(main))  # they must stay the first statements
+    listing = "".join(f"    {name!r}: {text!r},\n" for name, text in others.items())
+    prelude = (
+        f"# --- The {len(others)} other file(s) this example needs, written beside it when it runs ---\n"
+        "import os as _os\nimport sys as _sys\n\n"
+        f"_EXAMPLE_FILES = {{\n{listing}}}\n"
+        "_here = _os.path.dirname(_os.path.abspath(__file__))\n"
+        "for _name, _text in _EXAMPLE_FILES.items():\n"
+        "    _path = _os.path.join(_here, _name)\n"
+        "    _os.makedirs(_os.path.dirname(_path), exist_ok=True)\n"
+        "    with open(_path, 'w', encoding='utf-8') as _file:\n"
+        "        _file.write(_text)\n"
+        "_sys.path.insert(0, _here)\n"
+        f"# --- {main_name} ---\n"
+    )
+    return futures + prelude + FUTURE_IMPORT.sub("", main)
 
 
 def codeblock_body(code: str) -> str:

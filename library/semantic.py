@@ -45,6 +45,18 @@ def available() -> bool:
     return model_dir() is not None
 
 
+def warm_in_background() -> threading.Thread | None:
+    """Load the model in a thread of its own, when a web process starts (wsgi.py, asgi.py).
+
+    Loading takes a second or two; left to the first search of a new phrase, one visitor waited for it.
+    """
+    if not available():
+        return None
+    thread = threading.Thread(target=encode, args=(["warm up"],), daemon=True, name="semantic-warm-up")
+    thread.start()
+    return thread
+
+
 def encode(texts: list[str]):
     """Unit vectors (float32, shape (len(texts), 384)); cosine similarity is their dot product."""
     import numpy as np

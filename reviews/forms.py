@@ -2,6 +2,7 @@
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 
 from codedistiller_site.roles import EXPERT
 from library.models import Example
@@ -19,17 +20,24 @@ def field_name(question: Question) -> str:
 class ScoreForm(forms.Form):
     """One field per question, in the form's order; `values()` gives key -> answer for answer_submit."""
 
-    def __init__(self, *args, questions: list[Question], example: Example, **kwargs):
+    def __init__(
+        self, *args, questions: list[Question], example: Example, draft: dict | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.questions = questions
         self.suggestions = {}
+        draft = draft or {}
         for question in questions:
             suggested = suggestion(question, example)
             self.suggestions[question.key] = suggested
             field = self._field(question)
             if suggested is not None:
                 field.initial = "yes" if suggested else "no"
-            self.fields[field_name(question)] = field
+            name = field_name(question)
+            if name in draft:  # what the expert chose wins over the judge's suggestion
+                kept = [str(value) for value in draft[name]]
+                field.initial = kept if question.kind == Question.Kind.MULTIPLE else (kept[0] if kept else "")
+            self.fields[name] = field
 
     @staticmethod
     def _field(question: Question) -> forms.Field:
@@ -112,12 +120,16 @@ class QueueForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["experts"].queryset = (
+        # A superuser holds every role (codedistiller_site/roles.py), so may score too.
+        experts = (
             get_user_model()
-            .objects.filter(is_active=True, groups__name=EXPERT)
+            .objects.filter(Q(groups__name=EXPERT) | Q(is_superuser=True), is_active=True)
             .order_by("username")
             .distinct()
         )
+        self.fields["experts"].queryset = experts
+        # The default must be possible: two scores per example where there are two experts to give them.
+        self.fields["scores_needed"].initial = max(1, min(2, experts.count()))
         self.fields["experts"].label_from_instance = lambda user: user.get_username()
         self.fields["examples"].queryset = Example.objects.listed().only("pk")
 

@@ -140,6 +140,25 @@ class Review(models.Model):
         constraints = [models.UniqueConstraint(fields=["item", "expert"], name="one_review_per_expert_item")]
 
 
+class ScoreDraft(models.Model):
+    """An expert's answers to an item while they type, kept until they submit: leaving the page (the
+    library, the next example, a reload) lost them, and the judge's suggestions came back instead.
+
+    `data` holds the form's fields as posted ({"q_helps_agent": ["4"], ...}): what the page shows again,
+    checked only when the answers are submitted.
+    """
+
+    item = models.ForeignKey(ReviewItem, on_delete=models.CASCADE, related_name="drafts")
+    expert = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    data = models.JSONField(default=dict)
+    saved_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "expert"], name="one_draft_per_expert_and_item")
+        ]
+
+
 class Answer(models.Model):
     review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="answers")
     question = models.ForeignKey(Question, on_delete=models.CASCADE, related_name="answers")

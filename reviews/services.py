@@ -26,6 +26,7 @@ from reviews.models import (
     Review,
     ReviewItem,
     ReviewQueue,
+    ScoreDraft,
     ScoringForm,
     Skip,
 )
@@ -35,7 +36,12 @@ RATINGS = (1, 2, 3, 4, 5)
 
 
 class ReviewRefused(Exception):
-    """An action that cannot be done; the message says why."""
+    """An action that cannot be done; the message says why, and `field` which of a form's fields it is
+    about (None: the form as a whole)."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 # Answers ----------------------------------------------------------------------------------------------
@@ -104,7 +110,8 @@ def queue_create(
         raise ReviewRefused("Assign at least one expert.")
     if not 1 <= scores_needed <= len(experts):
         raise ReviewRefused(
-            f"Each example needs 1 to {len(experts)} scores: there are {len(experts)} experts to give them."
+            f"Each example needs 1 to {len(experts)} scores: there are {len(experts)} experts to give them.",
+            field="scores_needed",
         )
     with transaction.atomic():
         queue = ReviewQueue.objects.create(
@@ -243,9 +250,21 @@ def answer_submit(*, item: ReviewItem, expert, values: dict[str, object]) -> Rev
                 )
             )
         Answer.objects.bulk_create(answers)
+        ScoreDraft.objects.filter(item=item, expert=expert).delete()  # submitted: nothing left to restore
         ReviewItem.objects.filter(pk=item.pk, locked_by=expert).update(locked_by=None, locked_until=None)
         example_score_refresh(example_id=item.example_id)
     return review
+
+
+def draft_save(*, item: ReviewItem, expert, data: dict[str, list[str]]) -> ScoreDraft:
+    """Keep what the expert has typed so far on the item (the scoring form's fields, as posted)."""
+    refusal = item_may_score(item=item, expert=expert)
+    if refusal:
+        raise ReviewRefused(refusal)
+    draft, _created = ScoreDraft.objects.update_or_create(
+        item=item, expert=expert, defaults={"data": data, "saved_at": timezone.now()}
+    )
+    return draft
 
 
 def item_skip(*, item: ReviewItem, expert) -> None:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("items/<id:item_id>/", views.item_score, name="review_item"),
     path("items/<id:item_id>/skip/", views.item_skip, name="review_skip"),
     path("items/<id:item_id>/hold/", views.item_hold, name="review_hold"),
+    path("items/<id:item_id>/draft/", views.item_draft, name="review_draft"),
     path("ab/", views.ab_compare, name="review_ab"),
     path("ab/results/", views.ab_results, name="review_ab_results"),
 ]

@@ -14,7 +14,7 @@ from library.filters import FACETS, OTHER_LABELS, LibraryFilters
 from library.models import Example
 from reviews import services
 from reviews.forms import ComparisonForm, QueueForm, ScoreForm
-from reviews.models import Review, ReviewItem, ReviewQueue
+from reviews.models import Review, ReviewItem, ReviewQueue, ScoreDraft
 
 
 @login_required
@@ -62,7 +62,7 @@ def queue_new(request):
                 saved_search=filters.as_params() if data["all_matching"] else {},
             )  # fmt: skip
         except services.ReviewRefused as exc:
-            form.add_error(None, str(exc))
+            form.add_error(exc.field, str(exc))
         else:
             messages.success(request, f"Queue “{queue.name}” is ready: {queue.items.count()} examples.")
             return redirect("review_queue", queue.pk)
@@ -140,7 +140,10 @@ def item_score(request, item_id: int):
         messages.error(request, refusal)
         return redirect("reviews")
     questions = list(item.queue.form.questions.all())
-    form = ScoreForm(request.POST or None, questions=questions, example=item.example)
+    draft = ScoreDraft.objects.filter(item=item, expert=request.user).first()
+    form = ScoreForm(
+        request.POST or None, questions=questions, example=item.example, draft=draft.data if draft else None
+    )
     if request.method == "POST" and form.is_valid():
         try:
             services.answer_submit(item=item, expert=request.user, values=form.values())
@@ -159,9 +162,23 @@ def item_score(request, item_id: int):
         "example": item.example,
         "form": form,
         "hold": hold,
+        "draft": draft,
         **_example_context(item.example),
     }
     return render(request, "reviews/item_score.html", context)
+
+
+@require_POST
+@expert_required
+def item_draft(request, item_id: int):
+    """Keeps the answers typed so far (the scoring page posts them as the expert types); says when."""
+    item = get_object_or_404(ReviewItem.objects.select_related("queue"), pk=item_id)
+    data = {name: request.POST.getlist(name) for name in request.POST if name.startswith("q_")}
+    try:
+        draft = services.draft_save(item=item, expert=request.user, data=data)
+    except services.ReviewRefused as exc:
+        return render(request, "reviews/item_score.html#draft", {"refusal": str(exc)})
+    return render(request, "reviews/item_score.html#draft", {"draft": draft})
 
 
 @require_POST

@@ -125,8 +125,9 @@ def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_k
 
     assert len(found) == 3
     assert found[0].startswith("pip could not install 'kneeed==9.9'")
-    assert found[1] == "the module 'yaml' is not installed: add 'pyyaml' to requirements.txt"
-    assert found[2].startswith("'minilib' has no name 'mean_squares'")
+    # Then in the order the output shows them: the first failure first.
+    assert found[1].startswith("'minilib' has no name 'mean_squares'")
+    assert found[2] == "the module 'numpy' has no attribute 'float': use a name it defines"
 
 
 def test_several_requirements_on_one_line_are_named_with_the_line():
@@ -164,9 +165,9 @@ def test_an_import_of_the_repository_swallowed_by_the_program_is_still_found():
     )
     packages = {"kneed": "kneed"}
 
-    assert unreached_imports(main, packages, imported=set()) == {"kneed"}
-    assert unreached_imports(main, packages, imported={"kneed"}) == set()
-    assert unreached_imports("def (:", packages, imported=set()) == set()
+    assert unreached_imports(main, packages, imported=set()) == {"kneed": 3}
+    assert unreached_imports(main, packages, imported={"kneed"}) == {}
+    assert unreached_imports("def (:", packages, imported=set()) == {}
     (found,) = diagnose(
         output="Error: kneed module not found. Please install it using pip.\n",
         install_log="",
@@ -176,6 +177,78 @@ def test_an_import_of_the_repository_swallowed_by_the_program_is_still_found():
         imported=set(),
     )
     assert found.startswith("the repository's own package 'kneed' could not be imported")
+
+
+# numpy fails on line 4, before line 6 puts the clone on sys.path: the recorder saw no kneed imported,
+# yet kneed is not the cause, and naming it first sent fixers after the wrong line.
+NUMPY_FIRST = """\
+import json
+import sys
+
+import numpy as np
+
+sys.path.insert(0, "/repo")
+from kneed import KneeLocator
+"""
+NUMPY_TRACEBACK = """\
+Traceback (most recent call last):
+  File "/job/main.py", line 4, in <module>
+    import numpy as np
+ModuleNotFoundError: No module named 'numpy'
+"""
+
+
+def test_an_import_below_the_line_that_failed_is_not_a_cause():
+    found = diagnose(
+        output=NUMPY_TRACEBACK,
+        install_log="",
+        packages={"kneed": "kneed"},
+        declared=["numpy"],
+        main_source=NUMPY_FIRST,
+        imported=set(),
+    )
+
+    assert found == [
+        "the module 'numpy' is not installed: add 'numpy' to requirements.txt (the repository declares it)"
+    ]
+
+
+def test_findings_follow_the_traceback_the_first_failing_line_first():
+    output = (
+        "Traceback (most recent call last):\n"
+        '  File "/job/main.py", line 2, in <module>\n'
+        "ImportError: cannot import name 'KneeFinder' from 'kneed' (/repo/kneed/__init__.py)\n"
+        "ModuleNotFoundError: No module named 'kneed'\n"
+    )
+    main = "import sys\nfrom kneed import KneeFinder\nimport scipy\n"
+
+    found = diagnose(
+        output=output,
+        install_log="",
+        packages={"kneed": "kneed"},
+        declared=[],
+        main_source=main,
+        imported=set(),
+    )
+
+    assert found[0].startswith("'kneed' has no name 'KneeFinder'")
+    assert found[1].startswith("the repository's own package 'kneed' could not be imported")
+    assert len(found) == 2
+
+
+def test_a_paper_run_never_speaks_of_the_repository():
+    install_log = "ERROR: No matching distribution found for squarez\n"
+    output = "ImportError: cannot import name 'square_all' from 'squares' (/job/squares.py)\n"
+
+    found = diagnose(output=output, install_log=install_log, packages={}, declared=[], paper=True)
+
+    assert len(found) == 2 and not any("repository" in finding for finding in found)
+    assert found[1] == (
+        "'squares' has no name 'square_all': import only names defined in the program's own files "
+        "(check the module path, too)"
+    )
+    (as_repository,) = diagnose(output=output, install_log="", packages={}, declared=[])
+    assert "the repository's files shown above" in as_repository
 
 
 def test_output_without_a_known_cause_gives_no_finding():

@@ -1,6 +1,8 @@
 import io
 import json
 import re
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -456,3 +458,36 @@ def test_export_refuses_bad_parameters_and_writes(client, curator):
 def test_an_empty_library_exports_an_empty_index(client):
     index = json.loads(unzip(client.get(reverse("library_export"))).read("index.json"))
     assert index["count"] == 0 and index["examples"] == []
+
+
+# A paper's example: main.py imports its own modules and reads its own config.
+PAPER_FILES = {
+    "main.py": "from __future__ import annotations\n\nimport yaml_free_config\nfrom squares import square_all\n"
+    "from utils import total\n\nprint('total', total(square_all(yaml_free_config.VALUES)))\n",
+    "squares.py": "def square_all(xs):\n    return [x * x for x in xs]\n",
+    "utils.py": "def total(xs):\n    return sum(xs)\n",
+    "yaml_free_config.py": "VALUES = [int(v) for v in open(__file__.replace('yaml_free_config.py', "
+    "'config.yaml')).read().split(':')[1].split(',')]\n",
+    "config.yaml": "values: 1,2,3\n",
+    "requirements.txt": "",
+    "runscript.sh": "pip install -r requirements.txt\n",
+}
+
+
+def test_a_multi_file_example_exports_one_codeblock_that_carries_and_runs_every_file(
+    client, curator, tmp_path
+):
+    example = make_example(curator, "squares", files=PAPER_FILES)
+    archive = unzip(client.get(reverse("library_export"), {"format": "codeblocks"}))
+    code = parse_codeblock(archive.read(f"{export_name(example)}.py").decode())["code"]
+
+    for name in ("squares.py", "utils.py", "config.yaml", "yaml_free_config.py"):
+        assert repr(PAPER_FILES[name]) in code, name
+    assert "runscript.sh" not in code and code.startswith("from __future__ import annotations\n")
+    # Run as CodeScientist would get it: one file alone in a folder.
+    (tmp_path / "block.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "block.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "total 14\n"

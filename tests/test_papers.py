@@ -758,6 +758,12 @@ def test_the_quality_score_is_shown_with_its_critiques(reader_client):
     assert '<span class="score" data-testid="quality-score">3.5</span>' in html
     assert "the mean of 2 samples, for iteration 2" in html
     assert "&lt;b&gt;no&lt;/b&gt; rounding" in html and "1 sample could not be used" in html
+    assert "Critiques per sample, on average: 1 high · 0 medium · 0.5 low" in html
+
+    evaluation["severity_counts"] = {"high": 0.0, "medium": 0.0, "low": 0.0}
+    Paper.objects.filter(run=run).update(evaluation=evaluation)
+    html = reader_client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "No sample found anything to critique." in html and "0.0 high" not in html
 
 
 @pytest.mark.django_db

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from distill.pipeline.parsing import ReplyError, extract_json, parse_judgement, parse_program, parse_ratings
+from distill.pipeline.parsing import (
+    ReplyError,
+    extract_json,
+    parse_judgement,
+    parse_program,
+    parse_ratings,
+    prose,
+)
 from tests.replies import program, verdict
 
 
@@ -65,6 +72,27 @@ def test_metadata_that_copies_the_formats_choices_gets_the_defaults():
         program(metadata={**copied, "example_type": "tutorial", "compute_needs": "cpu, 1 GB"})
     )
     assert (chosen.metadata.example_type, chosen.metadata.compute_needs) == ("tutorial", "cpu, 1 GB")
+
+
+def test_metadata_that_copies_the_formats_descriptions_is_treated_as_absent():
+    copied = {"description": "Knee points.", "inclusion_criteria": "when to use this example",
+              "exclusion_criteria": "When not to use it."}  # fmt: skip
+    parsed = parse_program(program(metadata=copied))
+    assert (parsed.metadata.inclusion_criteria, parsed.metadata.exclusion_criteria) == ("", "")
+    # A description that only copies the format's is none: the reply goes back to be repaired.
+    with pytest.raises(ReplyError, match="metadata: description"):
+        parse_program(program(metadata={**copied, "description": "what the example demonstrates"}))
+    real = parse_program(
+        program(metadata={**copied, "inclusion_criteria": "When to use this example: never."})
+    )
+    assert real.metadata.inclusion_criteria == "When to use this example: never."
+
+
+def test_a_plain_text_answer_loses_the_fences_it_was_not_asked_for():
+    assert prose("```markdown\nminilib computes statistics.\n\nIts entry point is `mean`.\n```\n") == (
+        "minilib computes statistics.\n\nIts entry point is `mean`."
+    )
+    assert prose("Purpose:\n```\nkneed finds knees.\n```") == "Purpose:\nkneed finds knees."
 
 
 def test_missing_or_broken_metadata_is_refused():

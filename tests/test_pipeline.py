@@ -445,6 +445,12 @@ def test_cancel_stops_a_running_program(repo, tmp_path):
     assert run.status == Run.Status.CANCELLED
     iteration = run.iterations.get()
     assert iteration.sandbox["cancelled"] and iteration.duration_secs < 30
+    # Stopped, not failed: one reason that says so, no exit code of None, no proof or likely cause of a
+    # record that was cut short by the stop itself; and the time it started is kept.
+    assert iteration.measured["reasons"] == ["the program was stopped while it ran: the run was cancelled"]
+    assert iteration.measured["cancelled"] and not iteration.measured["passed"]
+    assert iteration.proof is None and "diagnosis" not in iteration.measured
+    assert iteration.started_at is not None and iteration.started_at <= iteration.finished_at
 
 
 def advance_in_thread(run_id):

@@ -1,10 +1,11 @@
+import re
 from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 
 from reviews import services, views
-from reviews.models import Review, ReviewQueue, ScoringForm
+from reviews.models import Review, ReviewQueue, ScoreDraft, ScoringForm
 from tests.conftest import logged_in, make_user
 from tests.test_reviews import CODEDISTILLER, Clock, answers, make_example, shipped_forms
 
@@ -86,11 +87,68 @@ def test_a_queue_form_refuses_too_many_scores_and_no_examples(curator_client, fo
     )
     page = response.content.decode()
     assert "1 to 1 scores" in page and not ReviewQueue.objects.exists()
+    # Said at its field, not at the top of the form.
+    assert response.context["form"].errors["scores_needed"] == [
+        "Each example needs 1 to 1 scores: there are 1 experts to give them."
+    ]
     assert f'value="{example.pk}" checked' in page, "the ticks survive the refusal"
     response = curator_client.post(
         reverse("review_queue_new"), queue_post(form, expert, all_matching="on", q="nothing like it")
     )
     assert "a search that finds some" in response.content.decode() and not ReviewQueue.objects.exists()
+
+
+def test_the_queue_form_defaults_to_what_is_possible_and_offers_the_admin_as_an_expert(
+    curator_client, form, expert, django_user_model
+):
+    page = curator_client.get(reverse("review_queue_new"))
+    assert page.context["form"]["scores_needed"].value() == 1, "one expert: one score per example"
+    admin = django_user_model.objects.create_superuser("ada", "ada@example.org", "x-long-password-1")
+    form_now = curator_client.get(reverse("review_queue_new")).context["form"]
+    assert form_now["scores_needed"].value() == 2
+    assert {user.username for user in form_now.fields["experts"].queryset} == {
+        expert.username,
+        admin.username,
+    }
+
+
+def test_a_draft_is_kept_per_expert_and_item_and_restored_until_submitted(
+    expert_client, expert, queue, django_user_model
+):
+    item = queue.items.order_by("pk").first()
+    expert_client.post(reverse("review_next", args=[queue.pk]))
+    draft_url = reverse("review_draft", args=[item.pk])
+    response = expert_client.post(
+        draft_url,
+        {"q_accurate": "no", "q_helps_agent": "2", "q_notes": "<b>half</b> done"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200 and "Draft saved at" in response.content.decode()
+    draft = ScoreDraft.objects.get(item=item, expert=expert)
+    assert draft.data == {"q_accurate": ["no"], "q_helps_agent": ["2"], "q_notes": ["<b>half</b> done"]}
+
+    page = expert_client.get(reverse("review_item", args=[item.pk])).content.decode()
+    assert 'value="no" id="id_q_accurate_1" checked' in page or re.search(
+        r'name="q_accurate" value="no"[^>]*checked', page
+    )
+    assert re.search(r'name="q_helps_agent" value="2"[^>]*checked', page)
+    assert "&lt;b&gt;half&lt;/b&gt; done</textarea>" in page and "<b>half</b>" not in page
+
+    # Another expert, or someone who may not score it, keeps no draft here.
+    other = logged_in(make_user(django_user_model, "olga", "expert"))
+    assert "Not saved" in other.post(draft_url, {"q_notes": "mine"}).content.decode()
+    assert ScoreDraft.objects.count() == 1
+
+    expert_client.post(reverse("review_item", args=[item.pk]), post_answers())
+    assert not ScoreDraft.objects.exists(), "submitted: the draft is gone"
+
+
+def test_only_experts_keep_drafts(client, curator_client, queue):
+    url = reverse("review_draft", args=[queue.items.first().pk])
+    assert client.post(url, {"q_notes": "x"}).status_code == 302
+    assert curator_client.post(url, {"q_notes": "x"}).status_code == 403
+    assert curator_client.get(url).status_code in (403, 405)
+    assert not ScoreDraft.objects.exists()
 
 
 @pytest.fixture

@@ -294,3 +294,31 @@ def test_embed_examples_embeds_the_missing_ones_and_with_all_every_one_again(cor
     for example in Example.objects.prefetch_related("tags"):
         expected = semantic.encode([example.semantic_text])[0]
         assert np.abs(np.frombuffer(example.embedding, np.float32) - expected).max() < 1e-5
+
+
+def test_a_web_process_loads_its_views_and_the_embedding_model_as_it_starts(monkeypatch):
+    import importlib
+
+    import codedistiller_site.asgi
+    import codedistiller_site.wsgi
+    from codedistiller_site import startup
+
+    started = []
+    monkeypatch.setattr(startup, "warm_up", lambda: started.append(True))
+    importlib.reload(codedistiller_site.wsgi)
+    importlib.reload(codedistiller_site.asgi)
+    assert started == [True, True]
+    monkeypatch.undo()
+
+    models = []
+    monkeypatch.setattr(semantic, "warm_in_background", lambda: models.append(True))
+    startup.warm_up()
+    assert models == [True]
+    monkeypatch.undo()
+
+    if not semantic.available():
+        assert semantic.warm_in_background() is None
+        return
+    semantic._model.cache_clear()
+    semantic.warm_in_background().join(timeout=120)
+    assert semantic._model.cache_info().currsize == 1, "the model is loaded before any search"

@@ -259,6 +259,19 @@ def test_make_git_repo_makes_one_commit(tmp_path):
     assert sorted(item.path for item in repo.head.commit.tree.traverse()) == ["a", "a/b.txt", "c.bin"]
 
 
+def test_an_unreachable_host_is_told_apart_from_a_refused_source(tmp_path):
+    from distill.pipeline.sources import SourceUnreachable, host_reachable
+
+    # A real clone from a name that never resolves (RFC 2606), as from an offline machine.
+    url = "https://forge.invalid/a/b"
+    with pytest.raises(SourceUnreachable, match="the host could not be reached"):
+        fetch(
+            url, tmp_path / "clone", allowed_hosts=["forge.invalid"], allow_local=False, limits=FetchLimits()
+        )
+    assert not (tmp_path / "clone").exists()
+    assert not host_reachable(url) and host_reachable(str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "stderr, reason",
     [

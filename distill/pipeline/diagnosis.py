@@ -47,6 +47,8 @@ PIP_INVALID = re.compile(
 # A library's own error message that says what to install ("... Please run `pip install kneed[plot]`").
 PIP_ADVICE = re.compile(r"\bpip install ([A-Za-z0-9][\w.-]*(?:\[[\w,-]+\])?)")
 # Frames of the sandbox's own recorder (distill/sandbox/audit.py runs as sitecustomize): not the program's.
+# A frame of main.py's top level in a traceback (the sandbox runs it as /job/main.py).
+MAIN_FRAME = re.compile(r'^  File "[^"\n]*/main\.py", line (\d+), in <module>$', re.M)
 RECORDER_FRAME = re.compile(r'^  File "/sandbox/record/[^"]*", line \d+, in \w+\n(?:    .*\n)?', re.M)
 
 
@@ -60,6 +62,7 @@ def diagnose(
     imported: set[str] | None = None,
     out_of_memory_mb: int | None = None,
     prepared: bool = False,
+    paper: bool = False,
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
@@ -71,81 +74,149 @@ def diagnose(
     `out_of_memory_mb` is the sandbox's memory limit when it stopped the program there (None: it did not).
     `prepared`: the program ran in a prepared environment (environment.py), where the repository is
     installed: a sys.path line is then never the way out.
+    `paper`: the program was written from a paper, so there is no repository to speak of.
+
+    The findings come in the order the program met them: pip's before the program's, then by their place
+    in the output, so that the first line that failed is named first. A fixer told first about a later
+    line (an import the program never reached) fixed that one and sent the real failure back again.
     """
-    findings: list[str] = []
+    found: list[tuple[int, str]] = []  # (where in the output, finding); the install log comes first
     if out_of_memory_mb is not None:
         # A kill at the limit leaves no traceback (SIGKILL): without this line the fixer sees only an exit code.
-        findings.append(
-            f"the program was stopped at the sandbox's memory limit ({out_of_memory_mb} MB for all its "
-            "processes together): use less memory (smaller data or models, fewer worker processes, "
-            "batches instead of everything at once)"
+        found.append(
+            (
+                -2,
+                f"the program was stopped at the sandbox's memory limit ({out_of_memory_mb} MB for all its "
+                "processes together): use less memory (smaller data or models, fewer worker processes, "
+                "batches instead of everything at once)",
+            )
         )
+    provides = "" if paper else ", or leave it out if the repository provides it"
     for requirement in dict.fromkeys(PIP_NOT_FOUND.findall(install_log)):
-        findings.append(
-            f"pip could not install {requirement!r} from requirements.txt: that name or version does not "
-            "exist on PyPI; correct it, or leave it out if the repository provides it"
+        found.append(
+            (
+                -1,
+                f"pip could not install {requirement!r} from requirements.txt: that name or "
+                f"version does not exist on PyPI; correct it{provides}",
+            )
         )
     for line, number in dict.fromkeys(PIP_INVALID.findall(install_log)):
         several = len(line.split()) > 1
-        findings.append(
-            f"line {number} of requirements.txt, {line!r}, is not a requirement pip can read"
-            + (": put each requirement on a line of its own" if several else ": correct or remove it")
+        found.append(
+            (
+                -1,
+                f"line {number} of requirements.txt, {line!r}, is not a requirement pip can read"
+                + (": put each requirement on a line of its own" if several else ": correct or remove it"),
+            )
         )
-    # A program that catches its ImportError and prints its own words has no traceback to read.
-    unreached = unreached_imports(main_source, packages, imported) if imported is not None else set()
-    missing = [m.split(".")[0] for m in NO_MODULE.findall(output)] + sorted(unreached)
-    for top in dict.fromkeys(m for m in missing if m in packages):
-        if prepared:
-            findings.append(
-                f"the repository's own package {top!r} could not be imported: the prepared environment "
-                "lists the imports that work; use only those, and never add a folder to sys.path"
+    missing = [(m.start(), m.group(1)) for m in NO_MODULE.finditer(output)]
+    # A program that catches its ImportError and prints its own words has no traceback to read; an
+    # import below the line that failed was simply never reached, and is no cause.
+    if imported is not None:
+        failed_at = failing_line(output)
+        for top, line in sorted(unreached_imports(main_source, packages, imported).items()):
+            if failed_at is None or line <= failed_at:
+                missing.append((len(output), top))
+    named = set()
+    for position, module in missing:
+        top = module.split(".")[0]
+        if top in named:
+            continue
+        named.add(top)
+        if top in packages and prepared:
+            found.append(
+                (
+                    position,
+                    f"the repository's own package {top!r} could not be imported: the prepared "
+                    "environment lists the imports that work; use only those, and never add a folder "
+                    "to sys.path",
+                )
             )
             continue
-        # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
-        # model took neither and sent the same program back.
-        folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
-        findings.append(
-            f"the repository's own package {top!r} could not be imported: the repository is at "
-            f"{REPO_MOUNT}, not installed; put `import sys` and `sys.path.insert(0, {folder!r})` at the "
-            f"top of main.py, before the first import of {top}"
-        )
-    for module in dict.fromkeys(NO_MODULE.findall(output)):
-        top = module.split(".")[0]
         if top in packages:
+            # One concrete line: offered two ways out ("install it, or add /repo to sys.path"), a small
+            # model took neither and sent the same program back.
+            folder = PurePosixPath(REPO_MOUNT, packages[top]).parent.as_posix()
+            found.append(
+                (
+                    position,
+                    f"the repository's own package {top!r} could not be imported: the "
+                    f"repository is at {REPO_MOUNT}, not installed; put `import sys` and "
+                    f"`sys.path.insert(0, {folder!r})` at the top of main.py, before the "
+                    f"first import of {top}",
+                )
+            )
             continue
         distribution = DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top
         listed = [r for r in declared if normalized_name(r) == normalized_name(distribution)]
-        findings.append(
-            f"the module {module!r} is not installed: add {listed[0] if listed else distribution!r} to "
-            "requirements.txt" + (" (the repository declares it)" if listed else "")
+        found.append(
+            (
+                position,
+                f"the module {module!r} is not installed: add "
+                f"{listed[0] if listed else distribution!r} to requirements.txt"
+                + (" (the repository declares it)" if listed else ""),
+            )
         )
-    for requirement in list(dict.fromkeys(PIP_ADVICE.findall(output)))[:2]:
-        findings.append(
-            f"the program's output asks for `pip install {requirement}`: add {requirement!r} to requirements.txt"
+    for match in _first_of_each(PIP_ADVICE, output)[:2]:
+        requirement = match.group(1)
+        found.append(
+            (
+                match.start(),
+                f"the program's output asks for `pip install {requirement}`: add "
+                f"{requirement!r} to requirements.txt",
+            )
         )
-    for name, module in dict.fromkeys(NO_NAME.findall(output)):
-        findings.append(
-            f"{module!r} has no name {name!r}: import only names defined in the repository's files shown "
-            "above (check the module path, too)"
+    where = "the program's own files" if paper else "the repository's files shown above"
+    for match in _first_of_each(NO_NAME, output):
+        name, module = match.groups()
+        found.append(
+            (
+                match.start(),
+                f"{module!r} has no name {name!r}: import only names defined in "
+                f"{where} (check the module path, too)",
+            )
         )
-    for module, name in dict.fromkeys(NO_ATTRIBUTE.findall(output)):
-        findings.append(f"the module {module!r} has no attribute {name!r}: use a name it defines")
-    return findings[:MAX_FINDINGS]
+    for match in _first_of_each(NO_ATTRIBUTE, output):
+        module, name = match.groups()
+        found.append(
+            (match.start(), f"the module {module!r} has no attribute {name!r}: use a name it defines")
+        )
+    found.sort(key=lambda pair: pair[0])  # stable: within one place, the order above
+    return [finding for _, finding in found][:MAX_FINDINGS]
 
 
-def unreached_imports(main_source: str, packages: dict[str, str], imported: set[str]) -> set[str]:
-    """The repository's top-level packages that main.py imports, of which the recorder saw no module."""
+def _first_of_each(pattern: re.Pattern, text: str) -> list[re.Match]:
+    """The first match of each distinct capture, in the text's order."""
+    first: dict[tuple, re.Match] = {}
+    for match in pattern.finditer(text):
+        first.setdefault(match.groups(), match)
+    return list(first.values())
+
+
+def failing_line(output: str) -> int | None:
+    """The line of main.py's top level that the last traceback in the output went through, if any."""
+    lines = MAIN_FRAME.findall(output)
+    return int(lines[-1]) if lines else None
+
+
+def unreached_imports(main_source: str, packages: dict[str, str], imported: set[str]) -> dict[str, int]:
+    """The repository's top-level packages that main.py imports, of which the recorder saw no module,
+    each with the line of main.py that first imports it."""
     try:
         tree = ast.parse(main_source)
     except (SyntaxError, ValueError):
-        return set()
-    named = set()
+        return {}
+    named: dict[str, int] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            named |= {alias.name.split(".")[0] for alias in node.names}
+            names = [alias.name.split(".")[0] for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            named.add(node.module.split(".")[0])
-    return {name for name in named & set(packages) if name not in imported}
+            names = [node.module.split(".")[0]]
+        else:
+            continue
+        for name in names:
+            named[name] = min(named.get(name, node.lineno), node.lineno)
+    return {name: line for name, line in named.items() if name in packages and name not in imported}
 
 
 def without_recorder_frames(output: str) -> str:

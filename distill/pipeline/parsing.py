@@ -265,6 +265,12 @@ def _first_json(text: str, *, expect):
     raise ReplyError("the reply holds no valid JSON " + ("object" if expect is dict else "value"))
 
 
+def prose(text: str) -> str:
+    """A model's plain-text answer without the Markdown fences it was not asked for (pages show it as text)."""
+    lines = _strip_outer_fence(text.strip()).splitlines()
+    return "\n".join(line for line in lines if not line.strip().startswith("```")).strip()
+
+
 def _strip_outer_fence(text: str) -> str:
     """Remove one Markdown fence wrapped around the whole text, and only that."""
     lines = text.strip("\n").splitlines()

@@ -346,9 +346,11 @@ def execute(
             **{name: config[name] for name in SANDBOX_LIMITS if name in config},
         ),
     )
+    # Kept on the instance too: the save() below writes every field, and wrote "not started" back.
+    iteration.started_at = timezone.now()
     Iteration.objects.filter(pk=iteration.pk).update(
         state=Iteration.State.RUNNING,
-        started_at=timezone.now(),
+        started_at=iteration.started_at,
         stdout="",
         stderr="",
         install_log="",
@@ -382,11 +384,13 @@ def execute(
     }
     iteration.log, _ = _read_json(job / "log.json")
     iteration.results, iteration.measured = _measure(result, job)
-    _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recording else None)
-    if not iteration.measured["passed"]:
+    # A program stopped by a cancel says nothing of itself: no proof of its record, no likely cause.
+    recorded = recording and not result.cancelled
+    _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recorded else None)
+    if not iteration.measured["passed"] and not result.cancelled:
         named = [f"requirements.txt: {problem}" for problem in requirement_problems]
         iteration.measured["diagnosis"] = named + _diagnose(
-            iteration, result, repository, prepared=bool(prepared)
+            run, iteration, result, repository, prepared=bool(prepared)
         )
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
@@ -401,7 +405,9 @@ def execute(
         (job / name).write_text(text)
 
 
-def _diagnose(iteration: Iteration, result, repository: Repository | None, *, prepared: bool) -> list[str]:
+def _diagnose(
+    run: Run, iteration: Iteration, result, repository: Repository | None, *, prepared: bool
+) -> list[str]:
     """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
     evidence = iteration.proof or {}
     unused = evidence.get("verdict") == proof.UNUSED
@@ -415,6 +421,7 @@ def _diagnose(iteration: Iteration, result, repository: Repository | None, *, pr
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
         out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
         prepared=prepared,
+        paper=run.kind == Run.Kind.PAPER,
     )
 
 
@@ -447,8 +454,13 @@ def _read_json(path: Path):
 def _measure(result, job: Path):
     """The measured verdict: exit 0 within the limit and a valid results.json (the proof comes after)."""
     reasons = []
+    results, problem = _read_json(job / "results.json")
     if result.cancelled:
-        reasons.append("the run was cancelled")
+        # Its exit code, results and record are those of a program that was stopped, not of one that failed.
+        stopped = "during the install" if result.install_failed else "while it ran"
+        reasons.append(f"the program was stopped {stopped}: the run was cancelled")
+        return results, {"install_failed": result.install_failed, "cancelled": True, "exit_ok": False,
+                         "results_ok": False, "passed": False, "reasons": reasons}  # fmt: skip
     if result.failure and not result.timed_out:
         reasons.append(result.failure)
     if result.timed_out:
@@ -457,7 +469,6 @@ def _measure(result, job: Path):
         reasons.append("the program ran out of memory")
     elif result.exit_code != 0:
         reasons.append(f"the program exited with code {result.exit_code}")
-    results, problem = _read_json(job / "results.json")
     if problem:
         reasons.append(problem)
     elif not isinstance(results, dict) or not results:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.template.loader import render_to_string
 
-from distill.models import HOW_TO_RUN, Iteration, Run
+from distill.models import HOW_TO_RUN, Iteration, Run, in_pipeline_order
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/svg+xml", "image/webp"}
 MAX_INLINE_IMAGE_BYTES = 2 * 1024 * 1024
@@ -130,7 +130,7 @@ def render_report(run: Run, iterations: list[Iteration], state: dict) -> str:
     last_ran = ran[-1] if ran else None
     totals = run.llm_calls.stage_totals()
     runtimes = run.steps.runtimes(labelled=True)
-    stages = sorted(set(totals) | set(runtimes))
+    stages = in_pipeline_order(set(totals) | set(runtimes))
     return render_to_string(
         "distill/report.html",
         {

@@ -210,7 +210,7 @@ def _purpose(run: Run, found) -> str:
         messages=[{"role": "user", "content": prompt}],
         max_tokens=600,
     )
-    return reply.text.strip()
+    return parsing.prose(reply.text)
 
 
 def _by_priority(files):

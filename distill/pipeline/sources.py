@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import time
 import unicodedata
@@ -61,6 +62,10 @@ DEFAULT_MAX_SEGMENT_CHARS = 255
 
 class SourceRefused(Exception):
     """The source cannot be used; the message is one line meant for the curator."""
+
+
+class SourceUnreachable(SourceRefused):
+    """The source's host could not be reached: the network's fault, not the source's (a retry may work)."""
 
 
 @dataclass
@@ -242,7 +247,8 @@ def _clone(url: str, dest: Path, *, limits: FetchLimits, local: bool) -> str:
     except git.GitCommandError as exc:
         stderr = _redact(str(exc.stderr or ""))
         logger.warning("git clone of %s failed (status %s): %s", _redact(url), exc.status, stderr)
-        raise SourceRefused(_clone_failure_reason(stderr, limits)) from None
+        reason = _clone_failure_reason(stderr, limits)
+        raise (SourceUnreachable if reason == UNREACHABLE else SourceRefused)(reason) from None
     except (ValueError, git.BadName, git.InvalidGitRepositoryError):
         raise SourceRefused("the repository has no commits") from None
 
@@ -252,7 +258,7 @@ def _clone_failure_reason(stderr: str, limits: FetchLimits) -> str:
     if "timeout:" in text and "did not complete" in text:
         return f"the repository could not be cloned within {limits.clone_timeout_secs:g} seconds"
     if "could not resolve host" in text or "failed to connect" in text or "couldn't connect" in text:
-        return "the repository could not be cloned: the host could not be reached"
+        return UNREACHABLE
     if "redirect" in text or "301" in text or "302" in text:
         return "the repository could not be cloned: it has moved; give its current URL"
     if (
@@ -265,6 +271,21 @@ def _clone_failure_reason(stderr: str, limits: FetchLimits) -> str:
     ):
         return "the repository could not be cloned: not found or private"
     return "the repository could not be cloned"
+
+
+UNREACHABLE = "the repository could not be cloned: the host could not be reached"
+
+
+def host_reachable(url: str, *, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens within the timeout (a local path: always)."""
+    host = urlsplit(url).hostname if url.startswith("https://") else None
+    if host is None:
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _redact(text: str) -> str:

@@ -22,7 +22,7 @@ from codedistiller_site.zipstream import Entry, zip_stream
 from distill import charts, services
 from distill.forms import ProfileFields, SubmitForm, missing_key, profile_choices
 from distill.highlight import CodeFile
-from distill.models import Iteration, LLMCall, Paper, Run
+from distill.models import Iteration, LLMCall, Paper, Run, in_pipeline_order
 from distill.profiles import default_profile_name, list_profiles, load_profile
 
 PAGE_SIZE = 25
@@ -67,7 +67,7 @@ def run_list(request):
     recent = runs.finished().order_by("-created_at", "-id").values("pk", "cost_usd", "status")
     context |= {
         "success_chart": charts.success_by_iteration(
-            runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"]
+            runs.succeeded_at_iteration(), summary["succeeded"] + summary["failed"], summary["furthest"] or 1
         ),
         "cost_chart": charts.cost_per_run(list(recent[:COST_CHART_RUNS])),
         # A paper's run in a shared status is found under the repository's word too: say both.
@@ -116,7 +116,7 @@ def run_new(request):
             form.add_error(None, f"Nothing was started: {exc}")
         else:
             if len(started) == 1:
-                messages.success(request, f"Run {started[0].pk} is queued; this page follows it live.")
+                messages.success(request, f"Run {started[0].pk} was submitted.")
                 return redirect("run_detail", started[0].pk)
             messages.success(request, f"{len(started)} runs are queued. The list below shows only them.")
             return redirect(f"{reverse('runs')}?{urlencode({'ids': ','.join(str(r.pk) for r in started)})}")
@@ -135,7 +135,7 @@ def _submit_paper(request, form):
     except services.RunRefused as exc:
         form.add_error(None, f"Nothing was started: {exc}")
         return render(request, "distill/run_new.html", {"form": form, "profiles": _profile_cards()})
-    messages.success(request, f"Run {run.pk} is queued; this page follows it live.")
+    messages.success(request, f"Run {run.pk} was submitted.")
     return redirect("run_detail", run.pk)
 
 
@@ -160,6 +160,13 @@ def run_detail(request, run_id: int):
     if request.GET.get("part") == "ratings" and request.htmx:
         return render(request, "distill/run_detail.html#ratings", _ratings_context(run))
     context = _live_context(request, run)
+    # Read again if a step began or ended while the page was read: its badge, timeline and calls are of
+    # one moment, never a "Queued" badge over a running step.
+    for _ in range(2):
+        now = Run.objects.select_related("submitted_by").get(pk=run_id)
+        if (now.status, now.lease, now.iteration_count) == (run.status, run.lease, run.iteration_count):
+            break
+        run, context = now, _live_context(request, now)
     if request.htmx:
         return render(request, "distill/run_detail.html#live", context)
     context |= _ratings_context(run)
@@ -179,6 +186,9 @@ def _live_context(request, run: Run) -> dict:
     )
     for iteration in iterations:
         iteration.duration_text = human_duration(iteration.duration_secs)
+    by_number = {iteration.number: iteration for iteration in iterations}
+    for step in steps:
+        step.mark_class, step.mark_words = step.mark(by_number.get(step.iteration))
     # Its tail is saved about every second while it runs; the iteration page shows the whole output later.
     executing = (
         run.iterations.filter(state=Iteration.State.RUNNING)
@@ -201,7 +211,7 @@ def _live_context(request, run: Run) -> dict:
             call.body = {**bodies[call.pk], "error": call.error}
     totals = run.llm_calls.stage_totals()
     secs = steps.runtimes(labelled=True)
-    stages = sorted(set(totals) | set(secs), key=_stage_order)
+    stages = in_pipeline_order(set(totals) | set(secs))
     is_curator = has_role(request.user, CURATOR)
     resume = services.resume_status(run) if is_curator and run.status in _STOPPED else None
     other_active = Run.objects.in_progress_for(run.source_url) if is_curator and run.is_finished else None
@@ -211,6 +221,7 @@ def _live_context(request, run: Run) -> dict:
         "duration_text": human_duration(run.duration_secs),
         "steps": steps,
         "iterations": iterations,
+        "passed": run.is_finished and any(iteration.succeeded for iteration in iterations),
         "executing": executing,
         "calls": calls,
         "stage_rows": [
@@ -279,14 +290,6 @@ def _paper_context(run: Run) -> dict:
 
 
 _STOPPED = (Run.Status.FAILED, Run.Status.ERROR, Run.Status.CANCELLED)
-# The order of the cost and time table: a repository's steps and model stages, a paper's among them.
-_STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
-           "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
-           "evaluate"]  # fmt: skip
-
-
-def _stage_order(stage: str):
-    return (_STAGES.index(stage) if stage in _STAGES else len(_STAGES), stage)
 
 
 def _llm_call(request, run: Run, call_id: str):

@@ -82,3 +82,21 @@ def login(page):
         page.get_by_role("button", name="Log in").click()
 
     return do_login
+
+
+SHOTS_DIR = os.environ.get("E2E_SCREENSHOTS")  # a folder: the tests that call look() save their pages there
+
+
+def look(page, name: str) -> None:
+    """Save the page as a person sees it at 1280 px and at 390 px (a phone), when E2E_SCREENSHOTS is set.
+
+    For looking at changed pages by eye; it asserts nothing and is a no-op otherwise.
+    """
+    if not SHOTS_DIR:
+        return
+    Path(SHOTS_DIR).mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.screenshot(path=str(Path(SHOTS_DIR) / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size(size)

@@ -2,6 +2,8 @@ import re
 
 from playwright.sync_api import expect
 
+from tests.conftest import PASSWORD
+
 
 def test_a_curator_logs_in_and_reaches_the_runs_page(page, login, curator):
     page.goto("/")
@@ -28,3 +30,11 @@ def test_a_wrong_password_shows_an_error(page, curator):
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_contain_text("didn't match")
     expect(page).to_have_url(re.compile(r"/accounts/login/"))
+
+
+def test_an_expert_lands_on_the_review_queues_after_logging_in(page, login, expert):
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(expert.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/reviews/$"))

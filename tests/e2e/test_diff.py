@@ -2,6 +2,7 @@ import re
 
 from playwright.sync_api import expect
 
+from tests.e2e.conftest import look
 from tests.factories import make_iteration, make_run
 
 FIRST = (
@@ -35,7 +36,7 @@ def test_a_reader_opens_the_diff_with_the_previous_iteration_and_switches_to_sid
     expect(page).to_have_url(re.compile(r"view=split"))
     split = page.locator("table.diff--split")
     expect(split).to_be_visible()
-    expect(page.locator("table.diff--unified")).to_have_count(0)
+    expect(page.locator("table.diff--unified")).to_be_hidden()
     expect(split.locator("td.diff__text.diff--del")).to_contain_text("print(mean([1, 2, 3]))")
     expect(split.locator("td.diff__text.diff--add")).to_have_count(4)
     expect(page.get_by_role("link", name="Side by side")).to_have_attribute("aria-current", "true")
@@ -50,3 +51,28 @@ def test_a_line_anchor_highlights_its_line(page, login, reader):
     line = page.locator('[id="main.py-L5"]')
     background = line.locator("td.code__text").evaluate("cell => getComputedStyle(cell).backgroundColor")
     assert background not in ("rgba(0, 0, 0, 0)", "transparent")
+
+
+def test_on_a_phone_the_side_by_side_diff_reads_unified_and_fits_the_screen(page, login, reader):
+    run = make_run()
+    make_iteration(run, 1, main=FIRST)
+    make_iteration(run, 2, main=SECOND)
+    page.set_viewport_size({"width": 390, "height": 844})
+    login(reader, next_path=f"/runs/{run.pk}/")
+    page.goto(f"/runs/{run.pk}/diff/?a=1&b=2&view=split")
+
+    expect(page.locator("table.diff--split")).to_be_hidden()
+    expect(page.locator("table.diff--unified")).to_be_visible()
+    expect(page.get_by_text("Side by side needs a wider window; shown unified.")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    look(page, "diff-split")
+
+
+def test_on_a_phone_the_runs_list_keeps_names_whole(page, login, reader):
+    make_run(source_title="example/minilib", source_url="https://github.com/example/minilib")
+    page.set_viewport_size({"width": 390, "height": 844})
+    login(reader, next_path="/runs/")
+
+    name = page.locator(".runs-table__source a")
+    line_height = float(name.evaluate("a => parseFloat(getComputedStyle(a).lineHeight)"))
+    assert name.bounding_box()["height"] < 1.5 * line_height, "the name wraps inside a word"

@@ -1,12 +1,15 @@
 """A curator approves an iteration from its run's page, finds the example by search, and downloads its ZIP."""
 
 import re
+import subprocess
+import sys
 import zipfile
 
 from playwright.sync_api import expect
 
 from library.models import Example
 from tests.factories import make_iteration, make_run
+from tests.test_export import PAPER_FILES, make_example
 
 CODE = "def quokka_census(sightings):\n    return sum(sightings)\n\nprint('<b>quokkas</b>', quokka_census([3, 4]))\n"
 
@@ -50,3 +53,26 @@ def test_a_curator_approves_from_the_run_page_finds_the_example_and_downloads_it
         names = archive.namelist()
         main = next(name for name in names if name.endswith("/main.py"))
         assert archive.read(main).decode() == CODE
+
+
+def test_a_curator_downloads_a_multi_file_example_as_a_codeblock_that_runs_alone(
+    page, login, curator, tmp_path
+):
+    make_example(curator, "squares", title="Squares from a paper", files=PAPER_FILES)
+    login(curator, next_path="/library/")
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="codeblocks").click()
+    path = tmp_path / "codeblocks.zip"
+    download_info.value.save_as(path)
+    with zipfile.ZipFile(path) as archive:
+        (name,) = [name for name in archive.namelist() if name.endswith(".py")]
+        block = archive.read(name).decode()
+    # Alone in a folder, as CodeScientist's loader holds it: every file main.py needs comes with it.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "block.py").write_text(block)
+    done = subprocess.run(
+        [sys.executable, "block.py"], cwd=tmp_path / "run", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "total 14\n"

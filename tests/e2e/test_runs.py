@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 from distill import services
 from distill.models import Run
 from distill.profiles import load_profile
+from tests.e2e.conftest import look
 from tests.factories import make_git_repo
 from tests.replies import cassette, program, ratings, verdict
 from tests.test_many_workers import database_url
@@ -140,3 +141,17 @@ def test_a_curator_cancels_a_running_program_from_its_page(page, login, curator,
     assert iteration.duration_secs is None or iteration.duration_secs < 120, (
         "the sleeping program was stopped"
     )
+
+    # The stopped iteration reads as stopped: not as never run, nor as a program that failed by itself.
+    card = page.locator("#iteration-1")
+    expect(card).to_contain_text("stopped: run cancelled")
+    expect(card).not_to_contain_text("not run yet")
+    expect(card).not_to_contain_text("exited with code")
+    expect(page.locator(".timeline__step", has_text="Execute")).to_have_class(re.compile("--cancelled"))
+    card.get_by_role("link", name="Code and output").click()
+    facts = page.locator("dl.facts").filter(has_text="Exit code")
+    expect(facts).to_contain_text("stopped because the run was cancelled")
+    expect(facts.locator("dt:has-text('Started') + dd")).not_to_have_text("—")
+    expect(page.locator("body")).not_to_contain_text("os._exit")
+    assert iteration.started_at is not None
+    look(page, "iteration-cancelled")
