@@ -358,6 +358,11 @@ class IterationQuerySet(models.QuerySet):
         """The final successful iteration: what a curator approves unless they choose another."""
         return self.filter(succeeded=True).order_by("-number").first()
 
+    def offered(self) -> "Iteration | None":
+        """The iteration an approval offers first: the last successful one, else the last that passed the
+        measurement (it ran, wrote results and used the repository; only the judge objected)."""
+        return self.last_succeeded() or self.filter(measured__passed=True).order_by("-number").first()
+
 
 class Iteration(models.Model):
     """One version of the example program and what happened when it ran."""

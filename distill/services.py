@@ -303,6 +303,8 @@ def _classify_failure(run: Run, exc: Exception) -> tuple[str, str]:
         return S.ERROR, _unreachable_message(run.source_url)
     if isinstance(exc, sources.SourceRefused):
         return S.ERROR, f"The source was refused: {exc}"
+    if isinstance(exc, program.JudgeUnheeded):
+        return S.FAILED, str(exc)
     if isinstance(exc, program.StepFailed):
         return S.ERROR, str(exc)[:1].upper() + str(exc)[1:]
     if isinstance(exc, environment.EnvironmentFailed):

@@ -186,7 +186,7 @@ def run_approve(request, run_id: int):
     iterations = list(
         run.iterations.filter(ran).defer("stdout", "stderr", "install_log", "log").order_by("number")
     )
-    default = run.iterations.last_succeeded()
+    default = run.iterations.offered()
     initial = {
         "iteration": default.number if default else None,
         "title": run.source_title or run.source_url,

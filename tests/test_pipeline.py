@@ -206,6 +206,29 @@ def test_a_fix_that_sends_back_the_failed_program_unchanged_is_repaired_not_run(
     assert "the files are the same as the version that failed" in second_try.prompt[-1]["content"]
 
 
+def test_a_judges_objection_the_fixer_cannot_act_on_fails_the_run_and_offers_the_measured_pass(
+    repo, tmp_path
+):
+    # The program ran, wrote its results and used the repository; only the judge objected, and the fixer
+    # sent the same program back every time: "failed" with the judge's reason, not "error".
+    same = program(WORKING_MAIN + "\n", changes="Nothing to change.")
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program()), ("judge", verdict(False)),
+         ("fix", same), ("fix", same), ("fix", same)],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.FAILED, run.status_message
+    assert "passed the measurement" in run.status_message
+    assert "it does not compute anything" in run.status_message, "the judge's reason is said"
+    assert run.iterations.count() == 1
+    first = run.iterations.get()
+    assert first.measured["passed"] and not first.succeeded
+    assert run.iterations.offered() == first
+
+
 def test_a_forgotten_standard_library_import_is_added_before_the_first_run(repo, tmp_path):
     forgetful = WORKING_MAIN.replace("import json\n", "")
     run = start(

@@ -44,6 +44,12 @@ class ReplyUnusable(StepFailed):
         self.error = error
 
 
+class JudgeUnheeded(Exception):
+    """The program passed the measurement, and the fixer could not act on the judge's objection (its reply
+    stayed unusable, often the same program again): the run fails with the judge's reason, not in error,
+    and that iteration is the one offered for approval."""
+
+
 class Cancelled(Exception):
     """A curator cancelled between two model calls; what was made so far is saved, and a retry goes on."""
 
@@ -261,7 +267,21 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
             )
         return program
 
-    program = ask_for_program(run, stage="fix", prompt=prompt(run, previous), iteration=number, parse=parse)
+    try:
+        program = ask_for_program(
+            run, stage="fix", prompt=prompt(run, previous), iteration=number, parse=parse
+        )
+    except ReplyUnusable as exc:
+        if not (previous.measured or {}).get("passed"):
+            raise
+        judgement = previous.judgement or {}
+        objection = "; ".join(judgement.get("critical_issues") or judgement.get("issues") or []) or (
+            judgement.get("explanation") or "no reason given"
+        )
+        raise JudgeUnheeded(
+            f"Iteration {previous.number} passed the measurement, but the judge did not accept it "
+            f"({objection}) and the fix could not act on that: {exc.error}"
+        ) from exc
     return save_iteration(run, number, program, change_log=program.change_log)
 
 
