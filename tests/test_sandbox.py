@@ -476,7 +476,7 @@ def test_it_stops_a_program_that_fills_its_folder(run, data_dir):
         for n in range(8):
             with open(f"to_save/part{n}", "wb") as f:
                 f.write(b"x" * (20 * 1024 * 1024))
-            time.sleep(0.3)
+            time.sleep(1)  # the watchdog looks every so often: on a loaded machine 0.3 s was too little
         time.sleep(30)
         """,
         disk_mb=50,

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -208,24 +209,10 @@ class SandboxCgroup:
 
     def kill(self) -> int:
         """Kills every process in the cgroup; returns how many there were at first."""
-        first = None
         kill_file = self._file("all", "cgroup.kill") if self.version == 2 else None
-        for _ in range(KILL_ROUNDS):
-            pids = self.pids()
-            if first is None:
-                first = len(pids)
-            if not pids:
-                break
-            if kill_file is not None and kill_file.exists():
-                kill_file.write_text("1")
-            else:
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            time.sleep(0.02)
-        return first or 0
+        if kill_file is not None and kill_file.exists():
+            return kill_until_gone(self.pids, kill_all=lambda: kill_file.write_text("1"))
+        return kill_until_gone(self.pids)
 
     def remove(self) -> None:
         """Kills what is left and removes the folders; a folder still busy is left for the next time."""
@@ -242,3 +229,25 @@ class SandboxCgroup:
                         logger.warning("sandbox: could not remove cgroup %s: %s", folder, exc)
                         break
                     time.sleep(0.02)
+
+
+def kill_until_gone(find: Callable[[], list[int]], *, kill_all: Callable[[], object] | None = None) -> int:
+    """SIGKILLs what `find` lists (or calls `kill_all`) until it lists nothing: a process may fork while
+    the others die. Returns how many there were at first."""
+    first = None
+    for _ in range(KILL_ROUNDS):
+        pids = find()
+        if first is None:
+            first = len(pids)
+        if not pids:
+            break
+        if kill_all is not None:
+            kill_all()
+        else:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+    return first or 0

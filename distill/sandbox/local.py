@@ -54,7 +54,7 @@ from .base import (
     read_chunks,
     run_failure,
 )
-from .cgroup import SandboxCgroup, log_unavailable
+from .cgroup import SandboxCgroup, kill_until_gone, log_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -738,8 +738,7 @@ def kill_leftovers(env_dir: Path) -> int:
 
 
 def _kill_uid(uid: int) -> int:
-    first = None
-    for _ in range(50):
+    def find() -> list[int]:
         pids = []
         for entry in Path("/proc").iterdir():
             try:
@@ -748,17 +747,9 @@ def _kill_uid(uid: int) -> int:
                     pids.append(int(entry.name))
             except OSError:
                 pass
-        if first is None:
-            first = len(pids)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
-    return first or 0
+        return pids
+
+    return kill_until_gone(find)
 
 
 def _is_zombie(proc_entry: Path) -> bool:
