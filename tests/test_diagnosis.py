@@ -1,5 +1,6 @@
 """Reading a repository's declared dependencies, and the likely root cause of a failed run from its output."""
 
+from distill.pipeline import digest
 from distill.pipeline.dependencies import declared_dependencies
 from distill.pipeline.diagnosis import diagnose, unreached_imports, without_recorder_frames
 from tests.factories import make_git_repo
@@ -127,7 +128,9 @@ def test_wrong_names_and_pip_failures_are_named_and_at_most_three_findings_are_k
     assert found[0].startswith("pip could not install 'kneeed==9.9'")
     # Then in the order the output shows them: the first failure first.
     assert found[1].startswith("'minilib' has no name 'mean_squares'")
-    assert found[2] == "the module 'numpy' has no attribute 'float': use a name it defines"
+    assert found[2] == (
+        "the module 'numpy' has no attribute 'float': use a name it defines (the API digest above lists them)"
+    )
 
 
 def test_several_requirements_on_one_line_are_named_with_the_line():
@@ -273,3 +276,33 @@ def test_a_program_stopped_at_the_memory_limit_is_told_so_first():
 
     assert found[0].startswith("the program was stopped at the sandbox's memory limit (4096 MB for all")
     assert diagnose(output="", install_log="", packages={}, declared=[]) == []
+
+
+def test_a_name_asked_of_the_wrong_class_is_found_where_the_repository_defines_it(tmp_path):
+    # Seen with the offline model: `KneeLocator.figure2()`, a static method of kneed's DataGenerator.
+    make_git_repo(
+        tmp_path / "lib",
+        {
+            "curves/__init__.py": "from .data import Data\nfrom .locate import Locator\n",
+            "curves/data.py": "class Data:\n    @staticmethod\n    def figure2():\n        return [1], [2]\n",
+            "curves/locate.py": "class Locator:\n    def __init__(self, x, y):\n        self.knee = x\n",
+        },
+    )
+    api = digest.render(digest.rank(digest.read_api(tmp_path / "lib"), []), budget_tokens=2000)
+    output = (
+        'Traceback (most recent call last):\n  File "/job/main.py", line 3, in <module>\n'
+        "AttributeError: type object 'Locator' has no attribute 'figure2'\n"
+        "AttributeError: 'Locator' object has no attribute 'elbow'\n"
+    )
+
+    found = diagnose(
+        output=output, install_log="", packages={"curves": "curves"}, declared=[], api_digest=api
+    )
+
+    assert found[0] == (
+        "the class 'Locator' has no attribute 'figure2': the repository defines it as Data.figure2 "
+        "(from curves import Data); call it there"
+    )
+    assert found[1] == (
+        "a 'Locator' object has no attribute 'elbow': use a name it defines (the API digest above lists them)"
+    )

@@ -39,6 +39,12 @@ DISTRIBUTIONS = {
 NO_MODULE = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'", re.M)
 NO_NAME = re.compile(r"^ImportError: cannot import name '(\w+)' from '([\w.]+)'", re.M)
 NO_ATTRIBUTE = re.compile(r"^AttributeError: module '([\w.]+)' has no attribute '(\w+)'", re.M)
+# A class or an instance without the name: `type object 'KneeLocator' has no attribute 'figure2'`.
+NO_MEMBER = re.compile(
+    r"^AttributeError: (?:type object '(\w+)'|'(\w+)' object) has no attribute '(\w+)'", re.M
+)
+DIGEST_IMPORT = re.compile(r"^from ([\w.]+) import (\w+)")
+DIGEST_DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class) (\w+)")
 PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies the requirement|No matching "
                            r"distribution found for) ([^\s(]+)", re.M)  # fmt: skip
 PIP_INVALID = re.compile(
@@ -63,6 +69,7 @@ def diagnose(
     out_of_memory_mb: int | None = None,
     prepared: bool = False,
     paper: bool = False,
+    api_digest: str = "",
 ) -> list[str]:
     """Up to three findings, each one sentence that names the cause and the change that removes it.
 
@@ -75,6 +82,8 @@ def diagnose(
     `prepared`: the program ran in a prepared environment (environment.py), where the repository is
     installed: a sys.path line is then never the way out.
     `paper`: the program was written from a paper, so there is no repository to speak of.
+    `api_digest`: the repository's API digest (digest.py); a name asked of the wrong module, class or
+    object is looked up in it, and the finding says where the repository does define it.
 
     The findings come in the order the program met them: pip's before the program's, then by their place
     in the output, so that the first line that failed is named first. A fixer told first about a later
@@ -176,13 +185,49 @@ def diagnose(
                 f"{where} (check the module path, too)",
             )
         )
+    defined = api_definitions(api_digest)
     for match in _first_of_each(NO_ATTRIBUTE, output):
         module, name = match.groups()
         found.append(
-            (match.start(), f"the module {module!r} has no attribute {name!r}: use a name it defines")
+            (match.start(), f"the module {module!r} has no attribute {name!r}: " + _elsewhere(name, defined))
         )
+    for match in _first_of_each(NO_MEMBER, output):
+        cls, instance, name = match.groups()
+        owner = f"the class {cls!r}" if cls else f"a {instance!r} object"
+        found.append((match.start(), f"{owner} has no attribute {name!r}: " + _elsewhere(name, defined)))
     found.sort(key=lambda pair: pair[0])  # stable: within one place, the order above
     return [finding for _, finding in found][:MAX_FINDINGS]
+
+
+def api_definitions(digest: str) -> dict[str, list[str]]:
+    """Where the API digest defines each name, as a program reaches it: "figure2" ->
+    ["DataGenerator.figure2 (from kneed import DataGenerator)"]. Read as text: nothing is imported."""
+    found: dict[str, list[str]] = {}
+    importing, owner = "", None
+    for line in digest.splitlines():
+        if match := DIGEST_IMPORT.match(line):
+            importing, owner = match.group(0), None
+            continue
+        match = DIGEST_DEF.match(line)
+        if match is None or not importing:
+            continue
+        indent, kind, name = match.groups()
+        if not indent:
+            owner = name if kind == "class" else None
+            path = name
+        elif owner is not None:
+            path = f"{owner}.{name}"
+        else:
+            continue
+        found.setdefault(name, []).append(f"{path} ({importing})")
+    return found
+
+
+def _elsewhere(name: str, defined: dict[str, list[str]]) -> str:
+    places = defined.get(name, [])
+    if not places:
+        return "use a name it defines (the API digest above lists them)"
+    return f"the repository defines it as {' and as '.join(places[:2])}; call it there"
 
 
 def _first_of_each(pattern: re.Pattern, text: str) -> list[re.Match]:

@@ -442,6 +442,7 @@ def _diagnose(
         out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
         prepared=prepared,
         paper=run.kind == Run.Kind.PAPER,
+        api_digest=run.api_digest,
     )
 
 
