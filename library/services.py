@@ -95,6 +95,9 @@ def example_approve(
         _refresh_latest(run.source_url)
         example.saved_files = _copy_saved_files(iteration, example)
         example.save(update_fields=["saved_files"])
+    # Embedded now (tens of ms), so that semantic search finds the new example at once; without the model,
+    # search catches up when it has one.
+    _embed_again([example.pk])
     example.refresh_from_db()
     return example
 

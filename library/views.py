@@ -16,7 +16,7 @@ from codedistiller_site.roles import CURATOR, curator_required, has_role
 from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
 from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
-from library import search, semantic, services
+from library import search, services
 from library.api import download_view
 from library.filters import FACETS, OTHER_LABELS, SORTS, LibraryFilters
 from library.forms import ApproveForm, ReasonForm
@@ -208,7 +208,6 @@ def run_approve(request, run_id: int):
         except services.LibraryRefused as exc:
             form.add_error(None, str(exc))
         else:
-            _embed(example)
             messages.success(request, f"“{example.title}” is in the library as version {example.version}.")
             return redirect("example_detail", example.pk)
     context = {
@@ -221,12 +220,6 @@ def run_approve(request, run_id: int):
         ),
     }
     return render(request, "library/approve.html", context)
-
-
-def _embed(example: Example) -> None:
-    """Embed a new example now (tens of ms), so that semantic search finds it at once; search catches up if not."""
-    if semantic.available():
-        search.embed_missing(Example.objects.filter(pk=example.pk))
 
 
 @require_POST

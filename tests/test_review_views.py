@@ -232,7 +232,8 @@ def test_turning_a_page_or_filtering_keeps_what_was_typed_and_ticked(
          "q": "thing 3"},
     )  # fmt: skip
     page = response.content.decode()
-    assert "<strong>1</strong>" in page and f'value="{examples[3].pk}" checked' in page
+    # (How many match "thing 3" depends on semantic search, which approval now feeds: not asserted here.)
+    assert "Page 2 of" not in page and f'value="{examples[3].pk}" checked' in page
     assert f'<input type="hidden" name="examples" value="{examples[0].pk}">' in page
 
     response = curator_client.post(
