@@ -445,8 +445,8 @@ class Iteration(models.Model):
 # The pipeline's order, for the tables of cost and time per stage (the run page, report.html): a
 # repository's steps and model stages, a paper's among them. By name, report.html read "code, execute, fix,
 # generate, judge, survey".
-STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "plan the code", "plan", "architecture", "logic",
-          "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
+STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "prepare environment", "environment",
+          "plan the code", "plan", "architecture", "logic", "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
           "evaluate"]  # fmt: skip
 
 
