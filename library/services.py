@@ -95,9 +95,9 @@ def example_approve(
         _refresh_latest(run.source_url)
         example.saved_files = _copy_saved_files(iteration, example)
         example.save(update_fields=["saved_files"])
-    # Embedded now (tens of ms), so that semantic search finds the new example at once; without the model,
-    # search catches up when it has one.
-    _embed_again([example.pk])
+    # Embedded by a worker once this commits: approving stays fast while the site is busy, and semantic
+    # search finds the example a moment later (its page says "indexing" until then).
+    transaction.on_commit(lambda: _embed_later([example.pk]))
     example.refresh_from_db()
     return example
 
@@ -139,6 +139,15 @@ def example_embeddings_refresh(*, example_ids) -> None:
         return
     search.forget_embeddings(Example.objects.filter(pk__in=ids))
     transaction.on_commit(lambda: _embed_again(ids))
+
+
+def _embed_later(ids: list[int]) -> None:
+    if semantic.available():
+        from django_q.tasks import async_task
+
+        async_task(
+            "library.tasks.embed_examples", ids, task_name=f"embed-{len(ids)}-examples", group="library"
+        )
 
 
 def _embed_again(ids: list[int]) -> None:

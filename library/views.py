@@ -16,7 +16,7 @@ from codedistiller_site.roles import CURATOR, curator_required, has_role
 from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
 from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
-from library import search, services
+from library import search, semantic, services
 from library.api import download_view
 from library.filters import FACETS, OTHER_LABELS, SORTS, LibraryFilters
 from library.forms import ApproveForm, ReasonForm
@@ -147,6 +147,8 @@ def example_detail(request, example_id: int):
         "versions": versions,
         "newest": newer[0] if newer else None,
         "may_see_runs": request.user.is_authenticated,
+        # Approving embeds it in a worker: until then semantic search does not find it.
+        "indexing": not example.embedding and not example.is_retracted and semantic.available(),
         "retract_form": ReasonForm(auto_id="retract_%s") if has_role(request.user, CURATOR) else None,
     }
     return render(request, "library/example_detail.html", context)

@@ -64,7 +64,7 @@ def approve_source(curator, source, title, summary, tags, code):
 @pytest.fixture
 def corpus(curator):
     examples = {entry[0]: approve_source(curator, *entry) for entry in CORPUS}
-    if semantic.available():  # the approve page embeds; the service alone does not
+    if semantic.available():  # approving embeds once the transaction commits, which a test's never does
         search.embed_missing(Example.objects.all())
     return examples
 
@@ -110,11 +110,17 @@ def test_hybrid_search_keeps_the_full_text_winners_first(corpus):
 
 
 @needs_model
-def test_the_approve_page_embeds_the_new_example(curator_client):
+def test_approving_embeds_the_new_example_once_it_commits(curator_client, django_capture_on_commit_callbacks):
     run = make_run()
     make_iteration(run, 1)
     data = {"iteration": 1, "title": "Squares", "summary": "Squares numbers."}
-    curator_client.post(reverse("run_approve", args=[run.pk]), data)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        curator_client.post(reverse("run_approve", args=[run.pk]), data)
+    example = Example.objects.get()
+    assert not example.embedding, "not in the request: a worker embeds it"
+    assert "indexing" in curator_client.get(reverse("example_detail", args=[example.pk])).content.decode()
+    for callback in callbacks:  # the commit: the task runs (in-process in the test settings)
+        callback()
     assert len(Example.objects.get().embedding) == semantic.DIMENSIONS * 4
 
 
