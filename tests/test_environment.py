@@ -13,9 +13,9 @@ import pytest
 
 from distill import services
 from distill.models import LLMCall, Run
-from distill.pipeline import dependencies, environment, repository
+from distill.pipeline import dependencies, environment, program, repository
 from distill.profiles import load_profile
-from tests.factories import make_git_repo
+from tests.factories import make_git_repo, make_run
 from tests.replies import cassette
 
 SETUP = "from setuptools import setup\nsetup(name='s15minilib', version='1.2.0', packages=['s15minilib'])\n"
@@ -97,6 +97,21 @@ def test_a_setup_py_is_read_without_running_it(tmp_path):
 
 
 # The step, in the real sandbox ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_fix_prompt_shows_the_program_as_the_model_wrote_it_not_the_derived_lock_and_runscript():
+    state = {
+        "key": "a" * 24, "mode": "package", "root": "/repo", "lock": ["numpy==2.1.0"], "done": True,
+        "status": "ready", "repository": {"requirement": "kneed==0.8.5"},
+    }  # fmt: skip
+    run = make_run(environment=state)
+    derived = environment.program_files(state, "import kneed\n", ["matplotlib"])
+
+    shown = program.written_files(run, derived)
+
+    assert shown == {"main.py": "import kneed\n", "requirements.txt": "matplotlib\n"}
+    assert program.written_files(make_run(), derived) == derived, "without a prepared environment, all of it"
 
 
 @pytest.mark.slow

@@ -292,7 +292,7 @@ def failed_version(run: Run, previous: Iteration) -> dict:
     )
     return {
         "iteration": previous.number,
-        "current": program_text(previous.files),
+        "current": program_text(written_files(run, previous.files)),
         "change_log": change_log or "(none)",
         "problems": "\n".join(f"- {p}" for p in problems_of(previous)) or "- (none recorded)",
         "exit_code": previous.exit_code if previous.exit_code is not None else "none (it was stopped)",
@@ -320,6 +320,18 @@ def problems_of(iteration: Iteration) -> list[str]:
         if judgement.get(name) is False:
             problems.append(f"the judge found it not {name}: {judgement.get('explanation', '')}".strip())
     return problems
+
+
+def written_files(run: Run, files: dict) -> dict:
+    """The files as the model wrote them: with a prepared environment, main.py (and any module) and only
+    its extra requirements, not the derived lock and runscript, which it must not copy or change."""
+    if environment.usable(run) is None:
+        return files
+    written = {name: text for name, text in files.items() if name not in ("requirements.txt", "runscript.sh")}
+    extras = environment.program_extras(files)
+    if extras:
+        written["requirements.txt"] = "".join(f"{line}\n" for line in extras)
+    return written
 
 
 def program_text(files: dict) -> str:
