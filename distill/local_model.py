@@ -469,14 +469,16 @@ STOP = ["<|im_end|>", "<|endoftext|>"]
 
 MARKER_LINE = re.compile(r"^=== (?:FILE: (?P<file>[A-Za-z0-9_./-]+)|(?P<kind>METADATA|CHANGES|END)) ===$")
 # One line of a file or of the change log, as GBNF: any line but a section marker (a line that starts
-# with "=== ", indented or not) and a placeholder of the format ("<the complete program>": a line that is
-# one pair of angle brackets with a space inside; parsing.PLACEHOLDER_LINE). Lines such as "=====",
-# "<html>" or "<= 3" stay possible.
+# with "=== ", indented or not) and a placeholder of the format ("<the complete program>"; parsing.
+# PLACEHOLDER_LINE). A line that starts with "<" and a word may not go on past a space until a ">" closes
+# the word: the 1.5B model, allowed an unclosed "<only packages main.py needs ...", wrote 1,400 tokens of
+# it, repeating itself, until the reply's limit. Lines such as "=====", "<html>", "<b>x</b> y", "<= 3" or
+# "< 3" stay possible; "<a href=...>" at the start of a line does not.
 LINE_RULES = r"""
 text-line ::= [ \t]* (line-plain | line-eq | line-lt)? "\n"
 line-plain ::= [^ \t\n=<] [^\n]*
 line-eq ::= "=" ([^=\n] [^\n]* | "=" ([^=\n] [^\n]* | "=" ([^ \n] [^\n]*)?)?)?
-line-lt ::= "<" [^ \t\n<>]* (">" [^\n]* | [ \t] [^>\n]*)?
+line-lt ::= "<" ([^ \t\na-zA-Z] [^\n]* | [ \t]+ [^ \t\na-zA-Z] [^\n]* | [a-zA-Z] [^ \t\n<>]* (">" [^\n]*)?)?
 text-body ::= text-line*
 """
 

@@ -585,6 +585,9 @@ def test_the_program_grammar_takes_the_format_and_nothing_else(vocabulary):
     assert not allows(vocabulary, grammar, echo)  # the program again, from its start
     placeholder = "print(1)\n=== FILE: requirements.txt ===\n<one pip requirement>\n"
     assert not allows(vocabulary, grammar, placeholder, to_the_end=False)
+    unclosed = "print(1)\n=== FILE: requirements.txt ===\n<only packages main.py needs, or add kneed\n"
+    assert not allows(vocabulary, grammar, unclosed, to_the_end=False)  # seen: 1,400 tokens of it
+    assert allows(vocabulary, grammar, "if a\n<= 3\n< 3\n<b>bold</b> text\n", to_the_end=False)
     # Where a reply that stopped short goes on: the metadata object, then the end.
     rest = local_model.program_grammar(asking, after="=== METADATA ===\n")
     assert allows(vocabulary, rest, '{"description": "d"}\n=== END ===')
