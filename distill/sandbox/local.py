@@ -154,7 +154,13 @@ class LocalSandbox:
         with _execution_lock(request.env_dir, should_cancel) as held:
             if not held:
                 return ExecutionResult.cancelled_while_waiting()
-            return self._execute(request, on_output=on_output, should_cancel=should_cancel)
+            result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
+            if _killed_while_set_up(result):
+                # Seen rarely on a loaded machine: the sandbox's first process was gone (SIGKILL) before its
+                # network was set up, and nothing of the program ran. Not the program's failure: once more.
+                logger.warning("sandbox: %s; setting it up once more", result.failure)
+                result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
+            return result
 
     def _execute(
         self,
@@ -682,6 +688,15 @@ def _end_watchdog(watchdog: subprocess.Popen) -> None:
     # Waited for: the next phase runs as the same uid, and must not be killed by this phase's watchdog.
     watchdog.stdin.close()
     watchdog.wait()
+
+
+def _killed_while_set_up(result: ExecutionResult) -> bool:
+    return (
+        result.failure.startswith("sandbox error:")
+        and result.exit_code == -signal.SIGKILL
+        and not result.cancelled
+        and not result.duration_secs
+    )
 
 
 LOCK_POLL_SECS = 0.5
