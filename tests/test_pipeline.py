@@ -42,6 +42,9 @@ def no_backoff_sleep(monkeypatch):
 def start(repo, tmp_path, entries, profile_name="local", **overrides) -> Run:
     overrides.setdefault("max_debug_iterations", 3)
     overrides.setdefault("max_runtime_mins", 1)
+    # The cassettes hold no environment replies: an install that is slow on a loaded machine must not
+    # turn into a model call these tests never recorded.
+    overrides.setdefault("max_environment_repairs", 0)
     overrides["replay"] = str(cassette(tmp_path / "cassette.json", entries))
     profile = load_profile(profile_name, overrides)
     return services.run_submit(source=str(repo), profile_name=profile_name, profile=profile, enqueue=False)
