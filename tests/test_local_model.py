@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from decimal import Decimal
 from pathlib import Path
 
@@ -501,9 +502,17 @@ def test_generations_of_one_process_take_turns(fake_model):
 def test_the_model_is_loaded_once_per_process(monkeypatch):
     loads = []
 
+    def default_params():
+        return types.SimpleNamespace(use_extra_bufts=True)
+
+    bindings = type(sys)("llama_cpp.llama_cpp")
+    bindings.llama_model_default_params = default_params
+
     class Llama:
         def __init__(self, **kwargs):
             time.sleep(0.05)
+            # What llama.cpp's loader would read: the weights must not be repacked (see _plain_weight_buffers).
+            kwargs["use_extra_bufts"] = bindings.llama_model_default_params().use_extra_bufts
             loads.append(kwargs)
 
         def close(self):
@@ -511,7 +520,9 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
 
     fake_llama_cpp = type(sys)("llama_cpp")
     fake_llama_cpp.Llama = Llama
+    fake_llama_cpp.llama_cpp = bindings
     monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama_cpp)
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", bindings)
     monkeypatch.setattr(local_model, "_model", None)
     monkeypatch.setattr(local_model, "require_installed", lambda: None)
     monkeypatch.setattr(local_model, "model_path", lambda: Path("/models/model.gguf"))
@@ -525,6 +536,8 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
     (kwargs,) = loads
     assert kwargs["model_path"] == "/models/model.gguf"
     assert kwargs["n_ctx"] == local_model.N_CTX and kwargs["n_threads"] == local_model.N_THREADS
+    assert kwargs["use_extra_bufts"] is False
+    assert bindings.llama_model_default_params is default_params, "the loader's defaults are restored"
 
 
 # The grammars, held against the real vocabulary ------------------------------------------------------------
