@@ -469,17 +469,23 @@ STOP = ["<|im_end|>", "<|endoftext|>"]
 
 MARKER_LINE = re.compile(r"^=== (?:FILE: (?P<file>[A-Za-z0-9_./-]+)|(?P<kind>METADATA|CHANGES|END)) ===$")
 # One line of a file or of the change log, as GBNF: any line but a section marker (a line that starts
-# with "=== ", indented or not) and a placeholder of the format ("<the complete program>"; parsing.
+# with "===", indented or not) and a placeholder of the format ("<the complete program>"; parsing.
 # PLACEHOLDER_LINE). A line that starts with "<" and a word may not go on past a space until a ">" closes
 # the word: the 1.5B model, allowed an unclosed "<only packages main.py needs ...", wrote 1,400 tokens of
-# it, repeating itself, until the reply's limit. Lines such as "=====", "<html>", "<b>x</b> y", "<= 3" or
+# it, repeating itself, until the reply's limit. Lines such as "==", "<html>", "<b>x</b> y", "<= 3" or
 # "< 3" stay possible; "<a href=...>" at the start of a line does not.
+# A marker written slightly wrong ("===METADATA ===") was a line of main.py, after which the model wrote
+# blank lines until its limit (seen on a fix: 1,100 tokens of them): no line starts with "===", at most
+# three blank lines follow each other, and an indentation is at most 48 characters.
 LINE_RULES = r"""
-text-line ::= [ \t]* (line-plain | line-eq | line-lt)? "\n"
+indent ::= [ \t]{0,48}
+text-line ::= indent (line-plain | line-eq | line-lt) "\n"
+blank-line ::= indent "\n"
+blanks ::= blank-line (blank-line blank-line?)?
 line-plain ::= [^ \t\n=<] [^\n]*
-line-eq ::= "=" ([^=\n] [^\n]* | "=" ([^=\n] [^\n]* | "=" ([^ \n] [^\n]*)?)?)?
+line-eq ::= "=" ([^=\n] [^\n]* | "=" ([^=\n] [^\n]*)?)?
 line-lt ::= "<" ([^ \t\na-zA-Z] [^\n]* | [ \t]+ [^ \t\na-zA-Z] [^\n]* | [a-zA-Z] [^ \t\n<>]* (">" [^\n]*)?)?
-text-body ::= text-line*
+text-body ::= (blanks? text-line)* blanks?
 """
 
 

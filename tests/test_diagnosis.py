@@ -2,7 +2,12 @@
 
 from distill.pipeline import digest
 from distill.pipeline.dependencies import declared_dependencies
-from distill.pipeline.diagnosis import diagnose, unreached_imports, without_recorder_frames
+from distill.pipeline.diagnosis import (
+    diagnose,
+    missing_requirements,
+    unreached_imports,
+    without_recorder_frames,
+)
 from tests.factories import make_git_repo
 
 PYPROJECT = """
@@ -306,3 +311,15 @@ def test_a_name_asked_of_the_wrong_class_is_found_where_the_repository_defines_i
     assert found[1] == (
         "a 'Locator' object has no attribute 'elbow': use a name it defines (the API digest above lists them)"
     )
+
+
+def test_the_requirements_that_install_the_modules_a_program_could_not_import():
+    output = (
+        "ModuleNotFoundError: No module named 'sklearn.svm'\n"
+        "ModuleNotFoundError: No module named 'matplotlib'\n"
+        "ModuleNotFoundError: No module named 'kneed.extra'\n"  # the repository's own: not installable
+        "ModuleNotFoundError: No module named 'matplotlib'\n"
+    )
+    found = missing_requirements(output, {"kneed": "kneed"}, declared=["matplotlib>=3"])
+
+    assert found == ["scikit-learn", "matplotlib>=3"]

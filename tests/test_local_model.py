@@ -585,7 +585,7 @@ def allows(vocabulary, grammar: str, text: str, *, to_the_end: bool = True) -> b
 def test_the_program_grammar_takes_the_format_and_nothing_else(vocabulary):
     asking = [{"role": "user", "content": "Write it.\n\n" + reply_format(prepared=False, changes=False)}]
     grammar = local_model.program_grammar(asking, after=local_model.PROGRAM_START)
-    reply = program(WORKING_MAIN.replace("log = [", 'html = """\n<html>\n=====\n"""\nlog = ['))
+    reply = program(WORKING_MAIN.replace("log = [", 'html = """\n<html>\n==\n\n\n\n"""\nlog = ['))
     after_start = reply.split(local_model.PROGRAM_START, 1)[1]
 
     assert allows(vocabulary, grammar, after_start)
@@ -601,6 +601,9 @@ def test_the_program_grammar_takes_the_format_and_nothing_else(vocabulary):
     unclosed = "print(1)\n=== FILE: requirements.txt ===\n<only packages main.py needs, or add kneed\n"
     assert not allows(vocabulary, grammar, unclosed, to_the_end=False)  # seen: 1,400 tokens of it
     assert allows(vocabulary, grammar, "if a\n<= 3\n< 3\n<b>bold</b> text\n", to_the_end=False)
+    # Seen on a fix: a marker written wrong became a line of main.py, then blank lines until the limit.
+    assert not allows(vocabulary, grammar, "print(1)\n===METADATA ===\n", to_the_end=False)
+    assert not allows(vocabulary, grammar, "print(1)\n\n\n  \n\n", to_the_end=False)
     # Where a reply that stopped short goes on: the metadata object, then the end.
     rest = local_model.program_grammar(asking, after="=== METADATA ===\n")
     assert allows(vocabulary, rest, '{"description": "d"}\n=== END ===')

@@ -172,3 +172,30 @@ def test_metadata_that_copies_the_formats_description_is_refused_as_missing():
     }
     with pytest.raises(ReplyError, match="metadata: description: Field required"):
         parse_program(program(metadata=copied))
+
+
+TEMPLATE_METADATA = (
+    '{"description": "what the example demonstrates", "inclusion_criteria": "when to use this example",\n'
+    ' "exclusion_criteria": "when not to use it", "example_type": "demonstration | tutorial | benchmark | '
+    'workflow",\n "compute_needs": "cpu | gpu, with rough memory and time", "gpu_required": false,\n'
+    ' "api_keys_needed": [], "python_version": "3.11"}'
+)
+
+
+def test_a_fix_that_copies_the_metadata_template_keeps_the_failed_versions_metadata():
+    # Seen on pwlf: three fix replies in a row sent the format's metadata template back.
+    reply = program(changes="Root cause: a list.").replace(
+        program().split("=== METADATA ===\n")[1].split("\n=== END")[0], TEMPLATE_METADATA
+    )
+    with pytest.raises(ReplyError, match="metadata: description"):
+        parse_program(reply, require_change_log=True)
+    previous = {"description": "Fits a piecewise linear model.", "example_type": "demonstration"}
+
+    parsed = parse_program(reply, require_change_log=True, metadata_default=previous)
+
+    assert parsed.metadata.description == "Fits a piecewise linear model."
+    assert parsed.metadata.python_version == "3.11"  # what the reply did write is kept
+    without = reply.split("=== METADATA ===")[0] + "=== CHANGES ===\nRoot cause: a list.\n"
+    assert (
+        parse_program(without, require_change_log=True, metadata_default=previous).metadata == parsed.metadata
+    )

@@ -146,6 +146,29 @@ def test_a_failure_is_fixed_and_the_fix_is_executed(repo, tmp_path):
     assert run.steps.filter(name="execute").count() == 2
 
 
+def test_a_module_the_program_could_not_import_is_added_to_the_fixs_requirements(repo, tmp_path, monkeypatch):
+    # Seen on kneed: its plot needs matplotlib, and told so, the 1.5B model sent main.py back unchanged.
+    # Offline index: the added requirement cannot install here, and no test reaches PyPI.
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    needs_plots = WORKING_MAIN.replace("import json\n", "import json\nimport minilib_plots\n")
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(needs_plots)),
+         ("fix", program(needs_plots, changes="Root cause: minilib_plots is not installed."))],
+        max_debug_iterations=2,
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    first, second = run.iterations.all()
+    assert "No module named 'minilib_plots'" in first.stderr
+    assert first.measured["missing_requirements"] == ["minilib_plots"]
+    assert second.files["main.py"] == first.files["main.py"], "the model changed nothing"
+    assert environment.program_extras(second.files) == ["minilib_plots"]
+    assert "Added minilib_plots to requirements.txt" in second.change_log
+    assert LLMCall.objects.filter(run=run, stage="fix").count() == 1, "not refused as the same program"
+
+
 def test_a_dependency_that_does_not_exist_stops_the_run_at_the_environment_with_one_line(tmp_path, settings):
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
     needy = {

@@ -81,3 +81,48 @@ def test_a_program_that_never_writes_results_json_goes_back():
         checked(main)
     # Written anywhere in the code, under any path, it counts.
     checked(main + "import json, pathlib\npathlib.Path(f'out/results.json').write_text(json.dumps({}))\n")
+
+
+FINDIFF_DIGEST = """from findiff import FinDiff
+class FinDiff:  # A finite difference operator.
+    def __init__(self, *args, **kwargs): ...
+from findiff import Coef
+class Coef:  # A constant or variable coefficient.
+    def __init__(self, value): ...
+from findiff.diff import Id
+class Id:
+    def matrix(self, shape): ...
+from findiff.other import Id
+class Id:
+    def matrix(self, shape): ...
+"""
+
+
+def test_installed_modules_their_aliases_and_the_repositorys_api_are_imported_when_forgotten():
+    # Seen on findiff: three generate replies used numpy and the repository's classes unimported.
+    main = (
+        "import json\n"
+        "x = numpy.linspace(0, 1, 11)\n"
+        "d = FinDiff(0, x[1] - x[0], 1, acc=2) * Coef(2.0)\n"
+        "y = np.sin(x)\n"
+        "json.dump({'n': len(x)}, open('results.json', 'w'))\n"
+    )
+    known = preflight.known_imports({"numpy", "findiff"}, FINDIFF_DIGEST)
+
+    fixed = preflight.check(parse_program(program(main, changes="First version.")), known=known)
+
+    assert fixed.files["main.py"] == (
+        "from findiff import Coef\nfrom findiff import FinDiff\nimport numpy\nimport numpy as np\n" + main
+    )
+    assert "added `from findiff import Coef` to main.py" in fixed.change_log
+    compile(fixed.files["main.py"], "main.py", "exec")
+
+
+def test_a_name_the_environment_does_not_define_unambiguously_still_goes_back():
+    known = preflight.known_imports({"findiff"}, FINDIFF_DIGEST)
+    assert "np" not in known and "pd" not in known  # numpy and pandas are not installed
+    assert "Id" not in known  # two modules define it: which one is meant is the model's to say
+
+    main = "import json\nprint(np.ones(3), Id())\njson.dump({}, open('results.json', 'w'))\n"
+    with pytest.raises(ReplyError, match="undefined name 'np'.*undefined name 'Id'"):
+        preflight.check(parse_program(program(main)), known=known)

@@ -43,6 +43,43 @@ def declared_dependencies(root: Path) -> list[str]:
     return chosen[:MAX_REQUIREMENTS]
 
 
+# Import names whose distribution on PyPI is called otherwise (the common ones in scientific code).
+DISTRIBUTIONS = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "bs4": "beautifulsoup4",
+    "Bio": "biopython",
+    "Crypto": "pycryptodome",
+    "dateutil": "python-dateutil",
+    "dotenv": "python-dotenv",
+    "attr": "attrs",
+    "jwt": "pyjwt",
+    "serial": "pyserial",
+    "git": "gitpython",
+    "OpenGL": "pyopengl",
+    "google.protobuf": "protobuf",
+    "tensorflow_probability": "tensorflow-probability",
+}
+
+
+def distribution_of(module: str) -> str:
+    """The distribution on PyPI that installs an import name ("sklearn.svm" -> "scikit-learn")."""
+    top = module.split(".")[0]
+    return DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top
+
+
+def modules_of(distribution: str) -> set[str]:
+    """The top-level import names a distribution most likely provides ("scikit-learn" -> {"sklearn"})."""
+    name = canonicalize_name(distribution)
+    named = {
+        module.split(".")[0] for module, dist in DISTRIBUTIONS.items() if canonicalize_name(dist) == name
+    }
+    return named or {name.replace("-", "_")}
+
+
 def normalized_name(requirement: str) -> str:
     parsed_requirement = parsed(requirement)
     if parsed_requirement is not None:

@@ -10,31 +10,10 @@ import ast
 import re
 from pathlib import PurePosixPath
 
-from distill.pipeline.dependencies import normalized_name
+from distill.pipeline.dependencies import distribution_of, normalized_name
 
 MAX_FINDINGS = 3
 REPO_MOUNT = "/repo"  # where the sandbox mounts the clone (distill/sandbox)
-
-# Import names whose distribution on PyPI is called otherwise (the common ones in scientific code).
-DISTRIBUTIONS = {
-    "sklearn": "scikit-learn",
-    "skimage": "scikit-image",
-    "cv2": "opencv-python-headless",
-    "PIL": "pillow",
-    "yaml": "pyyaml",
-    "bs4": "beautifulsoup4",
-    "Bio": "biopython",
-    "Crypto": "pycryptodome",
-    "dateutil": "python-dateutil",
-    "dotenv": "python-dotenv",
-    "attr": "attrs",
-    "jwt": "pyjwt",
-    "serial": "pyserial",
-    "git": "gitpython",
-    "OpenGL": "pyopengl",
-    "google.protobuf": "protobuf",
-    "tensorflow_probability": "tensorflow-probability",
-}
 
 NO_MODULE = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'", re.M)
 NO_NAME = re.compile(r"^ImportError: cannot import name '(\w+)' from '([\w.]+)'", re.M)
@@ -156,13 +135,11 @@ def diagnose(
                 )
             )
             continue
-        distribution = DISTRIBUTIONS.get(module) or DISTRIBUTIONS.get(top) or top
-        listed = [r for r in declared if normalized_name(r) == normalized_name(distribution)]
+        requirement, listed = _requirement_for(module, declared)
         found.append(
             (
                 position,
-                f"the module {module!r} is not installed: add "
-                f"{listed[0] if listed else distribution!r} to requirements.txt"
+                f"the module {module!r} is not installed: add {requirement!r} to requirements.txt"
                 + (" (the repository declares it)" if listed else ""),
             )
         )
@@ -197,6 +174,24 @@ def diagnose(
         found.append((match.start(), f"{owner} has no attribute {name!r}: " + _elsewhere(name, defined)))
     found.sort(key=lambda pair: pair[0])  # stable: within one place, the order above
     return [finding for _, finding in found][:MAX_FINDINGS]
+
+
+def missing_requirements(output: str, packages: dict[str, str], declared: list[str]) -> list[str]:
+    """The requirements that would install the modules a program could not import (not the repository's
+    own packages), as diagnose names them: the repository's declared line when it declares one."""
+    found = {}
+    for module in NO_MODULE.findall(output):
+        if module.split(".")[0] not in packages:
+            requirement, _ = _requirement_for(module, declared)
+            found.setdefault(normalized_name(requirement), requirement)
+    return list(found.values())
+
+
+def _requirement_for(module: str, declared: list[str]) -> tuple[str, bool]:
+    """(the requirement that installs `module`, whether it is the repository's declared line)."""
+    distribution = distribution_of(module)
+    listed = [r for r in declared if normalized_name(r) == normalized_name(distribution)]
+    return (listed[0], True) if listed else (distribution, False)
 
 
 def api_definitions(digest: str) -> dict[str, list[str]]:

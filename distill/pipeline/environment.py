@@ -612,7 +612,7 @@ def deterministic_repair(state: dict, clone: Path) -> list[str] | None:
         top = module.split(".")[0]
         if top in own:
             continue
-        distribution = diagnosis.DISTRIBUTIONS.get(module) or diagnosis.DISTRIBUTIONS.get(top) or top
+        distribution = dependencies.distribution_of(module)
         name = canonicalize_name(distribution)
         if name in declared:
             lowest = _lowest_version(declared[name])

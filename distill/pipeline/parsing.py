@@ -94,10 +94,18 @@ PLACEHOLDER_LINE = re.compile(r"^\s*<[^<>\n]* [^<>\n]*>\s*$", re.M)
 
 
 def parse_program(
-    text: str, *, require_change_log: bool = False, required_files: tuple[str, ...] = REQUIRED_FILES
+    text: str,
+    *,
+    require_change_log: bool = False,
+    required_files: tuple[str, ...] = REQUIRED_FILES,
+    metadata_default: dict | None = None,
 ) -> Program:
     """A program reply. With a prepared environment only main.py is required: its requirements.txt, if
-    any, holds extra requirements, and the files the sandbox runs are derived (environment.py)."""
+    any, holds extra requirements, and the files the sandbox runs are derived (environment.py).
+
+    `metadata_default` (a fix's: the failed version's metadata) fills what the reply's METADATA leaves
+    out or only copies from the format: a fix rarely changes what the example is, and the 1.5B model,
+    busy with the code, sent the format's template back three times and lost the run for it."""
     files: dict[str, str] = {}
     metadata_text = None
     change_log = ""
@@ -154,12 +162,19 @@ def parse_program(
             raise ReplyError(
                 f"{name} holds the format's placeholder {match.group().strip()!r}: write the real content"
             )
-    if metadata_text is None:
+    if metadata_text is None and metadata_default is None:
         raise ReplyError("missing the '=== METADATA ===' section with a JSON object")
     try:
-        metadata = ExampleMetadata.model_validate(
-            extract_json(metadata_text, expect=dict, placeholders=prompts.placeholders("program_format"))
-        )
+        written = {}
+        if metadata_text is not None:
+            try:
+                written = extract_json(
+                    metadata_text, expect=dict, placeholders=prompts.placeholders("program_format")
+                )
+            except ReplyError:
+                if metadata_default is None:
+                    raise
+        metadata = ExampleMetadata.model_validate({**(metadata_default or {}), **written})
     except ValidationError as exc:
         raise ReplyError(f"metadata: {_first_error(exc)}") from None
     if require_change_log and not change_log:

@@ -5,8 +5,12 @@ Before a program reply becomes an iteration:
 - no name may be undefined (pyflakes, on the syntax tree: nothing of the program is imported or run
   here). A standard-library module used without its import gets the import, added at a fixed place and
   said in the change log: the 1.5B model forgets `import json` often, and a sandbox run and a fix cost
-  it minutes to learn what this knows at once. Any other undefined name is a repair, with pyflakes' own
-  message;
+  it minutes to learn what this knows at once. So does a name the program's environment defines beyond
+  the standard library (`known`, from known_imports): an installed module (`numpy`, or `np` by its usual
+  alias) or one of the repository's own classes and functions, as the API digest imports it (seen on
+  findiff: three replies in a row used `numpy`, `Coef` and `BoundaryConditions` without importing them,
+  and the run ended before its first iteration). Any other undefined name is a repair, with pyflakes'
+  own message;
 - it must write results.json: without that name anywhere in its code it cannot pass the measurement.
 
 A problem raises parsing.ReplyError, whose message goes back to the model as a repair of its reply,
@@ -18,6 +22,7 @@ import sys
 
 from pyflakes import checker, messages
 
+from distill.pipeline import diagnosis
 from distill.pipeline.parsing import Program, ReplyError
 
 RESULTS_FILE = "results.json"
@@ -36,8 +41,36 @@ FROM_IMPORTS = {
 }
 
 
-def check(program: Program) -> Program:
-    """The program, with its missing standard-library imports added (and said in its change log).
+# The usual short names of scientific modules: {alias: (the distribution's module, the import line)}.
+ALIASES = {
+    "np": ("numpy", "import numpy as np"),
+    "pd": ("pandas", "import pandas as pd"),
+    "plt": ("matplotlib", "import matplotlib.pyplot as plt"),
+    "mpl": ("matplotlib", "import matplotlib as mpl"),
+    "sns": ("seaborn", "import seaborn as sns"),
+    "nx": ("networkx", "import networkx as nx"),
+    "xr": ("xarray", "import xarray as xr"),
+    "gpd": ("geopandas", "import geopandas as gpd"),
+    "tf": ("tensorflow", "import tensorflow as tf"),
+}
+
+
+def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
+    """{name: the import line} for names beyond the standard library that a program may use unimported:
+    the top-level `modules` installed for it (and their usual aliases), then the repository's public
+    classes and functions that its API digest imports from one place only."""
+    known = {module: f"import {module}" for module in modules if module.isidentifier()}
+    known.update({alias: line for alias, (module, line) in ALIASES.items() if module in modules})
+    for name, places in diagnosis.api_definitions(api_digest).items():
+        lines = {place.split(" (", 1)[1].rstrip(")") for place in places if place.startswith(f"{name} (")}
+        if len(lines) == 1 and name not in known:
+            known[name] = lines.pop()
+    return known
+
+
+def check(program: Program, known: dict[str, str] | None = None) -> Program:
+    """The program, with its missing imports added (and said in its change log): the standard library's,
+    and those `known` (known_imports) names.
 
     Raises ReplyError with every problem that only the model can fix.
     """
@@ -52,12 +85,14 @@ def check(program: Program) -> Program:
             problems.append(_syntax_error(name, exc))
             continue
         undefined = _undefined(tree, name)
-        imports = _stdlib_imports(tree, {message.message_args[0] for message in undefined})
+        names = {message.message_args[0] for message in undefined}
+        imports = _stdlib_imports(tree, names)
+        imports.update({n: known[n] for n in names if n not in imports and n in (known or {})})
         if imports:
-            source = _with_imports(source, tree, sorted(imports.values()))
+            source = _with_imports(source, tree, sorted(set(imports.values())))
             tree = ast.parse(source, filename=name)
             files[name] = source
-            added += [f"`{line}` to {name}" for line in sorted(imports.values())]
+            added += [f"`{line}` to {name}" for line in sorted(set(imports.values()))]
             undefined = _undefined(tree, name)
         problems += [str(message) for message in undefined]
     if not problems and not any(

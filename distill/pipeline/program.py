@@ -201,7 +201,13 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
 
 
 def parse_program(
-    run: Run, text: str, *, require_change_log: bool, keep: dict | None = None
+    run: Run,
+    text: str,
+    *,
+    require_change_log: bool,
+    keep: dict | None = None,
+    metadata_default: dict | None = None,
+    add_requirements: list[str] = (),
 ) -> parsing.Program:
     """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
     main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
@@ -211,8 +217,15 @@ def parse_program(
         text,
         require_change_log=require_change_log,
         required_files=("main.py",) if prepared else parsing.REQUIRED_FILES,
+        metadata_default=metadata_default,
     )
     requirements, problems = dependencies.clean_requirements(program.files.get("requirements.txt", ""))
+    written = {dependencies.normalized_name(line) for line in requirements}
+    added = [line for line in add_requirements if dependencies.normalized_name(line) not in written]
+    requirements += added
+    if added:
+        note = f"Added {', '.join(added)} to requirements.txt: the last version could not import it."
+        program = program.model_copy(update={"change_log": f"{program.change_log}\n{note}".strip()})
     files = dict(program.files)
     if prepared:
         other = {
@@ -228,7 +241,21 @@ def parse_program(
         files = {**keep, **files}
     # A program that cannot pass by construction (a syntax error, an undefined name, no results.json) is
     # sent back as a repair of the reply, without spending a sandbox run.
-    return preflight.check(program.model_copy(update={"files": files, "requirement_problems": problems}))
+    return preflight.check(
+        program.model_copy(update={"files": files, "requirement_problems": problems}),
+        known=preflight.known_imports(_installed_modules(prepared, requirements), run.api_digest),
+    )
+
+
+def _installed_modules(prepared: dict | None, requirements: list[str]) -> set[str]:
+    """The top-level modules a program's environment installs: the prepared environment's lock and the
+    repository's packages it imports, and the program's own requirements."""
+    lines = [*(prepared or {}).get("lock", []), *requirements]
+    modules = {
+        module for line in lines for module in dependencies.modules_of(dependencies.normalized_name(line))
+    }
+    imported = (prepared or {}).get("imports", [])
+    return modules | {item["name"].split(".")[0] for item in imported if item.get("ok")}
 
 
 def save_iteration(run: Run, number: int, program: parsing.Program, *, change_log: str) -> Iteration:
@@ -258,8 +285,19 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
     if existing:
         return existing
 
+    # A module the last version could not import is installed whatever the model writes: told to add
+    # matplotlib to requirements.txt (kneed's plot needs it), the 1.5B model sent main.py back unchanged.
+    missing = (previous.measured or {}).get("missing_requirements", [])
+
     def parse(text: str) -> parsing.Program:
-        program = parse_program(run, text, require_change_log=True, keep=previous.files)
+        program = parse_program(
+            run,
+            text,
+            require_change_log=True,
+            keep=previous.files,
+            metadata_default=previous.metadata or None,
+            add_requirements=missing,
+        )
         if _same_program(program.files, previous.files):
             # Running it again would fail again, and spend an iteration on nothing.
             raise parsing.ReplyError(
@@ -421,9 +459,11 @@ def execute(
     _prove(iteration, proof.verify(result.record, recording["key"], packages, clone) if recorded else None)
     if not iteration.measured["passed"] and not result.cancelled:
         named = [f"requirements.txt: {problem}" for problem in requirement_problems]
-        iteration.measured["diagnosis"] = named + _diagnose(
-            run, iteration, result, repository, prepared=bool(prepared)
-        )
+        findings, missing = _diagnose(run, iteration, result, repository, prepared=bool(prepared))
+        iteration.measured["diagnosis"] = named + findings
+        if missing:
+            # What the fix adds to requirements.txt whatever the model writes (fix).
+            iteration.measured["missing_requirements"] = missing
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
@@ -439,16 +479,20 @@ def execute(
 
 def _diagnose(
     run: Run, iteration: Iteration, result, repository: Repository | None, *, prepared: bool
-) -> list[str]:
-    """The likely cause of a failed iteration (distill/pipeline/diagnosis.py)."""
+) -> tuple[list[str], list[str]]:
+    """The likely cause of a failed iteration (distill/pipeline/diagnosis.py), and the requirements that
+    would install the modules it could not import."""
     evidence = iteration.proof or {}
     unused = evidence.get("verdict") == proof.UNUSED
     packages = repository.packages if repository is not None else proof.Packages()
-    return diagnosis.diagnose(
-        output=result.stderr + "\n" + result.stdout[-20000:],
+    output = result.stderr + "\n" + result.stdout[-20000:]
+    own = {**packages.packages, **packages.modules}
+    declared = repository.declared if repository is not None else []
+    findings = diagnosis.diagnose(
+        output=output,
         install_log=result.install_log,
-        packages={**packages.packages, **packages.modules},
-        declared=repository.declared if repository is not None else [],
+        packages=own,
+        declared=declared,
         main_source=iteration.files.get("main.py", ""),
         imported={m[0].split(".")[0] for m in evidence.get("modules", [])} if unused else None,
         out_of_memory_mb=iteration.sandbox.get("memory_mb") if result.out_of_memory else None,
@@ -456,6 +500,9 @@ def _diagnose(
         paper=run.kind == Run.Kind.PAPER,
         api_digest=run.api_digest,
     )
+    # A module of the program's own (a paper's model.py, left out) is never a package to install.
+    written = {name.split("/")[0].removesuffix(".py"): name for name in iteration.files}
+    return findings, diagnosis.missing_requirements(output, {**own, **written}, declared)
 
 
 def _remove_links(job: Path) -> None:
