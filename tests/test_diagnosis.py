@@ -323,3 +323,23 @@ def test_the_requirements_that_install_the_modules_a_program_could_not_import():
     found = missing_requirements(output, {"kneed": "kneed"}, declared=["matplotlib>=3"])
 
     assert found == ["scikit-learn", "matplotlib>=3"]
+
+
+def test_a_librarys_own_advice_to_install_an_extra_is_a_missing_requirement():
+    output = (
+        '  File "/env/lib/python3.11/site-packages/kneed/knee_locator.py", line 335, in plot_knee\n'
+        "ModuleNotFoundError: This function needs Matplotlib to be executed. Please run command "
+        "`pip install kneed[plot]`\n"
+    )
+    assert missing_requirements(output, {"kneed": "kneed"}, declared=[]) == ["kneed[plot]"]
+
+
+def test_a_value_json_cannot_write_is_named_with_the_one_argument_that_writes_it():
+    output = (
+        'Traceback (most recent call last):\n  File "/job/main.py", line 25, in <module>\n'
+        "TypeError: Object of type ndarray is not JSON serializable\n"
+    )
+    (finding,) = diagnose(output=output, install_log="", packages={}, declared=[])
+
+    assert finding.startswith("json cannot write a ndarray value")
+    assert "default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)" in finding

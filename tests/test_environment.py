@@ -252,13 +252,24 @@ def test_a_program_without_extras_reuses_the_prepared_environment_and_with_extra
     assert plain["requirements.txt"] == (
         "# The repository itself\nkneed==0.8.5\n# The prepared environment (pip freeze)\nnumpy==2.1.0\nscipy==1.14.1\n"
     )
-    assert "grep -vxF kneed==0.8.5 requirements.txt" in plain["runscript.sh"], "inside, built from the clone"
+    assert "grep -vxF -e kneed==0.8.5 requirements.txt" in plain["runscript.sh"], (
+        "inside, built from the clone"
+    )
     assert "pip install --no-deps --use-pep517 /tmp/source" in plain["runscript.sh"]
 
     extra = environment.program_files(state, "print(1)\n", ["numpy<2", "matplotlib"])
     assert environment.program_extras(extra) == ["numpy<2", "matplotlib"]
     assert "numpy==2.1.0" not in extra["requirements.txt"], "the program's pin replaces the lock's"
     assert environment.program_env_key(state, ["numpy<2", "matplotlib"]) not in (None, state["key"])
+
+    # An extra of the repository itself (a library's advice: `pip install kneed[plot]`) is built from
+    # the clone with its dependencies, never installed from the index.
+    state["installed"] = {"name": "kneed"}
+    own = environment.program_files(state, "print(1)\n", ["kneed[plot]"])
+    assert environment.program_extras(own) == ["kneed[plot]"]
+    assert environment.program_env_key(state, ["kneed[plot]"]) not in (None, state["key"])
+    assert "grep -vxF -e kneed==0.8.5 -e 'kneed[plot]' requirements.txt" in own["runscript.sh"]
+    assert "pip install --use-pep517 '/tmp/source[plot]'" in own["runscript.sh"]
 
 
 @pytest.mark.slow
@@ -366,3 +377,11 @@ def test_requirements_the_environment_already_satisfies_are_not_extras():
     state = {"installed": {"name": "kneed", "version": "0.8.5"}, "lock": ["numpy==2.4.6", "scipy==1.17.1"]}
     asked = ["numpy", "numpy>=1.20", "kneed", "scipy<1.10", "matplotlib", "numpy[extra]"]
     assert environment.beyond_environment(state, asked) == ["scipy<1.10", "matplotlib", "numpy[extra]"]
+
+
+def test_an_extra_of_the_repository_itself_is_beyond_the_environment_and_the_repository_is_not():
+    state = {"installed": {"name": "kneed"}, "lock": ["numpy==2.1.0"]}
+    assert environment.beyond_environment(state, ["kneed", "kneed[plot]", "numpy", "matplotlib"]) == [
+        "kneed[plot]",
+        "matplotlib",
+    ]

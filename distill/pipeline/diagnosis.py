@@ -22,6 +22,8 @@ NO_ATTRIBUTE = re.compile(r"^AttributeError: module '([\w.]+)' has no attribute 
 NO_MEMBER = re.compile(
     r"^AttributeError: (?:type object '(\w+)'|'(\w+)' object) has no attribute '(\w+)'", re.M
 )
+# Seen on pwlf: a numpy array in results; the fix converted one of two and failed again.
+NOT_JSON = re.compile(r"^TypeError: Object of type (\w+) is not JSON serializable", re.M)
 DIGEST_IMPORT = re.compile(r"^from ([\w.]+) import (\w+)")
 DIGEST_DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class) (\w+)")
 PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies the requirement|No matching "
@@ -172,18 +174,30 @@ def diagnose(
         cls, instance, name = match.groups()
         owner = f"the class {cls!r}" if cls else f"a {instance!r} object"
         found.append((match.start(), f"{owner} has no attribute {name!r}: " + _elsewhere(name, defined)))
+    for match in _first_of_each(NOT_JSON, output):
+        found.append(
+            (
+                match.start(),
+                f"json cannot write a {match.group(1)} value: give json.dump (or json.dumps) the argument "
+                "`default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)`, or convert each "
+                "value first (an array with .tolist(), a numpy number with float())",
+            )
+        )
     found.sort(key=lambda pair: pair[0])  # stable: within one place, the order above
     return [finding for _, finding in found][:MAX_FINDINGS]
 
 
 def missing_requirements(output: str, packages: dict[str, str], declared: list[str]) -> list[str]:
     """The requirements that would install the modules a program could not import (not the repository's
-    own packages), as diagnose names them: the repository's declared line when it declares one."""
+    own packages), as diagnose names them: the repository's declared line when it declares one, and what
+    a library's own message says to install ("Please run `pip install kneed[plot]`", seen on kneed)."""
     found = {}
     for module in NO_MODULE.findall(output):
         if module.split(".")[0] not in packages:
             requirement, _ = _requirement_for(module, declared)
             found.setdefault(normalized_name(requirement), requirement)
+    for match in _first_of_each(PIP_ADVICE, output)[:2]:
+        found.setdefault(match.group(1), match.group(1))
     return list(found.values())
 
 

@@ -383,7 +383,7 @@ def install_script(
     requirements: bool,
     repository_extras: list[str],
     fallback: bool,
-    skip_line: str = "",
+    skip_lines: list[str] = (),
 ) -> str:
     """The runscript of an environment: its requirements, then the repository from a writable copy.
 
@@ -394,10 +394,11 @@ def install_script(
         "/tmp/source" + (f"[{','.join(repository_extras)}]" if repository_extras else "")
     )
     install_requirements = "pip install -r requirements.txt\n" if requirements else ""
-    if skip_line and requirements:
-        # The repository's own line names it for outside; here it is built from the clone.
+    if skip_lines and requirements:
+        # The repository's own lines name it for outside; here it is built from the clone.
+        patterns = " ".join(f"-e {shlex.quote(line)}" for line in skip_lines)
         install_requirements = (
-            f"grep -vxF {shlex.quote(skip_line)} requirements.txt > /tmp/requirements.txt\n"
+            f"grep -vxF {patterns} requirements.txt > /tmp/requirements.txt\n"
             "pip install -r /tmp/requirements.txt\n"
         )
     on_path = (
@@ -414,7 +415,9 @@ def install_script(
         )
     copy = "rm -rf /tmp/source\ncp -a /repo /tmp/source\n"
     if not fallback:
-        return "".join([*lines, install_requirements, copy, f"pip install --no-deps {target}\n"])
+        # Its dependencies are in the lock; those of an extra of its own a program asks for are not.
+        deps = "" if repository_extras else "--no-deps "
+        return "".join([*lines, install_requirements, copy, f"pip install {deps}{target}\n"])
     both = f"pip install -r requirements.txt {target}" if requirements else f"pip install {target}"
     return "".join([
         *lines, copy,
@@ -439,6 +442,11 @@ def program_files(state: dict, main: str, extras: list[str], other: dict | None 
     takes (distill.models.HOW_TO_RUN). Inside, the runscript skips the repository's line and builds it
     from the clone instead, so the program runs the very commit that was proven."""
     repository = (state.get("repository") or {}).get("requirement", "")
+    # An extra of the repository itself ("kneed[plot]": a library's own advice when its plot needs
+    # matplotlib) is installed with the repository from the clone, never from the index.
+    own = canonicalize_name((state.get("installed") or {}).get("name") or "-")
+    own_lines = [line for line in extras if _is_own_extra(line, own)]
+    own_extras = {e for line in own_lines for e in dependencies.parsed(line).extras}
     extra_names = {dependencies.normalized_name(line) for line in extras}
     lock = [line for line in state.get("lock", []) if dependencies.normalized_name(line) not in extra_names]
     parts = []
@@ -452,15 +460,24 @@ def program_files(state: dict, main: str, extras: list[str], other: dict | None 
         mode=state.get("mode", "path"),
         root=state.get("root", "/repo"),
         requirements=bool(lock or extras),
-        repository_extras=state.get("repository_extras", []),
+        repository_extras=sorted({*state.get("repository_extras", []), *own_extras}),
         fallback=False,
-        skip_line=repository,
+        skip_lines=[line for line in [repository, *own_lines] if line],
     )
     runscript = (
         "# Outside CodeDistiller's sandbox: pip install -r requirements.txt, then python main.py.\n"
         "if [ ! -f /sandbox/run.sh ]; then\n  exec pip install -r requirements.txt\nfi\n" + inside
     )
     return {**(other or {}), "main.py": main, "requirements.txt": "".join(parts), "runscript.sh": runscript}
+
+
+def _is_own_extra(line: str, own: str) -> bool:
+    """Whether a requirement line is the repository itself with extras ("kneed[plot]")."""
+    requirement = dependencies.parsed(line)
+    return (
+        bool(requirement and requirement.extras and not requirement.url)
+        and canonicalize_name(requirement.name) == own
+    )
 
 
 def beyond_environment(state: dict, requirements: list[str]) -> list[str]:
@@ -481,7 +498,7 @@ def beyond_environment(state: dict, requirements: list[str]) -> list[str]:
     for line in requirements:
         requirement = dependencies.parsed(line)
         name = canonicalize_name(requirement.name) if requirement else ""
-        if name == own and not requirement.url:
+        if name == own and not requirement.url and not requirement.extras:
             continue
         version = locked.get(name)
         if requirement and version and not requirement.extras and not requirement.url:
