@@ -64,7 +64,7 @@ def test_a_syntax_error_goes_back_with_its_line():
 
 def test_an_undefined_name_that_is_not_the_standard_librarys_goes_back_as_pyflakes_says_it():
     main = WORKING_MAIN + "print(mean_squares([1.0]))\n"
-    with pytest.raises(ReplyError, match=r"main.py:14:7: undefined name 'mean_squares'$"):
+    with pytest.raises(ReplyError, match=r"main.py:14:7: undefined name 'mean_squares' \(did you mean 'mean_squared'\?\)$"):
         checked(main)
 
 
@@ -126,3 +126,13 @@ def test_a_name_the_environment_does_not_define_unambiguously_still_goes_back():
     main = "import json\nprint(np.ones(3), Id())\njson.dump({}, open('results.json', 'w'))\n"
     with pytest.raises(ReplyError, match="undefined name 'np'.*undefined name 'Id'"):
         preflight.check(parse_program(program(main)), known=known)
+
+
+def test_an_undefined_name_close_to_one_the_program_defines_is_named_with_it_and_results_json_too():
+    # Seen on kneed: `needle` for `kneedle`, three replies in a row, in a program that wrote no results.
+    main = "from kneed import KneeLocator\nkneedle = KneeLocator([1, 2], [1, 2])\nprint(needle.knee)\n"
+    with pytest.raises(ReplyError) as raised:
+        checked(main)
+
+    assert "main.py:3:7: undefined name 'needle' (did you mean 'kneedle'?)" in str(raised.value)
+    assert "never writes results.json" in str(raised.value), "every problem in one repair"

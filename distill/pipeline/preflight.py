@@ -18,6 +18,7 @@ without an iteration.
 """
 
 import ast
+import difflib
 import sys
 
 from pyflakes import checker, messages
@@ -94,10 +95,9 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             files[name] = source
             added += [f"`{line}` to {name}" for line in sorted(set(imports.values()))]
             undefined = _undefined(tree, name)
-        problems += [str(message) for message in undefined]
-    if not problems and not any(
-        _mentions(files[name], RESULTS_FILE) for name in files if name.endswith(".py")
-    ):
+        problems += [_with_suggestion(message, tree) for message in undefined]
+    # Said with the other problems, not after them: each repair costs a small model minutes.
+    if not any(_mentions(files[name], RESULTS_FILE) for name in files if name.endswith(".py")):
         problems.append(
             f"the program never writes {RESULTS_FILE}: main.py must write the values it computed to "
             f"{RESULTS_FILE}, as a JSON object"
@@ -109,6 +109,21 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
     note = f"Before running: added {', '.join(added)}, used without its import."
     change_log = f"{program.change_log}\n{note}".strip()
     return program.model_copy(update={"files": files, "change_log": change_log})
+
+
+def _with_suggestion(message, tree: ast.Module) -> str:
+    """pyflakes' message, and the name the program defines that it most likely meant (seen: `needle`
+    used for `kneedle` three replies in a row)."""
+    defined = {
+        node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    close = difflib.get_close_matches(message.message_args[0], sorted(defined), n=1, cutoff=0.8)
+    return str(message) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def _syntax_error(name: str, exc: SyntaxError) -> str:
