@@ -19,7 +19,9 @@ without an iteration.
 
 import ast
 import difflib
+import io
 import sys
+import tokenize
 
 from pyflakes import checker, messages
 
@@ -70,13 +72,20 @@ def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
 
 
 def check(program: Program, known: dict[str, str] | None = None) -> Program:
-    """The program, with its missing imports added (and said in its change log): the standard library's,
-    and those `known` (known_imports) names.
+    """The program with what is certain fixed, each fix said in its change log: missing imports (the
+    standard library's, and those `known`: known_imports), a misspelt name the program defines
+    (`needle` for `kneedle`), and a main.py that never writes results.json made to write its computed
+    top-level values there.
 
     Raises ReplyError with every problem that only the model can fix.
+
+    Why fix rather than ask: told exactly what was wrong ("undefined name 'needle' (did you mean
+    'kneedle'?)", "never writes results.json"), the 1.5B model sent the same reply back three times, and
+    the run ended before its first iteration. A name or a results file fixed here wrongly fails in the
+    sandbox, where the fix loop sees why.
     """
     files = dict(program.files)
-    problems, added = [], []
+    problems, notes = [], []
     for name, source in program.files.items():
         if not name.endswith(".py"):
             continue
@@ -90,30 +99,46 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
         imports = _stdlib_imports(tree, names)
         imports.update({n: known[n] for n in names if n not in imports and n in (known or {})})
         if imports:
-            source = _with_imports(source, tree, sorted(set(imports.values())))
+            lines = sorted(set(imports.values()))
+            source = _with_imports(source, tree, lines)
             tree = ast.parse(source, filename=name)
-            files[name] = source
-            added += [f"`{line}` to {name}" for line in sorted(set(imports.values()))]
+            notes.append(
+                f"added {', '.join(f'`{line}`' for line in lines)} to {name}, used without its import"
+            )
             undefined = _undefined(tree, name)
-        problems += [_with_suggestion(message, tree) for message in undefined]
-    # Said with the other problems, not after them: each repair costs a small model minutes.
-    if not any(_mentions(files[name], RESULTS_FILE) for name in files if name.endswith(".py")):
-        problems.append(
-            f"the program never writes {RESULTS_FILE}: main.py must write the values it computed to "
-            f"{RESULTS_FILE}, as a JSON object"
-        )
+        renames = {m.message_args[0]: meant for m in undefined if (meant := _meant(m.message_args[0], tree))}
+        if renames:
+            source = _renamed(source, renames)
+            tree = ast.parse(source, filename=name)
+            said = ", ".join(f"`{wrong}` to `{meant}`" for wrong, meant in sorted(renames.items()))
+            notes.append(f"renamed {said} in {name}, the name it defines")
+            undefined = _undefined(tree, name)
+        files[name] = source
+        problems += [str(message) for message in undefined]
+    writes_results = any(_mentions(files[name], RESULTS_FILE) for name in files if name.endswith(".py"))
+    if not problems and not writes_results:
+        computed = _computed_names(ast.parse(files["main.py"]))
+        if computed:
+            files["main.py"] = files["main.py"].rstrip("\n") + "\n" + _results_block(computed)
+            notes.append(
+                f"main.py wrote no {RESULTS_FILE}: its computed top-level values ({', '.join(computed)}) "
+                "are written there at its end"
+            )
+        else:
+            problems.append(
+                f"the program never writes {RESULTS_FILE}: main.py must write the values it computed to "
+                f"{RESULTS_FILE}, as a JSON object"
+            )
     if problems:
         raise ReplyError("the program cannot run as it is: " + "; ".join(problems))
-    if not added:
+    if not notes:
         return program
-    note = f"Before running: added {', '.join(added)}, used without its import."
+    note = "Before running: " + "; ".join(notes) + "."
     change_log = f"{program.change_log}\n{note}".strip()
     return program.model_copy(update={"files": files, "change_log": change_log})
 
 
-def _with_suggestion(message, tree: ast.Module) -> str:
-    """pyflakes' message, and the name the program defines that it most likely meant (seen: `needle`
-    used for `kneedle` three replies in a row)."""
+def _defined(tree: ast.Module) -> set[str]:
     defined = {
         node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
     }
@@ -122,8 +147,77 @@ def _with_suggestion(message, tree: ast.Module) -> str:
             defined.add(node.name)
         elif isinstance(node, ast.Import | ast.ImportFrom):
             defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    close = difflib.get_close_matches(message.message_args[0], sorted(defined), n=1, cutoff=0.8)
-    return str(message) + (f" (did you mean {close[0]!r}?)" if close else "")
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+    return defined
+
+
+def _meant(name: str, tree: ast.Module) -> str | None:
+    """The one name the program defines that an undefined `name` is a misspelling of, if there is one."""
+    close = difflib.get_close_matches(name, sorted(_defined(tree)), n=2, cutoff=0.8)
+    return close[0] if len(close) == 1 else None
+
+
+def _renamed(source: str, renames: dict[str, str]) -> str:
+    """The source with each wrong name, where it is a name (not an attribute or a string), renamed."""
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    lines = source.splitlines(keepends=True)
+    # From the end, so that the columns of earlier tokens on a line stay right.
+    for index in range(len(tokens) - 1, -1, -1):
+        token = tokens[index]
+        after_dot = index > 0 and tokens[index - 1].string == "."
+        if token.type == tokenize.NAME and token.string in renames and not after_dot:
+            row, col = token.start
+            line = lines[row - 1]
+            lines[row - 1] = line[:col] + renames[token.string] + line[col + len(token.string) :]
+    return "".join(lines)
+
+
+MAX_RESULT_NAMES = 12
+
+
+def _computed_names(tree: ast.Module) -> list[str]:
+    """main.py's top-level names assigned from a computation (a call, arithmetic, an attribute or an
+    index), in order: what a results.json written for it may hold. Literals typed in are not results."""
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        value = getattr(node, "value", None)
+        if not isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) or value is None:
+            continue
+        if not any(
+            isinstance(n, ast.Call | ast.BinOp | ast.Attribute | ast.Subscript) for n in ast.walk(value)
+        ):
+            continue
+        for target in targets:
+            for element in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if isinstance(element, ast.Name) and not element.id.startswith("_"):
+                    names.append(element.id)
+    return list(dict.fromkeys(names))[-MAX_RESULT_NAMES:]
+
+
+def _results_block(names: list[str]) -> str:
+    """Code that writes the named values to results.json: numbers, strings, booleans and short lists
+    (arrays as lists); anything else is left out."""
+    return f"""
+# Added by CodeDistiller before the first run: main.py wrote no {RESULTS_FILE}. Its computed top-level
+# values go there, so that the run can be measured.
+import json as _json
+
+
+def _result_value(value):
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)) and len(value) <= 50:
+        return [_result_value(item) for item in value]
+    return None
+
+
+_results = {{name: _result_value(globals().get(name)) for name in {names!r}}}
+with open({RESULTS_FILE!r}, "w") as _file:
+    _json.dump({{k: v for k, v in _results.items() if v is not None}}, _file, indent=2, default=str)
+"""
 
 
 def _syntax_error(name: str, exc: SyntaxError) -> str:
