@@ -394,7 +394,11 @@ class Health:
 
 
 def health_of(example: Example) -> Health:
-    checks = list(example.checks.verdicts().only("pk", "status", "reason", "started_at", "finished_at")[:50])
+    checks = list(
+        example.checks.verdicts().only("pk", "status", "reason", "started_at", "finished_at", "repair_run")[
+            :50
+        ]
+    )
     running = example.checks.filter(status=S.RUNNING).exists()
     if not checks:
         return Health(status=None, last=None, since=None, running=running)
@@ -405,3 +409,76 @@ def health_of(example: Example) -> Health:
             break
         since = check.finished_at
     return Health(status=last.status, last=last, since=since, running=running)
+
+
+# Repair -------------------------------------------------------------------------------------------------
+
+FAILED = (S.BROKEN, S.DRIFTED, S.CHANGED)
+
+
+def example_repair(*, example: Example, profile_name: str, profile, requested_by):
+    """A run that starts from the example's code, with its failed check's output as the first problem to fix
+    (the normal fix loop, with the curator's profile). Its successful result is approved as the example's
+    next version, with the diff against this one on the approval page."""
+    from distill import services as runs
+    from library.services import LibraryRefused
+
+    check = example.checks.verdicts().first()
+    if check is None or check.status not in FAILED:
+        raise LibraryRefused("Only an example whose last check failed can be repaired.")
+    if example.source_kind != Example.SourceKind.REPOSITORY:
+        raise LibraryRefused("Only an example of a repository can be repaired; a paper's is distilled again.")
+    if check.repair_run_id and not check.repair_run.is_finished:
+        raise LibraryRefused(f"This example is already being repaired: run {check.repair_run_id}.")
+    failing = next(
+        (v for v in check.variants if not v.get("passed")), check.variants[0] if check.variants else {}
+    )
+    given = {
+        "example": example.pk,
+        "check": check.pk,
+        "files": dict(example.files),
+        "metadata": example.metadata,
+        "change_log": f"Example {example.pk} (version {example.version}) as approved; its check of "
+        f"{check.finished_at:%Y-%m-%d} found: {check.reason}",
+        "exit_code": failing.get("exit_code"),
+        "stderr": check.output,
+        "problems": [f"the library's check found: {check.reason}", *failing.get("reasons", []),
+                     *(f"a result changed: {change}" for change in failing.get("changes", []))],
+    }  # fmt: skip
+    with transaction.atomic():
+        try:
+            run = runs.run_submit(
+                source=example.source_url,
+                profile_name=profile_name,
+                profile=profile,
+                submitted_by=requested_by,
+            )
+        except runs.RunRefused as exc:
+            raise LibraryRefused(str(exc)) from None
+        run.config = {**run.config, "first_version": given}
+        run.save(update_fields=["config"])
+        ExampleCheck.objects.filter(pk=check.pk).update(repair_run=run)
+    return run
+
+
+def repaired_example(run) -> Example | None:
+    """The example a repair run started from (None for any other run)."""
+    given = (run.config or {}).get("first_version") or {}
+    return Example.objects.filter(pk=given.get("example")).first() if given.get("example") else None
+
+
+def health_by_day(*, days: int = 30, now: datetime | None = None) -> list[tuple[str, int, int]]:
+    """(day, checks that verified their example, checks with a verdict) for each of the last `days` days."""
+    from django.db.models import Count, Q
+    from django.db.models.functions import TruncDate
+
+    now = now or timezone.now()
+    rows = (
+        ExampleCheck.objects.verdicts()
+        .filter(finished_at__gte=now - timedelta(days=days))
+        .annotate(day=TruncDate("finished_at"))
+        .values("day")
+        .annotate(good=Count("pk", filter=Q(status=S.PASSED)), total=Count("pk"))
+        .order_by("day")
+    )
+    return [(row["day"].strftime("%m-%d"), row["good"], row["total"]) for row in rows]
