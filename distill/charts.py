@@ -175,9 +175,10 @@ def share_by_day(days: list[tuple[str, int, int]], *, what: str) -> Chart:
         chart.points.append({"x": round(x, 1), "y": _y(good / total), "k": label, "anchor": anchor,
                              "label": f"{good / total:.0%}", "detail": f"{good} of {total}"})  # fmt: skip
     chart.line = "M" + " L".join(f"{p['x']},{p['y']}" for p in chart.points)
-    chart.x_ticks = [{"x": chart.points[0]["x"], "label": days[0][0]}]
+    # The first and last labels lean inwards, off the edge.
+    chart.x_ticks = [{"x": chart.points[0]["x"], "label": days[0][0], "anchor": chart.points[0]["anchor"]}]
     if len(days) > 1:
-        chart.x_ticks.append({"x": chart.points[-1]["x"], "label": days[-1][0]})
+        chart.x_ticks.append({"x": chart.points[-1]["x"], "label": days[-1][0], "anchor": "end"})
     good, total = sum(d[1] for d in days), sum(d[2] for d in days)
     chart.summary = (
         f"Of {total} checks over {len(days)} day{'s' if len(days) != 1 else ''}, {good} found the example "

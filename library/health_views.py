@@ -31,7 +31,7 @@ def library_health(request):
         Example.objects.listed()
         .filter(checks__status__in=health.FAILED)
         .distinct()
-        .only("pk", "title", "version", "source_url")
+        .only("pk", "title", "version", "source_url", "profile")
     )
     rows = [{"example": example, "health": health.health_of(example)} for example in failing]
     rows = [row for row in rows if row["health"].status in health.FAILED]
@@ -42,7 +42,6 @@ def library_health(request):
         "rows": rows,
         "counts": counts,
         "chart": share_by_day(health.health_by_day(), what="verified"),
-        "repair_form": ProfileFields(auto_id="repair_%s"),
         "per_hour": settings.LIBRARY_HEALTH_CHECKS_PER_HOUR,
     }
     return render(request, "library/health.html", context)

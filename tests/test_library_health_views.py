@@ -34,7 +34,8 @@ def checked(example, status, *, days_ago=0, reason="", **fields):
     return ExampleCheck.objects.create(
         example=example, status=status, reason=reason or f"{status}.", started_at=when, finished_at=when,
         variants=[{"name": "locked", "passed": status != S.BROKEN, "reasons": ["the program exited with code 1"],
-                   "exit_code": 1, "changes": []}],
+                   "exit_code": 1, "changes": [], "install_secs": 4.2, "duration_secs": 0.8, "env_reused": False,
+                   "proof": "unused"}],
         output=OUTPUT, **fields,
     )  # fmt: skip
 
