@@ -308,3 +308,51 @@ def test_numbers_are_compared_within_the_tolerance_and_text_is_not(settings):
         "scores[1]: 2 → missing",
     ]
     assert health.result_changes(None, {"x": 1}) == []
+
+
+# Repair: a run from the broken example's code, through the normal fix loop ------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_repair_run_fixes_a_broken_example_and_its_result_becomes_the_next_version(tmp_path, curator):
+    from distill.models import LLMCall, Run
+    from distill.profiles import load_profile
+    from library.services import example_approve
+    from tests.replies import BROKEN_MAIN, WORKING_MAIN, cassette, program, verdict
+    from tests.test_pipeline import MINILIB as PIPELINE_MINILIB
+    from tests.test_pipeline import survey_replies
+
+    source = make_git_repo(tmp_path / "minilib", PIPELINE_MINILIB)
+    files = {"main.py": BROKEN_MAIN, "requirements.txt": "# none\n", "runscript.sh": "true\n"}
+    example = make_example(source, files=files, results={"mean_squared": 14 / 3})
+    broken = check(example)
+    assert broken.status == S.BROKEN and broken.reason.startswith("it fails as approved: "), broken.reason
+    replies = [
+        *survey_replies(),
+        ("fix", program(WORKING_MAIN, changes="Import mean_squared.")),
+        ("judge", verdict()),
+    ]
+    profile = load_profile(
+        "local",
+        {"replay": str(cassette(tmp_path / "cassette.json", replies)), "max_debug_iterations": 3,
+         "max_runtime_mins": 1, "max_environment_repairs": 0},
+    )  # fmt: skip
+
+    # The workers run in this process (django-q2's sync mode): the run is done when this returns.
+    run = health.example_repair(example=example, profile_name="local", profile=profile, requested_by=curator)
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    first, fixed = run.iterations.order_by("number")
+    assert first.files == files and not first.succeeded and first.stderr == broken.output
+    assert fixed.succeeded and fixed.results == {"mean_squared": pytest.approx(14 / 3)}
+    stages = list(LLMCall.objects.filter(run=run).values_list("stage", flat=True))
+    assert "generate" not in stages and "fix" in stages, "the first version is the example's, not the model's"
+    fix_prompt = LLMCall.objects.get(run=run, stage="fix").prompt[0]["content"]
+    assert "the library's check found: it fails as approved" in fix_prompt and "mean_squares" in fix_prompt
+
+    repaired = example_approve(run=run, approved_by=curator, title=example.title, summary="Repaired.")
+    assert repaired.version == example.version + 1 and repaired.is_latest
+    example.refresh_from_db()
+    assert not example.is_latest and example.files == files, "the broken version stays as it was approved"
