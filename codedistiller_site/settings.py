@@ -269,3 +269,6 @@ LIBRARY_HEALTH_BROKEN_INTERVAL_HOURS = env_int("LIBRARY_HEALTH_BROKEN_INTERVAL_H
 # A number in results.json has changed when it moved by more than this share of the approved value (and by
 # more than 1e-9 in absolute terms, for values near zero). In parts per million: 10000 is 1%.
 LIBRARY_HEALTH_TOLERANCE_PPM = env_int("LIBRARY_HEALTH_TOLERANCE_PPM", 10_000)
+# A check's task may run this long (two installs and two runs at the profile's limits, and a clone); its
+# sandbox limits are cut to fit. A check still running past it was stopped with its worker.
+LIBRARY_HEALTH_CHECK_TIMEOUT_SECS = env_int("LIBRARY_HEALTH_CHECK_TIMEOUT_SECS", 3 * 3600)

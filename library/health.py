@@ -63,9 +63,9 @@ def schedule_checks(*, now: datetime | None = None) -> list[int]:
 
 
 def sweep_stale_checks(*, now: datetime | None = None) -> int:
-    """Running checks older than a task may live: their worker was killed. They end as "could not check"."""
+    """Running checks older than their task may live: their worker was killed. They end as "could not check"."""
     now = now or timezone.now()
-    stale_before = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 60)
+    stale_before = now - timedelta(seconds=settings.LIBRARY_HEALTH_CHECK_TIMEOUT_SECS + 60)
     return ExampleCheck.objects.filter(status=S.RUNNING, started_at__lt=stale_before).update(
         status=S.ERROR, reason="the check was interrupted (its worker stopped)", finished_at=now
     )
@@ -74,9 +74,12 @@ def sweep_stale_checks(*, now: datetime | None = None) -> int:
 def _enqueue(example_id: int) -> None:
     from django_q.tasks import async_task
 
+    # Longer than a run's step may take: a check is two installs and two runs. The broker may hand the task
+    # out again before it ends (Q_CLUSTER's retry); the running check's claim turns that one away.
     async_task(
-        "library.tasks.check_example", example_id, task_name=f"check-example-{example_id}", group="health"
-    )
+        "library.tasks.check_example", example_id, task_name=f"check-example-{example_id}", group="health",
+        timeout=settings.LIBRARY_HEALTH_CHECK_TIMEOUT_SECS,
+    )  # fmt: skip
 
 
 # One check --------------------------------------------------------------------------------------------
@@ -233,6 +236,9 @@ def run_variant(
     packages = repository.packages if repository is not None else proof.Packages()
     clone = repository.clone if repository is not None else None
     recording = proof.recording_config(packages) if repository is not None else None
+    # Both variants and the clone fit in the check's task time (LIBRARY_HEALTH_CHECK_TIMEOUT_SECS).
+    budget = (settings.LIBRARY_HEALTH_CHECK_TIMEOUT_SECS - settings.DISTILL_CLONE_TIMEOUT_SECS - 120) / 2
+    install_secs = min(float(config.get("environment_install_mins", 15)) * 60, budget / 2)
     request = ExecutionRequest(
         files=files,
         job_dir=job,
@@ -240,8 +246,8 @@ def run_variant(
         repo_dir=clone,
         recording=recording,
         limits=Limits(
-            wall_secs=float(config.get("max_runtime_mins", 45)) * 60,
-            install_secs=float(config.get("environment_install_mins", 15)) * 60,
+            wall_secs=min(float(config.get("max_runtime_mins", 45)) * 60, budget - install_secs),
+            install_secs=install_secs,
             network_run=bool(config.get("network_run", False)),
             **{limit: config[limit] for limit in program.SANDBOX_LIMITS if limit in config},
         ),

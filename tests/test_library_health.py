@@ -356,3 +356,61 @@ def test_a_repair_run_fixes_a_broken_example_and_its_result_becomes_the_next_ver
     assert repaired.version == example.version + 1 and repaired.is_latest
     example.refresh_from_db()
     assert not example.is_latest and example.files == files, "the broken version stays as it was approved"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hourly_task_queues_the_due_checks_and_a_worker_runs_them(tmp_path):
+    from library import tasks
+
+    example = make_example(tmp_path / "vanished")
+
+    # django-q2's sync mode: the queued check runs in this process when the task commits.
+    assert tasks.schedule_health_checks() == [example.pk]
+
+    (found,) = example.checks.all()
+    assert found.status == S.BROKEN and found.reason.startswith("the repository is gone: ")
+    assert tasks.schedule_health_checks() == [], "not due again for a day"
+
+
+@pytest.mark.django_db
+def test_the_migration_schedules_the_task_every_hour_once():
+    import importlib
+
+    from django.apps import apps
+    from django_q.models import Schedule
+
+    migration = importlib.import_module("library.migrations.0009_health_schedule")
+    Schedule.objects.filter(name="check library health").delete()  # a flushed database has none
+    migration.create_schedule(apps, None)
+    migration.create_schedule(apps, None)
+
+    (schedule,) = Schedule.objects.filter(name="check library health")
+    assert (schedule.func, schedule.schedule_type, schedule.repeats) == (
+        "library.tasks.schedule_health_checks",
+        "H",
+        -1,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_check_that_hangs_is_stopped_by_the_sandboxs_time_limit(tmp_path):
+    from distill.profiles import load_profile
+    from tests.factories import make_run
+
+    source = make_git_repo(tmp_path / "minilib", MINILIB)
+    run = make_run(
+        source_url=str(source), config={**load_profile("local").model_dump(), "max_runtime_mins": 0.05}
+    )
+    files = {
+        "main.py": "import time\ntime.sleep(600)\n",
+        "requirements.txt": "# none\n",
+        "runscript.sh": "true\n",
+    }
+    example = make_example(source, files=files, run=run)
+
+    found = check(example)
+
+    assert found.status == S.BROKEN
+    assert found.reason == "it fails as approved: the program did not finish within its time limit"
+    assert found.variants[0]["timed_out"] and found.variants[0]["duration_secs"] < 60
