@@ -260,3 +260,15 @@ DISTILL_LLM_RECORD = env_str("DISTILL_LLM_RECORD")
 # Papers (distill.pipeline.papers): the largest PDF or text a curator may submit, and a PDF's pages.
 DISTILL_MAX_PAPER_MB = env_int("DISTILL_MAX_PAPER_MB", 30)
 DISTILL_MAX_PAPER_PAGES = env_int("DISTILL_MAX_PAPER_PAGES", 100)
+
+# Library health (library/health.py): approved examples are run again on a schedule. At most this many
+# checks start in an hour; an example is checked at most once per interval, a broken one less often.
+LIBRARY_HEALTH_CHECKS_PER_HOUR = env_int("LIBRARY_HEALTH_CHECKS_PER_HOUR", 4)
+LIBRARY_HEALTH_INTERVAL_HOURS = env_int("LIBRARY_HEALTH_INTERVAL_HOURS", 24 * 7)
+LIBRARY_HEALTH_BROKEN_INTERVAL_HOURS = env_int("LIBRARY_HEALTH_BROKEN_INTERVAL_HOURS", 24)
+# A number in results.json has changed when it moved by more than this share of the approved value (and by
+# more than 1e-9 in absolute terms, for values near zero). In parts per million: 10000 is 1%.
+LIBRARY_HEALTH_TOLERANCE_PPM = env_int("LIBRARY_HEALTH_TOLERANCE_PPM", 10_000)
+# A check's task may run this long (two installs and two runs at the profile's limits, and a clone); its
+# sandbox limits are cut to fit. A check still running past it was stopped with its worker.
+LIBRARY_HEALTH_CHECK_TIMEOUT_SECS = env_int("LIBRARY_HEALTH_CHECK_TIMEOUT_SECS", 3 * 3600)

@@ -148,3 +148,40 @@ def _dollars(value: float) -> str:
     if value < 0.01:
         return f"${value:.4f}"
     return f"${value:.2f}"
+
+
+def share_by_day(days: list[tuple[str, int, int]], *, what: str) -> Chart:
+    """A line of the share of good outcomes a day, oldest first: the library's health over time.
+
+    days: (label, good, total) a day that had any; what: the outcome in words ("verified"), for <desc>.
+    """
+    chart = Chart()
+    chart.y_ticks = [{"y": _y(share), "label": f"{round(share * 100)}%"} for share in (0, 0.25, 0.5, 0.75, 1)]
+    days = [day for day in days if day[2]]
+    if not days:
+        chart.summary = "Nothing was checked in this time."
+        return chart
+    chart.empty = False
+    step = PLOT_W / (len(days) - 1) if len(days) > 1 else 0
+    for i, (label, good, total) in enumerate(days):
+        x = LEFT + i * step if len(days) > 1 else LEFT + PLOT_W / 2
+        anchor = (
+            "start"
+            if i == 0 and len(days) > 1
+            else "end"
+            if i == len(days) - 1 and len(days) > 1
+            else "middle"
+        )
+        chart.points.append({"x": round(x, 1), "y": _y(good / total), "k": label, "anchor": anchor,
+                             "label": f"{good / total:.0%}", "detail": f"{good} of {total}"})  # fmt: skip
+    chart.line = "M" + " L".join(f"{p['x']},{p['y']}" for p in chart.points)
+    # The first and last labels lean inwards, off the edge.
+    chart.x_ticks = [{"x": chart.points[0]["x"], "label": days[0][0], "anchor": chart.points[0]["anchor"]}]
+    if len(days) > 1:
+        chart.x_ticks.append({"x": chart.points[-1]["x"], "label": days[-1][0], "anchor": "end"})
+    good, total = sum(d[1] for d in days), sum(d[2] for d in days)
+    chart.summary = (
+        f"Of {total} checks over {len(days)} day{'s' if len(days) != 1 else ''}, {good} found the example "
+        f"{what} ({good / total:.0%}); " + "; ".join(f"{p['k']}: {p['detail']}" for p in chart.points[-7:])
+    )
+    return chart

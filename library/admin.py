@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from library.api_auth import api_token_revoke
-from library.models import ApiToken, Example, Rejection, Tag
+from library.models import ApiToken, Example, ExampleCheck, Rejection, Tag
 from library.services import example_embeddings_refresh
 
 # What an example's embedding is made of (Example.semantic_text).
@@ -67,3 +67,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
             api_token_revoke(token=token)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} token(s).")
+
+
+@admin.register(ExampleCheck)
+class ExampleCheckAdmin(admin.ModelAdmin):
+    list_display = ("id", "example", "status", "reason", "started_at", "finished_at")
+    list_filter = ("status",)
+    raw_id_fields = ("example", "repair_run")

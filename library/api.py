@@ -174,7 +174,11 @@ def example_list(request):
     page_number = _whole_number(request.GET, "page", default=1, low=1)
     page_size = _whole_number(request.GET, "page_size", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
     examples = (
-        Example.objects.listed().matching(filters).select_related("approved_by").prefetch_related("tags")
+        Example.objects.listed()
+        .matching(filters)
+        .with_health()
+        .select_related("approved_by")
+        .prefetch_related("tags")
     )
     paginator = Paginator(examples, page_size)
     try:

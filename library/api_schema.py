@@ -7,11 +7,12 @@ schemas here, so the two cannot drift apart silently.
 from django.conf import settings
 
 from library.filters import SORTS
-from library.models import SCORE_BANDS, USAGE_BANDS
+from library.models import HEALTH_LABELS, SCORE_BANDS, USAGE_BANDS
 
 # 1.1: score, usage and sort, the library page's bands and orders. 1.2: requirement, include, relevance and
-# richer list items; unknown parameters refused; the downloads described.
-API_VERSION = "1.2"
+# richer list items; unknown parameters refused; the downloads described. 1.3: health and last_checked_at,
+# the health filter.
+API_VERSION = "1.3"
 
 STRING = {"type": "string"}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -89,6 +90,19 @@ SUMMARY_PROPERTIES = {
         "description": "How well the hit matches `q`, in every order: 1.0 for a hit first in every ranking "
         "(full text, and meaning where semantic search is installed), falling with rank; sort=relevance "
         "orders by it. It is not a probability, nor comparable between queries. null without `q`.",
+    },
+    "health": {
+        "type": ["string", "null"],
+        "enum": [*[band for band in HEALTH_LABELS if band != "unchecked"], None],
+        "description": "The verdict of the example's last scheduled check, which runs it again in a sandbox: "
+        "passed (it still runs, with the approved results), changed (it runs, but its numbers moved), "
+        "drifted (it runs with its lock, not with the newest versions its requirements allow), broken (it "
+        "no longer runs); null before its first check. Prefer passed examples.",
+    },
+    "last_checked_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "When that check finished; null before the first.",
     },
     "links": _ref("Links"),
 }
@@ -304,6 +318,11 @@ LIST_PARAMETERS = [
         {"type": "string", "enum": list(USAGE_BANDS)},
         "A band of how much of the repository's code the program exercised: half or more, 10% to 50%, or "
         "under 10%.",
+    ),
+    _query(
+        "health",
+        {"type": "string", "enum": list(HEALTH_LABELS)},
+        "The verdict of the example's last check (see `health` in the results), or unchecked: not checked yet.",
     ),
     _query(
         "sort",

@@ -74,7 +74,19 @@ def example_brief(example: Example) -> dict:
         "score_count": example.score_count,
         "approved_at": example.approved_at.isoformat(),
         "relevance": getattr(example, "relevance", None),
+        **health_brief(example),
     }
+
+
+def health_brief(example: Example) -> dict:
+    """The verdict of the example's last check and when it finished (library/health.py), so that an agent
+    can prefer verified examples. Read from `ExampleQuerySet.with_health` where a list was annotated."""
+    if hasattr(example, "health") and hasattr(example, "checked_at"):
+        status, checked_at = example.health, example.checked_at
+    else:
+        check = example.checks.verdicts().only("status", "finished_at").first()
+        status, checked_at = (check.status, check.finished_at) if check else (None, None)
+    return {"health": status, "last_checked_at": checked_at.isoformat() if checked_at else None}
 
 
 def export_name(example: Example) -> str:

@@ -32,7 +32,7 @@ from django.db.models.functions import Lower
 from django.utils.text import slugify
 
 from library import search
-from library.models import SCORE_BANDS, USAGE_BANDS
+from library.models import HEALTH_BANDS, SCORE_BANDS, USAGE_BANDS
 
 # The orders; relevance needs a query, and without one is newest first.
 SORTS = {"relevance": "Relevance", "newest": "Newest", "score": "Best scored"}
@@ -61,6 +61,7 @@ class LibraryFilters:
     min_score: float | None = None
     score: str = ""  # a key of models.SCORE_BANDS
     usage: str = ""  # a key of models.USAGE_BANDS
+    health: str = ""  # a key of models.HEALTH_BANDS: the verdict of the example's last check
     sort: str = ""  # a key of SORTS; empty: relevance with a query, newest without
     # Why a parameter was left out: (parameter, message), in the order they were read.
     errors: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
@@ -98,7 +99,12 @@ class LibraryFilters:
             )
             requirement = ""
         choices = {}
-        for key, allowed in (("score", SCORE_BANDS), ("usage", USAGE_BANDS), ("sort", SORTS)):
+        for key, allowed in (
+            ("score", SCORE_BANDS),
+            ("usage", USAGE_BANDS),
+            ("health", HEALTH_BANDS),
+            ("sort", SORTS),
+        ):
             choices[key] = _text(params, key)
             if choices[key] and choices[key] not in allowed:
                 errors.append((key, f"{key} must be one of {', '.join(allowed)}, not {choices[key]!r}"))
@@ -138,6 +144,7 @@ class LibraryFilters:
             "min_score": self.min_score,
             "score": self.score,
             "usage": self.usage,
+            "health": self.health,
             "sort": self.sort,
         }
         return {key: value for key, value in params.items() if value not in ("", None, [])}
@@ -190,7 +197,7 @@ class LibraryFilters:
             queryset = queryset.requiring(self.requirement)
         if self.min_score is not None:
             queryset = queryset.filter(score__gte=self.min_score)
-        return queryset.score_band(self.score).usage_band(self.usage)
+        return queryset.score_band(self.score).usage_band(self.usage).health_band(self.health)
 
     def ordered(self, queryset: QuerySet, ranked: dict[int, float] | None) -> QuerySet:
         """`queryset` in the chosen order; `ranked` is what `search` gave. Ties go to the newer id.
@@ -223,7 +230,7 @@ class LibraryFilters:
 PARAM_FIELDS = {
     "q": "q", "tag": "tags", "language": "language", "example_type": "example_type", "type": "example_type",
     "gpu": "gpu", "model": "model", "source": "source", "requirement": "requirement", "min_score": "min_score",
-    "score": "score", "usage": "usage", "sort": "sort",
+    "score": "score", "usage": "usage", "health": "health", "sort": "sort",
 }  # fmt: skip
 EMPTY = {field.name: field.default for field in dataclasses.fields(LibraryFilters)}
 # The query parameters the filters read (`type` is example_type's former spelling).
@@ -319,6 +326,7 @@ FACETS = (
     Facet("model", "Model"),  # the code model or the fast model
     Facet("score", "Expert score", bands=SCORE_BANDS),
     Facet("usage", "Repository exercised", bands=USAGE_BANDS),
+    Facet("health", "Health", bands=HEALTH_BANDS),  # the last check's verdict (library/health.py)
 )
 # Filters the page applies and shows as chosen, but offers no values of (the API's).
 OTHER_LABELS = {"requirement": "Needs package", "min_score": "Score at least"}

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from library.api_schema import API_VERSION
 from library.export import example_brief, export_name, provenance, retraction, saved_file_paths
 from library.filters import BadParameter, LibraryFilters
-from library.models import SCORE_BANDS, USAGE_BANDS, Example
+from library.models import HEALTH_LABELS, SCORE_BANDS, USAGE_BANDS, Example
 
 SCHEME = "codedistiller"
 MAX_RESULTS = 50
@@ -89,6 +89,14 @@ class ExampleHit(BaseModel):
     score: float | None = Field(description="Mean expert score (1-5), or null before any review.")
     relevance: float | None = Field(
         description="0-1 when ranked by the query: 1.0 for the best possible match, falling with rank."
+    )
+    health: Literal["passed", "changed", "drifted", "broken"] | None = Field(
+        description="The verdict of its last scheduled check, which runs it again in a sandbox: passed (still "
+        "runs, same results), changed (runs, numbers moved), drifted (fails with the newest versions its "
+        "requirements allow), broken (no longer runs); null before its first check. Prefer passed examples."
+    )
+    last_checked_at: str | None = Field(
+        description="When that check finished (ISO 8601); null before the first."
     )
 
 
@@ -169,6 +177,10 @@ async def search_examples(
         Literal[tuple(USAGE_BANDS)] | None,  # type: ignore[valid-type]
         Field(description="How much of the repository's code it exercised: half, tenth or little."),
     ] = None,
+    health: Annotated[
+        Literal[tuple(HEALTH_LABELS)] | None,  # type: ignore[valid-type]
+        Field(description="Its last check's verdict: passed, changed, drifted, broken, or unchecked."),
+    ] = None,
     limit: Annotated[int, Field(ge=1, le=MAX_RESULTS, description="How many results at most.")] = 10,
 ) -> SearchResults:
     """Search the library's examples by words and filters, best match first (newest first without words).
@@ -182,6 +194,7 @@ async def search_examples(
         "score": score or "",
         "min_score": "" if min_score is None else str(min_score),
         "usage": usage or "",
+        "health": health or "",
     }
     return await sync_to_async(_search)(params, limit)
 
@@ -192,7 +205,11 @@ def _search(params: dict, limit: int) -> SearchResults:
     except BadParameter as exc:
         raise ToolError(str(exc)) from None
     examples = (
-        Example.objects.listed().matching(filters).select_related("approved_by").prefetch_related("tags")
+        Example.objects.listed()
+        .matching(filters)
+        .with_health()
+        .select_related("approved_by")
+        .prefetch_related("tags")
     )
     page = Paginator(examples, limit).page(1)
     return SearchResults(

@@ -6,10 +6,12 @@ newest approved version is the one shown by default.
 """
 
 import re
+from collections.abc import Mapping
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from distill.models import HOW_TO_RUN
@@ -78,6 +80,43 @@ class ExampleQuerySet(models.QuerySet):
 
     def usage_band(self, band: str):
         return self.filter(USAGE_BANDS[band][1]) if band in USAGE_BANDS else self
+
+    def health_band(self, band: str):
+        return self.filter(HEALTH_BANDS[band][1]) if band in HEALTH_BANDS else self
+
+    def with_health(self):
+        """Each example with `health` (the status of its latest verdict, None before any) and `checked_at`
+        (when that check finished): one query for a whole page, as the API and the MCP server list them."""
+        latest = ExampleCheck.objects.verdicts().filter(example=OuterRef("pk")).order_by("-pk")
+        return self.annotate(
+            health=Subquery(latest.values("status")[:1]),
+            checked_at=Subquery(latest.values("finished_at")[:1]),
+        )
+
+    def due_for_check(self, now):
+        """Approved latest versions whose check is due, the longest unchecked first (never checked: first of
+        all). Due: no check running, and the last one started LIBRARY_HEALTH_INTERVAL_HOURS ago; for one
+        that ended broken or could not check, LIBRARY_HEALTH_BROKEN_INTERVAL_HOURS ago (never sooner: what
+        broke an example rarely mends within hours, and a check is not retried in a loop)."""
+        checks = ExampleCheck.objects.filter(example=OuterRef("pk")).order_by("-pk")
+        # A running check matches neither: its example is never queued twice.
+        soon = (ExampleCheck.Status.BROKEN, ExampleCheck.Status.ERROR)
+        settled = (ExampleCheck.Status.PASSED, ExampleCheck.Status.CHANGED, ExampleCheck.Status.DRIFTED)
+        interval = timedelta(hours=settings.LIBRARY_HEALTH_INTERVAL_HOURS)
+        broken_interval = timedelta(hours=settings.LIBRARY_HEALTH_BROKEN_INTERVAL_HOURS)
+        return (
+            self.listed()
+            .annotate(
+                last_check_status=Subquery(checks.values("status")[:1]),
+                last_check_started=Subquery(checks.values("started_at")[:1]),
+            )
+            .filter(
+                Q(last_check_started__isnull=True)
+                | Q(last_check_status__in=soon, last_check_started__lte=now - broken_interval)
+                | Q(last_check_status__in=settled, last_check_started__lte=now - interval)
+            )
+            .order_by(F("last_check_started").asc(nulls_first=True), "pk")
+        )
 
     def best_scored_first(self):
         """The library page's "Best scored" order (the unscored last), which its export keeps too."""
@@ -202,6 +241,93 @@ class Example(models.Model):
             for line in self.files.get("requirements.txt", "").splitlines()
         )
         return [line for line in lines if line]
+
+
+class ExampleCheckQuerySet(models.QuerySet):
+    def verdicts(self):
+        """Finished checks that say something of the example (not running, not "could not check")."""
+        return self.filter(status__in=ExampleCheck.VERDICTS)
+
+    def latest_verdicts(self):
+        """Each example's newest verdict (ids grow with time: a newer check has a larger id)."""
+        newer = ExampleCheck.objects.verdicts().filter(example=OuterRef("example"), pk__gt=OuterRef("pk"))
+        return self.verdicts().exclude(Exists(newer))
+
+
+class ExampleCheck(models.Model):
+    """One scheduled check of an approved example (library/health.py): the example run again in the sandbox,
+    with its lock and with the newest versions its requirements allow, measured as a run is, its results
+    compared with the approved ones. The example itself is never changed by a check."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Verified"
+        CHANGED = "changed", "Results changed"  # runs, but its numbers moved past the tolerance
+        DRIFTED = "drifted", "Drifted"  # runs with its lock, fails with the newest allowed versions
+        BROKEN = "broken", "Broken"  # fails with its lock too, or its repository or requirements are gone
+        ERROR = "error", "Could not check"  # our side failed (the network, the sandbox): no verdict
+
+    VERDICTS = (Status.PASSED, Status.CHANGED, Status.DRIFTED, Status.BROKEN)
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="checks")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    reason = models.CharField(max_length=500, blank=True)  # one line, for the example page
+    # One entry per variant ("locked", "newest"): passed, reasons, exit code, times, results, differences.
+    variants = models.JSONField(default=list, blank=True)
+    output = models.TextField(blank=True)  # the failing (else the first) variant's install log and output
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The run a curator started to repair the example from this check's failure.
+    repair_run = models.ForeignKey(
+        "distill.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="repaired_checks"
+    )
+
+    objects = ExampleCheckQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [
+            # The guard against two checks of one example at once: a second running row cannot be made.
+            models.UniqueConstraint(
+                fields=["example"], condition=Q(status="running"), name="one_running_check_per_example"
+            ),
+        ]
+
+    def __str__(self):
+        return f"check {self.pk} of example {self.example_id}: {self.status}"
+
+    @property
+    def is_verdict(self) -> bool:
+        return self.status in self.VERDICTS
+
+
+# The library's health facet: the status of each example's newest verdict.
+HEALTH_LABELS = {
+    "passed": "verified",
+    "changed": "results changed",
+    "drifted": "drifted",
+    "broken": "broken",
+    "unchecked": "not checked yet",
+}
+
+
+class _HealthBands(Mapping):
+    """{band: (label, Q)} as SCORE_BANDS, but each Q built when asked: its subqueries need the models ready."""
+
+    def __getitem__(self, band: str):
+        latest = ExampleCheck.objects.latest_verdicts()
+        if band == "unchecked":
+            return HEALTH_LABELS[band], ~Q(pk__in=latest.values("example_id"))
+        return HEALTH_LABELS[band], Q(pk__in=latest.filter(status=band).values("example_id"))
+
+    def __iter__(self):
+        return iter(HEALTH_LABELS)
+
+    def __len__(self):
+        return len(HEALTH_LABELS)
+
+
+HEALTH_BANDS = _HealthBands()
 
 
 class Rejection(models.Model):

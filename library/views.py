@@ -14,9 +14,11 @@ from django.views.decorators.http import require_POST
 
 from codedistiller_site.roles import CURATOR, curator_required, has_role
 from codedistiller_site.saved_files import INLINE_IMAGE_TYPES, saved_file_response
+from distill.diffing import diff_files
+from distill.forms import ProfileFields
 from distill.highlight import code_files, flat_items, key_value_items, pretty_json
 from distill.models import Iteration, Run
-from library import search, semantic, services
+from library import health, search, semantic, services
 from library.api import download_view
 from library.filters import FACETS, OTHER_LABELS, SORTS, LibraryFilters
 from library.forms import ApproveForm, ReasonForm
@@ -136,6 +138,7 @@ def example_detail(request, example_id: int):
         )
     )
     newer = [v for v in versions if v.version > example.version and v.status == Example.Status.APPROVED]
+    example_health = health.health_of(example)
     context = {
         "example": example,
         "tags": list(example.tags.all()),
@@ -150,6 +153,10 @@ def example_detail(request, example_id: int):
         # Approving embeds it in a worker: until then semantic search does not find it.
         "indexing": not example.embedding and not example.is_retracted and semantic.available(),
         "retract_form": ReasonForm(auto_id="retract_%s") if has_role(request.user, CURATOR) else None,
+        "health": example_health,
+        "repair_form": ProfileFields(initial={"profile": example.profile}, auto_id="repair_%s")
+        if has_role(request.user, CURATOR) and example_health.status in health.FAILED
+        else None,
     }
     return render(request, "library/example_detail.html", context)
 
@@ -212,6 +219,7 @@ def run_approve(request, run_id: int):
         else:
             messages.success(request, f"“{example.title}” is in the library as version {example.version}.")
             return redirect("example_detail", example.pk)
+    repaired = health.repaired_example(run)
     context = {
         "run": run,
         "form": form,
@@ -220,6 +228,9 @@ def run_approve(request, run_id: int):
         "versions": list(
             Example.objects.versions_of(run.source_url).only("pk", "version", "status", "title")
         ),
+        # A repair run's result is offered as the next version of the example it repairs: shown against it.
+        "repaired": repaired,
+        "repair_diff": diff_files(repaired.files, default.files) if repaired and default else None,
     }
     return render(request, "library/approve.html", context)
 

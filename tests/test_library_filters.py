@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from library.filters import BadParameter, LibraryFilters
-from library.models import Example
+from library.models import Example, ExampleCheck
 from library.services import example_approve, example_retract
 from reviews.models import ReviewQueue, ScoringForm
 from tests.conftest import logged_in
@@ -28,6 +28,13 @@ LIBRARY = {
     "gap": ("Band gap from spectra", ["spectra", "dft"], "python", "benchmark", True, "openai/gpt-x", CLAUDE, 2.0, 0.3),
     "graphs": ("Shortest paths in graphs", ["graphs"], "python", "tutorial", False, CLAUDE, CLAUDE, 3.9, 0.02),
 }  # fmt: skip
+# Each example's checks (library/health.py), oldest first: `health` is the verdict of the newest that has one.
+CHECKS = {
+    "phonons": ["passed", "broken"],
+    "gpu": ["broken", "passed", "error"],  # "could not check" is no verdict
+    "gap": ["drifted"],
+    "graphs": ["running"],  # no verdict yet
+}
 # Each example's requirements.txt: `requirement` matches names as pip compares them, never a comment.
 REQUIREMENTS = {
     "phonons": "Phonopy>=2.20  # the band structure\nnumpy\n",
@@ -52,6 +59,8 @@ def library(curator):
             files={**example.files, "requirements.txt": REQUIREMENTS[name]},
         )  # fmt: skip
         made[name] = example
+        for status in CHECKS.get(name, []):
+            ExampleCheck.objects.create(example=example, status=status, reason=f"{status}.")
     # Neither a retracted example nor an older version is listed anywhere.
     retracted = make_run(source_url="https://github.com/lab/retracted")
     make_iteration(retracted, 1)
@@ -84,6 +93,11 @@ CASES = [
     ({"requirement": "PHONOPY", "gpu": "true"}, {"gpu"}),
     ({"requirement": "scikit-learn"}, {"gap"}),
     ({"q": "band", "requirement": "numpy"}, None),
+    ({"health": "broken"}, {"phonons"}),
+    ({"health": "passed"}, {"gpu"}),
+    ({"health": "drifted", "tag": "dft"}, {"gap"}),
+    ({"health": "unchecked"}, {"julia", "graphs"}),
+    ({"health": "unchecked", "q": "spectra"}, None),
 ]
 SORTS = [{}, {"sort": "newest"}, {"sort": "score"}, {"sort": "relevance"}]
 
@@ -176,6 +190,7 @@ def test_the_page_shows_a_package_filter_and_a_queue_picker_keeps_it(client, cur
         ({"min_score": "nan"}, "min_score must be a finite number, not 'nan'"),
         ({"min_score": "1e999"}, "min_score must be a finite number, not '1e999'"),
         ({"requirement": "numpy>=2"}, "requirement must be a package name such as numpy, not 'numpy>=2'"),
+        ({"health": "sick"}, "health must be one of passed, changed, drifted, broken, unchecked, not 'sick'"),
     ],
 )
 def test_non_finite_scores_and_requirement_lines_are_bad_parameters(params, message):
@@ -195,3 +210,9 @@ def test_parse_keeps_the_good_parameters_and_check_refuses_the_bad_ones():
         filters.check()
     assert LibraryFilters.parse(filters.as_params()) == filters
     assert LibraryFilters.parse({"sort": "relevance"}).order == "newest"  # relevance needs words
+
+
+def test_the_health_facet_counts_each_examples_newest_verdict(client, library):
+    panels = {panel["param"]: panel for panel in client.get(reverse("library")).context["facets"]}
+    counts = {value["label"]: value["count"] for value in panels["health"]["values"]}
+    assert counts == {"verified": 1, "drifted": 1, "broken": 1, "not checked yet": 2}

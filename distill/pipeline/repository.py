@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone
 
 from distill import llm
 from distill.models import FileRating, Iteration, Run
@@ -281,6 +282,8 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
     existing = run.iterations.filter(number=1).first()
     if existing:
         return existing
+    if run.config.get("first_version"):
+        return _given_first_version(run, run.config["first_version"])
     prompt = prompts.render(
         "generate",
         context=_context(run),
@@ -289,6 +292,23 @@ def write_first_version(run: Run, *, should_cancel: Callable[[], bool] | None = 
     )
     written = program.ask_for_program(run, stage="generate", prompt=prompt, iteration=1)
     return program.save_iteration(run, 1, written, change_log=written.change_log or "First version.")
+
+
+def _given_first_version(run: Run, given: dict) -> Iteration:
+    """Iteration 1 given at submission, as it already ran: a library example to repair
+    (library.health.example_repair), whose failed check is the first problem the fix loop takes on.
+    No model call, and no execution: the check's output is that of this very code."""
+    now = timezone.now()
+    iteration = Iteration.objects.create(
+        run=run, number=1, files=given["files"], metadata=given.get("metadata") or {},
+        change_log=given.get("change_log", ""), state=Iteration.State.RAN, started_at=now, finished_at=now,
+        exit_code=given.get("exit_code"), stdout=given.get("stdout", ""), stderr=given.get("stderr", ""),
+        install_log=given.get("install_log", ""),
+        measured={"exit_ok": False, "results_ok": False, "passed": False, "reasons": given.get("problems", [])},
+    )  # fmt: skip
+    Run.objects.filter(pk=run.pk).update(iteration_count=1)
+    run.iteration_count = 1
+    return iteration
 
 
 def fix_prompt(run: Run, previous: Iteration) -> str:

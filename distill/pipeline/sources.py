@@ -253,6 +253,33 @@ def _clone(url: str, dest: Path, *, limits: FetchLimits, local: bool) -> str:
         raise SourceRefused("the repository has no commits") from None
 
 
+def checkout_commit(dest: Path, commit_sha: str, *, local: bool, limits: FetchLimits) -> None:
+    """Turn a fresh shallow clone (`fetch`) to an older commit of its repository, fetched alone.
+
+    A library check runs the commit an example was made from, and the repository has usually moved on
+    since. SourceRefused when the commit is no longer there (a force-push, a deleted branch)."""
+    if not re.fullmatch(r"[0-9a-f]{7,64}", commit_sha):
+        raise SourceRefused(f"{commit_sha!r} is not a commit id")
+    repo = git.Repo(dest)
+    if repo.head.commit.hexsha == commit_sha:
+        return
+    try:
+        repo.git.fetch(
+            "--depth=1", "--no-tags", "--no-recurse-submodules", "origin", commit_sha,
+            env=_git_env(local=local), kill_after_timeout=limits.clone_timeout_secs,
+        )  # fmt: skip
+        repo.git.checkout("--detach", commit_sha, env=_git_env(local=local))
+    except git.GitCommandError as exc:
+        stderr = _redact(str(exc.stderr or ""))
+        logger.warning("git fetch of commit %s failed (status %s): %s", commit_sha, exc.status, stderr)
+        reason = _clone_failure_reason(stderr, limits)
+        if reason == UNREACHABLE:
+            raise SourceUnreachable(reason) from None
+        raise SourceRefused(f"commit {commit_sha[:12]} is no longer in the repository") from None
+    finally:
+        repo.close()
+
+
 def _clone_failure_reason(stderr: str, limits: FetchLimits) -> str:
     text = stderr.lower()
     if "timeout:" in text and "did not complete" in text:
