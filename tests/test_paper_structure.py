@@ -128,3 +128,15 @@ def test_a_pdf_without_outline_drops_running_headers_footers_and_contents_lines(
     assert "Journal of Tiny Lists" not in paper.text and "Smith et al." not in paper.text
     assert ". . . ." not in paper.text
     assert paper.title == "Tiny Lists Revisited"
+
+
+def test_a_joss_paper_takes_its_title_and_authors_from_its_front_matter():
+    text = (
+        "---\ntitle: 'counting: A Python package for counting'\nauthors:\n  - name: Ada Lovelace\n"
+        "    affiliation: 1\n  - name: Alan Turing\n---\n\n# Summary\nWe count.\n\n# Statement of need\nPeople count.\n"
+    )
+    paper = papers.from_file(text.encode(), filename="paper.md")
+
+    assert paper.title == "counting: A Python package for counting"
+    assert paper.authors == "Ada Lovelace, Alan Turing"
+    assert [(s["title"], s["level"]) for s in paper.sections] == [("Summary", 1), ("Statement of need", 1)]

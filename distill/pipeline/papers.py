@@ -336,7 +336,10 @@ def from_markdown(text: str, *, filename: str = "", limits: Limits | None = None
     """Markdown: `#` headings, the first level-1 one the title. A text whose only `#` lines are not
     headings (a "# of samples" line in a .txt) has its headings found as in plain text."""
     text = _check_text(text, limits)
-    sections, title, in_fence = [], "", False
+    front = _front_matter(text)
+    # With the title in the front matter (JOSS papers), `#` headings are the sections themselves.
+    title, shift = front.get("title", ""), 0 if front.get("title") else 1
+    sections, in_fence = [], False
     for line in text.splitlines():
         if line.lstrip().startswith(("```", "~~~")):
             in_fence = not in_fence
@@ -347,7 +350,7 @@ def from_markdown(text: str, *, filename: str = "", limits: Limits | None = None
         if level == 1 and not title:
             title = heading
             continue
-        sections.append({"title": heading, "level": max(1, level - 1)})
+        sections.append({"title": heading, "level": max(1, level - shift)})
     if not sections:
         structured, found = _text_structure(text)
         if found:
@@ -357,10 +360,35 @@ def from_markdown(text: str, *, filename: str = "", limits: Limits | None = None
         source="markdown",
         text=text,
         title=_clip(title, 500),
-        authors=_clip(_authors_after_title(text, title), 1000),
+        authors=_clip(front.get("authors") or _authors_after_title(text, title), 1000),
         filename=filename,
         sections=sections,
     )
+
+
+def _front_matter(text: str) -> dict:
+    """The title and authors of a YAML front matter (`---` lines around it, as JOSS papers have)."""
+    import yaml
+
+    match = re.match(r"^---[ \t]*\n(.*?)\n---[ \t]*\n", text, re.DOTALL)
+    if not match:
+        return {}
+    try:
+        data = yaml.safe_load(match[1])
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    authors = data.get("authors") or []
+    names = (
+        [a.get("name") if isinstance(a, dict) else a for a in authors if a]
+        if isinstance(authors, list)
+        else []
+    )
+    return {
+        "title": " ".join(str(data.get("title") or "").split()),
+        "authors": ", ".join(str(name) for name in names if name),
+    }
 
 
 def from_text(text: str, *, filename: str = "", limits: Limits | None = None) -> PaperText:
