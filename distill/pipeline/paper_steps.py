@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill import llm
 from distill.models import Iteration, Paper, Run
-from distill.pipeline import papers, parsing, program, prompts, survey
+from distill.pipeline import condense, papers, parsing, program, prompts, survey
 from distill.pipeline.program import StepFailed
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,25 @@ class OverallPlan(_Reply):
     data: str = ""
     evaluation: list[str] = []
     small_configuration: str = ""
+
+    @field_validator("summary", "data", "small_configuration", mode="before")
+    @classmethod
+    def _prose(cls, value):
+        # Seen from the 1.5B model: "data" as an object or a list of data sets, and the plan refused for it.
+        if isinstance(value, list):
+            return "; ".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value)
+        if isinstance(value, dict):
+            return "; ".join(f"{k}: {v}" for k, v in value.items())
+        return value
+
+    @field_validator("methodology", "experiments", "evaluation", mode="before")
+    @classmethod
+    def _phrases(cls, value):
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        if isinstance(value, list):
+            return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
+        return value
 
 
 class Architecture(_Reply):
@@ -310,6 +329,8 @@ def _save_plan(paper: Paper) -> None:
 def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     """The four planning stages in one conversation; stages already done are skipped, not asked again."""
     paper = _paper(run)
+    # A paper larger than the planner's budget is planned from its condensed sections (condense.py).
+    condense.condense_paper(run, paper, budget=_budget(run, PLAN_PAPER_SHARE), should_cancel=should_cancel)
     data = paper.plan
     replies = data.setdefault("replies", {})
     messages = [{"role": "system", "content": prompts.render("paper_system")}]
@@ -333,7 +354,8 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
         else:
             parse = parse_config_yaml
         value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema)  # fmt: skip
+                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema,
+                           continue_cut=True)  # fmt: skip
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
         elif stage == "architecture":
@@ -597,7 +619,10 @@ def _budget(run: Run, share: float) -> int:
 
 
 def _paper_text(run: Run, paper: Paper, *, share: float) -> str:
-    return survey.truncate_to_tokens(papers.without_references(paper.text), _budget(run, share))
+    """The paper as a prompt holds it: condensed when it was too large for the planner, else as it is."""
+    condensed = (paper.plan or {}).get("condensed")
+    text = condensed["text"] if condensed else papers.without_references(paper.text)
+    return survey.truncate_to_tokens(text, _budget(run, share))
 
 
 def sections_read(run: Run, paper: Paper) -> dict:
@@ -625,13 +650,35 @@ def sections_read(run: Run, paper: Paper) -> dict:
             row["tokens"] = survey.count_tokens(text[start:end])
             row["read"] = _reading(start, end, cut=cut, kept_chars=kept_chars)
         rows.append(row)
+    condensed = (paper.plan or {}).get("condensed")
+    if condensed:
+        _add_contributions(rows, condensed)
     return {
         "sections": rows,
+        "condensed": condensed,
         "paged": any(row.get("page") for row in rows),  # a PDF's sections have pages, Markdown's none
         "budget_tokens": budget,
         "paper_tokens": survey.count_tokens(body),
         "truncated": kept != body,
     }
+
+
+def _add_contributions(rows: list[dict], condensed: dict) -> None:
+    """Each section's part of the condensed paper, and whether the planner read it ("condensed"), it was
+    left out for the budget ("dropped") or it specified nothing to implement ("nothing"); a section split
+    into parts gets its parts' together."""
+    by_title: dict[str, list[dict]] = {}
+    for part in condensed["sections"]:
+        by_title.setdefault(part["of"], []).append(part)
+    for row in rows:
+        if row["read"] == "references":
+            continue
+        parts = by_title.get(row["title"], [])
+        row["contribution"] = "\n".join(part["digest"] for part in parts if part["digest"].strip())
+        if any(part["used"] for part in parts):
+            row["read"] = "condensed"
+        elif parts:
+            row["read"] = "dropped" if row["contribution"] else "nothing"
 
 
 def _reading(start: int, end: int, *, cut: tuple[int, int] | None, kept_chars: int) -> str:
