@@ -208,3 +208,59 @@ def test_the_plan_and_digest_replies_have_schemas_the_local_grammar_compiles():
         json.dumps({"summary": "S.", "data": {"name": "lists", "size": 3}, "methodology": "square"})
     )
     assert value.data == "name: lists; size: 3" and value.methodology == ["square"]
+
+
+@pytest.mark.django_db
+def test_a_small_model_is_asked_the_architecture_and_its_diagrams_in_two_replies(tmp_path):
+    plan, architecture, logic, config = planning_replies()
+    whole = json.loads(architecture[1])
+    files_only = {key: whole[key] for key in ("implementation_approach", "files", "open_questions")}
+    diagrams = {key: whole[key] for key in ("class_diagram", "sequence_diagram")}
+    run = submit(
+        tmp_path,
+        [plan, ("architecture", json.dumps(files_only)), ("diagrams", json.dumps(diagrams)), logic, config],
+        text="# Squares\n\n## 1 Method\n\nSquare every value, then average them.\n",
+    )
+
+    paper_steps.plan(run)
+
+    stages = list(LLMCall.objects.filter(run=run).order_by("pk").values_list("stage", flat=True))
+    assert stages == ["plan", "architecture", "diagrams", "logic", "config"]
+    assert "The diagrams come in the next step" in prompts_of(run, "architecture")[0]
+    run.paper.refresh_from_db()
+    saved = run.paper.plan["architecture"]
+    assert saved["files"] == whole["files"] and saved["class_diagram"].startswith("classDiagram")
+    assert saved["sequence_diagram"].startswith("sequenceDiagram") and paper_steps.is_planned(run)
+
+
+@pytest.mark.django_db
+def test_a_large_model_gives_the_architecture_with_its_diagrams_in_one_reply(tmp_path):
+    run = submit(
+        tmp_path,
+        planning_replies(),
+        text="# Squares\n\n## 1 Method\n\nSquare every value, then average them.\n",
+        context_tokens=128000,
+        code_max_output_tokens=16000,
+    )
+
+    paper_steps.plan(run)
+
+    assert not LLMCall.objects.filter(run=run, stage="diagrams").exists()
+    assert "Draw two Mermaid diagrams" in prompts_of(run, "architecture")[0]
+
+
+def test_the_logic_designs_schema_names_only_the_architectures_files():
+    schema = paper_steps.logic_schema(["utils.py", "main.py", "config.yaml"])
+
+    assert schema["properties"]["task_list"]["items"]["enum"] == ["utils.py", "main.py"]
+    assert schema["properties"]["task_list"]["minItems"] == 2 == schema["properties"]["task_list"]["maxItems"]
+    depends = schema["properties"]["files"]["items"]["properties"]["depends_on"]["items"]
+    assert depends["enum"] == ["utils.py", "main.py", "config.yaml"]
+    # The example's "..." that a small model copies into the file list is not a file.
+    architecture = paper_steps.parse_architecture(
+        json.dumps({"implementation_approach": "Plain.", "files": ["main.py", "config.yaml", "..."]}),
+        schema=paper_steps.ArchitectureFiles,
+    )
+    assert architecture.files == ["main.py", "config.yaml"]
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    assert llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

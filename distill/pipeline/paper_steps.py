@@ -21,6 +21,7 @@ stopped and never asks twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -43,6 +44,10 @@ NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
 PAPER_EVAL_SAMPLES = 3  # PaperCoder's reference-free evaluation, averaged; a run's config may say otherwise
 ANALYSIS_MAX_CHARS = 8000
 PLANNING_STAGES = ("plan", "architecture", "logic", "config")
+# For a small model (a context of at most PARTS_CONTEXT_TOKENS): the architecture without its diagrams,
+# then the diagrams, so that no reply has to hold both (the 1.5B model's replies were cut or refused).
+PLANNING_STAGES_IN_PARTS = ("plan", "architecture", "diagrams", "logic", "config")
+PARTS_CONTEXT_TOKENS = 8192
 PLAN_PAPER_SHARE = 0.45  # of the prompt's room, for the paper's text: the planner reads the most of it
 
 
@@ -81,12 +86,18 @@ class OverallPlan(_Reply):
         return value
 
 
-class Architecture(_Reply):
+class ArchitectureFiles(_Reply):
     implementation_approach: str = Field(min_length=1)
     files: list[str] = Field(min_length=1)
-    class_diagram: str
-    sequence_diagram: str
     open_questions: list[str] = []
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _without_ellipsis(cls, files):
+        # The 1.5B model copies the example's "..." into its file list: a placeholder, not a file.
+        if isinstance(files, list):
+            return [name for name in files if not isinstance(name, str) or re.search(r"[A-Za-z0-9]", name)]
+        return files
 
     @field_validator("files")
     @classmethod
@@ -98,6 +109,11 @@ class Architecture(_Reply):
         if len(set(files)) != len(files):
             raise ValueError("a file is listed twice")
         return files
+
+
+class Diagrams(_Reply):
+    class_diagram: str
+    sequence_diagram: str
 
     @field_validator("class_diagram", "sequence_diagram")
     @classmethod
@@ -117,6 +133,10 @@ class Architecture(_Reply):
         if len(text) > 20_000:
             raise ValueError("is longer than 20,000 characters")
         return text
+
+
+class Architecture(ArchitectureFiles, Diagrams):
+    """The architecture in one reply: the files and the diagrams (ArchitectureFiles, then Diagrams, in parts)."""
 
 
 class FileLogic(_Reply):
@@ -169,11 +189,15 @@ def parse_overall_plan(text: str) -> OverallPlan:
     return _validated(OverallPlan, _json(text, "paper_plan"))
 
 
-def parse_architecture(text: str) -> Architecture:
-    architecture = _validated(Architecture, _json(text, "paper_architecture"))
+def parse_architecture(text: str, *, schema: type[ArchitectureFiles] = Architecture) -> ArchitectureFiles:
+    architecture = _validated(schema, _json(text, "paper_architecture"))
     if "main.py" not in architecture.files:
         raise parsing.ReplyError("files: the architecture needs main.py, the entry point")
     return architecture
+
+
+def parse_diagrams(text: str) -> Diagrams:
+    return _validated(Diagrams, _json(text, "paper_diagrams"))
 
 
 def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
@@ -195,6 +219,40 @@ def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, lis
             raise parsing.ReplyError(f"files: {entry.file} depends on unknown files: {', '.join(unknown)}")
         depends_on[entry.file] = entry.depends_on
     return design, dependency_order(design.task_list, depends_on)
+
+
+def logic_schema(files: list[str]) -> dict:
+    """The logic design's JSON schema for the architecture's files: a small model, held to it, can only
+    name those files (seen: the 1.5B model copied the example's model.py and utils.py three times)."""
+    coded = [name for name in files if name not in NOT_CODED[1:]]
+    known = {"type": "string", "enum": list(files)}
+    return {
+        "type": "object",
+        "properties": {
+            "required_packages": {"type": "array", "items": {"type": "string"}},
+            "files": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "enum": coded},
+                        "logic": {"type": "string"},
+                        "depends_on": {"type": "array", "items": known},
+                    },
+                    "required": ["file", "logic", "depends_on"],
+                },
+            },
+            "task_list": {
+                "type": "array",
+                "items": {"type": "string", "enum": coded},
+                "minItems": len(coded),
+                "maxItems": len(coded),
+            },
+            "shared_knowledge": {"type": "string"},
+        },
+        "required": ["required_packages", "files", "task_list", "shared_knowledge"],
+    }
 
 
 def dependency_order(task_list: list[str], depends_on: dict[str, list[str]]) -> list[str]:
@@ -335,8 +393,11 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     replies = data.setdefault("replies", {})
     messages = [{"role": "system", "content": prompts.render("paper_system")}]
     files: list[str] = data.get("architecture", {}).get("files", [])
-    for stage in PLANNING_STAGES:
+    in_parts = _in_parts(run)
+    for stage in PLANNING_STAGES_IN_PARTS if in_parts else PLANNING_STAGES:
         prompt = _planning_prompt(run, paper, stage)
+        if stage == "diagrams" and data["architecture"].get("class_diagram"):
+            continue  # the architecture's reply held them already
         if stage in replies:
             messages += [
                 {"role": "user", "content": prompt},
@@ -348,9 +409,12 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
         if stage == "plan":
             parse, schema = parse_overall_plan, OverallPlan.model_json_schema()
         elif stage == "architecture":
-            parse, schema = parse_architecture, Architecture.model_json_schema()
+            part = ArchitectureFiles if in_parts else Architecture
+            parse, schema = partial(parse_architecture, schema=part), part.model_json_schema()
+        elif stage == "diagrams":
+            parse, schema = parse_diagrams, Diagrams.model_json_schema()
         elif stage == "logic":
-            parse, schema = partial(parse_logic_design, files=files), LogicDesign.model_json_schema()
+            parse, schema = partial(parse_logic_design, files=files), logic_schema(files)
         else:
             parse = parse_config_yaml
         value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
@@ -361,6 +425,11 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
         elif stage == "architecture":
             data["architecture"] = value.model_dump()
             files = value.files
+            if in_parts:
+                with contextlib.suppress(parsing.ReplyError):
+                    data["architecture"] |= parse_diagrams(text).model_dump()
+        elif stage == "diagrams":
+            data["architecture"] = {**data["architecture"], **value.model_dump()}
         elif stage == "logic":
             design, order = value
             data["logic_design"] = design.model_dump()
@@ -378,6 +447,10 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     return paper
 
 
+def _in_parts(run: Run) -> bool:
+    return run.config.get("context_tokens", 128000) <= PARTS_CONTEXT_TOKENS
+
+
 def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
     runtime = program.rules(run, None)["runtime_mins"]
     if stage == "plan":
@@ -387,8 +460,12 @@ def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
             paper=_paper_text(run, paper, share=PLAN_PAPER_SHARE),
             runtime_mins=runtime,
         )
+    if stage == "architecture" and _in_parts(run):
+        return prompts.render("paper_architecture_files", max_files=MAX_PLAN_FILES)
     if stage == "architecture":
         return prompts.render("paper_architecture", max_files=MAX_PLAN_FILES)
+    if stage == "diagrams":
+        return prompts.render("paper_diagrams")
     if stage == "logic":
         return prompts.render("paper_logic")
     return prompts.render("paper_config", runtime_mins=runtime)
