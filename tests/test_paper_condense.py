@@ -264,3 +264,30 @@ def test_the_logic_designs_schema_names_only_the_architectures_files():
     assert architecture.files == ["main.py", "config.yaml"]
     llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
     assert llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+@pytest.mark.django_db
+def test_each_planning_reply_is_asked_with_its_schema(tmp_path):
+    from unittest import mock
+
+    from distill import llm
+
+    run = submit(tmp_path, [], text="# Squares\n\n## 1 Method\n\nSquare every value, then average them.\n")
+    replies = dict(planning_replies())
+    whole = json.loads(replies["architecture"])
+    replies["architecture"] = json.dumps({k: whole[k] for k in ("implementation_approach", "files")})
+    replies["diagrams"] = json.dumps({k: whole[k] for k in ("class_diagram", "sequence_diagram")})
+    schemas = {}
+
+    def fake_complete(**kwargs):
+        schemas[kwargs["stage"]] = kwargs["schema"]
+        return llm.LLMReply(text=replies[kwargs["stage"]], tokens_in=1, tokens_out=1, cost_usd=0, call_id=0)
+
+    with mock.patch.object(llm, "complete", fake_complete):
+        paper_steps.plan(run)
+
+    assert schemas["plan"] == paper_steps.OverallPlan.model_json_schema()
+    assert schemas["architecture"] == paper_steps.ArchitectureFiles.model_json_schema()
+    assert schemas["diagrams"] == paper_steps.Diagrams.model_json_schema()
+    assert schemas["logic"] == paper_steps.logic_schema(whole["files"])
+    assert schemas["config"] is None, "config.yaml is a file, not JSON"
