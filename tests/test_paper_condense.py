@@ -291,3 +291,27 @@ def test_each_planning_reply_is_asked_with_its_schema(tmp_path):
     assert schemas["diagrams"] == paper_steps.Diagrams.model_json_schema()
     assert schemas["logic"] == paper_steps.logic_schema(whole["files"])
     assert schemas["config"] is None, "config.yaml is a file, not JSON"
+
+
+@pytest.mark.django_db
+def test_diagrams_a_small_model_cannot_draw_are_drawn_from_the_file_list_and_planning_goes_on(tmp_path):
+    plan, architecture, logic, config = planning_replies()
+    whole = json.loads(architecture[1])
+    files_only = {key: whole[key] for key in ("implementation_approach", "files")}
+    example = json.dumps({"class_diagram": "classDiagram\n  class Model {\n    +forward(x)\n  }",
+                          "sequence_diagram": "sequenceDiagram\n  participant M as main\n  M->>Model: forward"})  # fmt: skip
+    run = submit(
+        tmp_path,
+        [plan, ("architecture", json.dumps(files_only)), *[("diagrams", example)] * 3, logic, config],
+        text="# Squares\n\n## 1 Method\n\nSquare every value, then average them.\n",
+    )
+
+    paper_steps.plan(run)
+
+    assert LLMCall.objects.filter(run=run, stage="diagrams").count() == 3, (
+        "the prompt's example is no diagram"
+    )
+    run.paper.refresh_from_db()
+    saved = run.paper.plan["architecture"]
+    assert "drawn from the file list" in saved["class_diagram"] and "class utils" in saved["class_diagram"]
+    assert "main->>squares: uses" in saved["sequence_diagram"] and paper_steps.is_planned(run)

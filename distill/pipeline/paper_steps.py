@@ -221,6 +221,21 @@ def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, lis
     return design, dependency_order(design.task_list, depends_on)
 
 
+def file_diagrams(files: list[str]) -> Diagrams:
+    """Diagrams of the architecture's modules alone: main.py and the modules it runs."""
+    modules = [name for name in files if name.endswith(".py") and name != "main.py"]
+    ids = {name: re.sub(r"\W", "_", name.removesuffix(".py")) for name in modules}
+    note = "%% drawn from the file list: the model's diagrams could not be used"
+    classes = [f"  class {ids[name]}" for name in modules] or ["  class main"]
+    calls = [f"  main->>{ids[name]}: uses" for name in modules] or [
+        "  main->>main: runs the small configuration"
+    ]
+    return Diagrams(
+        class_diagram="\n".join([note, "classDiagram", *classes]),
+        sequence_diagram="\n".join([note, "sequenceDiagram", "  participant main", *calls]),
+    )
+
+
 def logic_schema(files: list[str]) -> dict:
     """The logic design's JSON schema for the architecture's files: a small model, held to it, can only
     name those files (seen: the 1.5B model copied the example's model.py and utils.py three times)."""
@@ -417,9 +432,18 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             parse, schema = partial(parse_logic_design, files=files), logic_schema(files)
         else:
             parse = parse_config_yaml
-        value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema,
-                           continue_cut=True)  # fmt: skip
+        try:
+            value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
+                               max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema,
+                               continue_cut=True)  # fmt: skip
+        except program.ReplyUnusable:
+            if stage != "diagrams":
+                raise
+            # The diagrams are for reading, and the code is planned without them: a small model that
+            # cannot draw them (seen: the 1.5B model copied the prompt's example three times) gets the
+            # plainest true ones, drawn from the file list and said to be so, instead of a failed run.
+            value = file_diagrams(files)
+            text = json.dumps(value.model_dump())
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
         elif stage == "architecture":
