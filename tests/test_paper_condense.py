@@ -315,3 +315,17 @@ def test_diagrams_a_small_model_cannot_draw_are_drawn_from_the_file_list_and_pla
     saved = run.paper.plan["architecture"]
     assert "drawn from the file list" in saved["class_diagram"] and "class utils" in saved["class_diagram"]
     assert "main->>squares: uses" in saved["sequence_diagram"] and paper_steps.is_planned(run)
+
+
+def test_one_good_diagram_is_kept_and_the_other_drawn_from_the_file_list():
+    reply = json.dumps({"class_diagram": "classDiagram\n  class Sampler {\n    +run(steps)\n  }",
+                        "sequence_diagram": "sequenceDiagram\n  participant M as main\n  M->>Model: forward"})  # fmt: skip
+    diagrams = paper_steps.parse_diagrams(reply, files=["main.py", "sampler.py", "config.yaml"])
+
+    assert "class Sampler" in diagrams.class_diagram
+    assert (
+        "drawn from the file list" in diagrams.sequence_diagram
+        and "main->>sampler: uses" in diagrams.sequence_diagram
+    )
+    with pytest.raises(paper_steps.parsing.ReplyError, match="class_diagram"):
+        paper_steps.parse_diagrams(json.dumps({"class_diagram": "graph TD"}), files=["main.py"])

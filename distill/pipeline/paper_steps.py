@@ -196,8 +196,22 @@ def parse_architecture(text: str, *, schema: type[ArchitectureFiles] = Architect
     return architecture
 
 
-def parse_diagrams(text: str) -> Diagrams:
-    return _validated(Diagrams, _json(text, "paper_diagrams"))
+def parse_diagrams(text: str, *, files: list[str] | None = None) -> Diagrams:
+    """Both diagrams; given the architecture's `files`, one good diagram is enough, the other is drawn
+    from the file list (a small model drew one and copied the prompt's example for the other)."""
+    data = _json(text, "paper_diagrams")
+    if files is None:
+        return _validated(Diagrams, data)
+    drawn = file_diagrams(files).model_dump()
+    good = {}
+    for name in ("class_diagram", "sequence_diagram"):
+        try:
+            good[name] = _validated(Diagrams, {**drawn, name: data.get(name)}).model_dump()[name]
+        except parsing.ReplyError:
+            continue
+    if not good:
+        return _validated(Diagrams, data)  # the problem with both, for the repair
+    return Diagrams(**{**drawn, **good})
 
 
 def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
@@ -427,7 +441,7 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             part = ArchitectureFiles if in_parts else Architecture
             parse, schema = partial(parse_architecture, schema=part), part.model_json_schema()
         elif stage == "diagrams":
-            parse, schema = parse_diagrams, Diagrams.model_json_schema()
+            parse, schema = partial(parse_diagrams, files=files), Diagrams.model_json_schema()
         elif stage == "logic":
             parse, schema = partial(parse_logic_design, files=files), logic_schema(files)
         else:
