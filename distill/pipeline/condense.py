@@ -184,7 +184,7 @@ def condense_paper(
             )
             digest, _ = program.ask(
                 run, stage="condense", messages=[{"role": "user", "content": prompt}], parse=parse_digest,
-                max_tokens=reply_tokens, schema=DIGEST_SCHEMA,
+                max_tokens=reply_tokens, schema=DIGEST_SCHEMA, continue_cut=True,
             )  # fmt: skip
             cached[section["key"]] = digest.model_dump()
             _write_cache(cache_path, cached)
