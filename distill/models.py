@@ -446,7 +446,7 @@ class Iteration(models.Model):
 # repository's steps and model stages, a paper's among them. By name, report.html read "code, execute, fix,
 # generate, judge, survey".
 STAGES = ["purpose", "fetch", "read the paper", "survey", "rate", "prepare environment", "environment",
-          "plan the code", "plan", "architecture", "logic", "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
+          "plan the code", "condense", "plan", "architecture", "diagrams", "logic", "config", "generate", "analyse and code", "analysis", "code", "entry", "execute", "judge", "fix",
           "evaluate"]  # fmt: skip
 
 

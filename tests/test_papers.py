@@ -392,6 +392,7 @@ def test_malformed_planning_replies_are_repaired_and_a_hopeless_one_ends_the_run
         [replies[0], ("architecture", json.dumps(bad_architecture)), replies[1],
          ("logic", "I would write the files in a sensible order."), ("logic", "still no JSON"),
          ("logic", "nope")],
+        context_tokens=128000,  # a large model's context: the architecture and its diagrams in one reply
     )  # fmt: skip
     run = services.run_until_finished(run_id=run.pk)
 

@@ -21,6 +21,7 @@ stopped and never asks twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill import llm
 from distill.models import Iteration, Paper, Run
-from distill.pipeline import papers, parsing, program, prompts, survey
+from distill.pipeline import condense, papers, parsing, program, prompts, survey
 from distill.pipeline.program import StepFailed
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
 PAPER_EVAL_SAMPLES = 3  # PaperCoder's reference-free evaluation, averaged; a run's config may say otherwise
 ANALYSIS_MAX_CHARS = 8000
 PLANNING_STAGES = ("plan", "architecture", "logic", "config")
+# For a small model (a context of at most PARTS_CONTEXT_TOKENS): the architecture without its diagrams,
+# then the diagrams, so that no reply has to hold both (the 1.5B model's replies were cut or refused).
+PLANNING_STAGES_IN_PARTS = ("plan", "architecture", "diagrams", "logic", "config")
+PARTS_CONTEXT_TOKENS = 8192
 PLAN_PAPER_SHARE = 0.45  # of the prompt's room, for the paper's text: the planner reads the most of it
 
 
@@ -61,13 +66,38 @@ class OverallPlan(_Reply):
     evaluation: list[str] = []
     small_configuration: str = ""
 
+    @field_validator("summary", "data", "small_configuration", mode="before")
+    @classmethod
+    def _prose(cls, value):
+        # Seen from the 1.5B model: "data" as an object or a list of data sets, and the plan refused for it.
+        if isinstance(value, list):
+            return "; ".join(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value)
+        if isinstance(value, dict):
+            return "; ".join(f"{k}: {v}" for k, v in value.items())
+        return value
 
-class Architecture(_Reply):
+    @field_validator("methodology", "experiments", "evaluation", mode="before")
+    @classmethod
+    def _phrases(cls, value):
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        if isinstance(value, list):
+            return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
+        return value
+
+
+class ArchitectureFiles(_Reply):
     implementation_approach: str = Field(min_length=1)
     files: list[str] = Field(min_length=1)
-    class_diagram: str
-    sequence_diagram: str
     open_questions: list[str] = []
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _without_ellipsis(cls, files):
+        # The 1.5B model copies the example's "..." into its file list: a placeholder, not a file.
+        if isinstance(files, list):
+            return [name for name in files if not isinstance(name, str) or re.search(r"[A-Za-z0-9]", name)]
+        return files
 
     @field_validator("files")
     @classmethod
@@ -79,6 +109,11 @@ class Architecture(_Reply):
         if len(set(files)) != len(files):
             raise ValueError("a file is listed twice")
         return files
+
+
+class Diagrams(_Reply):
+    class_diagram: str
+    sequence_diagram: str
 
     @field_validator("class_diagram", "sequence_diagram")
     @classmethod
@@ -98,6 +133,10 @@ class Architecture(_Reply):
         if len(text) > 20_000:
             raise ValueError("is longer than 20,000 characters")
         return text
+
+
+class Architecture(ArchitectureFiles, Diagrams):
+    """The architecture in one reply: the files and the diagrams (ArchitectureFiles, then Diagrams, in parts)."""
 
 
 class FileLogic(_Reply):
@@ -150,11 +189,29 @@ def parse_overall_plan(text: str) -> OverallPlan:
     return _validated(OverallPlan, _json(text, "paper_plan"))
 
 
-def parse_architecture(text: str) -> Architecture:
-    architecture = _validated(Architecture, _json(text, "paper_architecture"))
+def parse_architecture(text: str, *, schema: type[ArchitectureFiles] = Architecture) -> ArchitectureFiles:
+    architecture = _validated(schema, _json(text, "paper_architecture"))
     if "main.py" not in architecture.files:
         raise parsing.ReplyError("files: the architecture needs main.py, the entry point")
     return architecture
+
+
+def parse_diagrams(text: str, *, files: list[str] | None = None) -> Diagrams:
+    """Both diagrams; given the architecture's `files`, one good diagram is enough, the other is drawn
+    from the file list (a small model drew one and copied the prompt's example for the other)."""
+    data = _json(text, "paper_diagrams")
+    if files is None:
+        return _validated(Diagrams, data)
+    drawn = file_diagrams(files).model_dump()
+    good = {}
+    for name in ("class_diagram", "sequence_diagram"):
+        try:
+            good[name] = _validated(Diagrams, {**drawn, name: data.get(name)}).model_dump()[name]
+        except parsing.ReplyError:
+            continue
+    if not good:
+        return _validated(Diagrams, data)  # the problem with both, for the repair
+    return Diagrams(**{**drawn, **good})
 
 
 def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, list[str]]:
@@ -176,6 +233,55 @@ def parse_logic_design(text: str, *, files: list[str]) -> tuple[LogicDesign, lis
             raise parsing.ReplyError(f"files: {entry.file} depends on unknown files: {', '.join(unknown)}")
         depends_on[entry.file] = entry.depends_on
     return design, dependency_order(design.task_list, depends_on)
+
+
+def file_diagrams(files: list[str]) -> Diagrams:
+    """Diagrams of the architecture's modules alone: main.py and the modules it runs."""
+    modules = [name for name in files if name.endswith(".py") and name != "main.py"]
+    ids = {name: re.sub(r"\W", "_", name.removesuffix(".py")) for name in modules}
+    note = "%% drawn from the file list: the model's diagrams could not be used"
+    classes = [f"  class {ids[name]}" for name in modules] or ["  class main"]
+    calls = [f"  main->>{ids[name]}: uses" for name in modules] or [
+        "  main->>main: runs the small configuration"
+    ]
+    return Diagrams(
+        class_diagram="\n".join([note, "classDiagram", *classes]),
+        sequence_diagram="\n".join([note, "sequenceDiagram", "  participant main", *calls]),
+    )
+
+
+def logic_schema(files: list[str]) -> dict:
+    """The logic design's JSON schema for the architecture's files: a small model, held to it, can only
+    name those files (seen: the 1.5B model copied the example's model.py and utils.py three times)."""
+    coded = [name for name in files if name not in NOT_CODED[1:]]
+    known = {"type": "string", "enum": list(files)}
+    return {
+        "type": "object",
+        "properties": {
+            "required_packages": {"type": "array", "items": {"type": "string"}},
+            "files": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "enum": coded},
+                        "logic": {"type": "string"},
+                        "depends_on": {"type": "array", "items": known},
+                    },
+                    "required": ["file", "logic", "depends_on"],
+                },
+            },
+            "task_list": {
+                "type": "array",
+                "items": {"type": "string", "enum": coded},
+                "minItems": len(coded),
+                "maxItems": len(coded),
+            },
+            "shared_knowledge": {"type": "string"},
+        },
+        "required": ["required_packages", "files", "task_list", "shared_knowledge"],
+    }
 
 
 def dependency_order(task_list: list[str], depends_on: dict[str, list[str]]) -> list[str]:
@@ -310,12 +416,17 @@ def _save_plan(paper: Paper) -> None:
 def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     """The four planning stages in one conversation; stages already done are skipped, not asked again."""
     paper = _paper(run)
+    # A paper larger than the planner's budget is planned from its condensed sections (condense.py).
+    condense.condense_paper(run, paper, budget=_budget(run, PLAN_PAPER_SHARE), should_cancel=should_cancel)
     data = paper.plan
     replies = data.setdefault("replies", {})
     messages = [{"role": "system", "content": prompts.render("paper_system")}]
     files: list[str] = data.get("architecture", {}).get("files", [])
-    for stage in PLANNING_STAGES:
+    in_parts = _in_parts(run)
+    for stage in PLANNING_STAGES_IN_PARTS if in_parts else PLANNING_STAGES:
         prompt = _planning_prompt(run, paper, stage)
+        if stage == "diagrams" and data["architecture"].get("class_diagram"):
+            continue  # the architecture's reply held them already
         if stage in replies:
             messages += [
                 {"role": "user", "content": prompt},
@@ -327,18 +438,36 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
         if stage == "plan":
             parse, schema = parse_overall_plan, OverallPlan.model_json_schema()
         elif stage == "architecture":
-            parse, schema = parse_architecture, Architecture.model_json_schema()
+            part = ArchitectureFiles if in_parts else Architecture
+            parse, schema = partial(parse_architecture, schema=part), part.model_json_schema()
+        elif stage == "diagrams":
+            parse, schema = partial(parse_diagrams, files=files), Diagrams.model_json_schema()
         elif stage == "logic":
-            parse, schema = partial(parse_logic_design, files=files), LogicDesign.model_json_schema()
+            parse, schema = partial(parse_logic_design, files=files), logic_schema(files)
         else:
             parse = parse_config_yaml
-        value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                           max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema)  # fmt: skip
+        try:
+            value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
+                               max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema,
+                               continue_cut=True)  # fmt: skip
+        except program.ReplyUnusable:
+            if stage != "diagrams":
+                raise
+            # The diagrams are for reading, and the code is planned without them: a small model that
+            # cannot draw them (seen: the 1.5B model copied the prompt's example three times) gets the
+            # plainest true ones, drawn from the file list and said to be so, instead of a failed run.
+            value = file_diagrams(files)
+            text = json.dumps(value.model_dump())
         if stage == "plan":
             data["overall_plan"] = value.model_dump()
         elif stage == "architecture":
             data["architecture"] = value.model_dump()
             files = value.files
+            if in_parts:
+                with contextlib.suppress(parsing.ReplyError):
+                    data["architecture"] |= parse_diagrams(text).model_dump()
+        elif stage == "diagrams":
+            data["architecture"] = {**data["architecture"], **value.model_dump()}
         elif stage == "logic":
             design, order = value
             data["logic_design"] = design.model_dump()
@@ -356,6 +485,10 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
     return paper
 
 
+def _in_parts(run: Run) -> bool:
+    return run.config.get("context_tokens", 128000) <= PARTS_CONTEXT_TOKENS
+
+
 def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
     runtime = program.rules(run, None)["runtime_mins"]
     if stage == "plan":
@@ -365,8 +498,12 @@ def _planning_prompt(run: Run, paper: Paper, stage: str) -> str:
             paper=_paper_text(run, paper, share=PLAN_PAPER_SHARE),
             runtime_mins=runtime,
         )
+    if stage == "architecture" and _in_parts(run):
+        return prompts.render("paper_architecture_files", max_files=MAX_PLAN_FILES)
     if stage == "architecture":
         return prompts.render("paper_architecture", max_files=MAX_PLAN_FILES)
+    if stage == "diagrams":
+        return prompts.render("paper_diagrams")
     if stage == "logic":
         return prompts.render("paper_logic")
     return prompts.render("paper_config", runtime_mins=runtime)
@@ -597,7 +734,10 @@ def _budget(run: Run, share: float) -> int:
 
 
 def _paper_text(run: Run, paper: Paper, *, share: float) -> str:
-    return survey.truncate_to_tokens(papers.without_references(paper.text), _budget(run, share))
+    """The paper as a prompt holds it: condensed when it was too large for the planner, else as it is."""
+    condensed = (paper.plan or {}).get("condensed")
+    text = condensed["text"] if condensed else papers.without_references(paper.text)
+    return survey.truncate_to_tokens(text, _budget(run, share))
 
 
 def sections_read(run: Run, paper: Paper) -> dict:
@@ -625,13 +765,35 @@ def sections_read(run: Run, paper: Paper) -> dict:
             row["tokens"] = survey.count_tokens(text[start:end])
             row["read"] = _reading(start, end, cut=cut, kept_chars=kept_chars)
         rows.append(row)
+    condensed = (paper.plan or {}).get("condensed")
+    if condensed:
+        _add_contributions(rows, condensed)
     return {
         "sections": rows,
+        "condensed": condensed,
         "paged": any(row.get("page") for row in rows),  # a PDF's sections have pages, Markdown's none
         "budget_tokens": budget,
         "paper_tokens": survey.count_tokens(body),
         "truncated": kept != body,
     }
+
+
+def _add_contributions(rows: list[dict], condensed: dict) -> None:
+    """Each section's part of the condensed paper, and whether the planner read it ("condensed"), it was
+    left out for the budget ("dropped") or it specified nothing to implement ("nothing"); a section split
+    into parts gets its parts' together."""
+    by_title: dict[str, list[dict]] = {}
+    for part in condensed["sections"]:
+        by_title.setdefault(part["of"], []).append(part)
+    for row in rows:
+        if row["read"] == "references":
+            continue
+        parts = by_title.get(row["title"], [])
+        row["contribution"] = "\n".join(part["digest"] for part in parts if part["digest"].strip())
+        if any(part["used"] for part in parts):
+            row["read"] = "condensed"
+        elif parts:
+            row["read"] = "dropped" if row["contribution"] else "nothing"
 
 
 def _reading(start: int, end: int, *, cut: tuple[int, int] | None, kept_chars: int) -> str:

@@ -161,10 +161,12 @@ def ask(
     max_tokens: int,
     iteration: int | None = None,
     schema: dict | None = None,
+    continue_cut: bool = False,
 ):
     """(parsed value, reply text) of the code model. A malformed reply is sent back for repair a bounded
     number of times, then the step fails with the last problem found. `schema` (a JSON reply's schema)
-    holds the models that take one to it (llm.complete)."""
+    holds the models that take one to it (llm.complete). With `continue_cut`, a reply cut by the token
+    limit is continued (continued_if_cut) before it is judged."""
     repairs = run.config.get("max_reply_repairs", 2)
     error = None
     for attempt in range(repairs + 1):
@@ -172,19 +174,66 @@ def ask(
             run=run, stage=stage, model=run.config["model_code"], messages=messages, iteration=iteration,
             max_tokens=max_tokens, schema=schema,
         )  # fmt: skip
+        text = reply.text
+        if continue_cut:
+            text = continued_if_cut(run, stage=stage, messages=messages, reply=reply, parse=parse,
+                                    max_tokens=max_tokens, iteration=iteration)  # fmt: skip
         try:
-            return parse(reply.text), reply.text
+            return parse(text), text
         except parsing.ReplyError as exc:
             logger.info("run %s: %s reply unusable (attempt %s): %s", run.pk, stage, attempt + 1, exc)
             error = exc
             messages = [
                 *messages,
-                {"role": "assistant", "content": reply.text},
+                {"role": "assistant", "content": text},
                 {"role": "user", "content": prompts.render("repair", error=exc)},
             ]
     raise ReplyUnusable(
         f"the code model's {stage} reply could not be used after {repairs + 1} tries: {error}", error
     )
+
+
+MAX_CONTINUATIONS = 2
+
+
+def continued_if_cut(
+    run: Run, *, stage: str, messages: list[dict], reply, parse, max_tokens: int, iteration: int | None
+) -> str:
+    """A reply that the token limit cut (it used all of max_tokens and does not parse), continued where it
+    stopped, a bounded number of times: a small model's plan often needs a little more than one reply's
+    room, and asking again from the start would be cut at the same place. The continuation is not held to
+    the reply's schema: it is the rest of a JSON text, not a whole one."""
+    text = reply.text
+    for _ in range(MAX_CONTINUATIONS):
+        if reply.tokens_out < max_tokens:
+            break
+        try:
+            parse(text)
+            break
+        except parsing.ReplyError:
+            pass
+        logger.info(
+            "run %s: the %s reply was cut at %s tokens; continuing it", run.pk, stage, reply.tokens_out
+        )
+        reply = llm.complete(
+            run=run, stage=stage, model=run.config["model_code"], iteration=iteration, max_tokens=max_tokens,
+            messages=[*messages, {"role": "assistant", "content": text},
+                      {"role": "user", "content": prompts.render("continue")}],
+        )  # fmt: skip
+        text = joined(text, reply.text)
+    return text
+
+
+def joined(start: str, rest: str) -> str:
+    """A cut reply and its continuation. A model that began again from the top (the same opening) wrote
+    a whole new reply: that one is kept. A fence that opens the continuation is not part of the reply."""
+    opening = start.strip()[:20]
+    if opening and rest.strip().startswith(opening):
+        return rest
+    if rest.lstrip().startswith("```") and not start.rstrip().endswith("```"):
+        rest = rest.lstrip().split("\n", 1)[1] if "\n" in rest.lstrip() else ""
+        rest = rest.rstrip().removesuffix("```").rstrip()
+    return start + rest
 
 
 def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=None) -> parsing.Program:
