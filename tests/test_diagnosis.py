@@ -343,3 +343,15 @@ def test_a_value_json_cannot_write_is_named_with_the_one_argument_that_writes_it
 
     assert finding.startswith("json cannot write a ndarray value")
     assert "default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)" in finding
+
+
+def test_a_name_imported_from_the_wrong_module_is_named_with_where_the_digest_imports_it():
+    digest_text = (
+        "from findiff.diff import Id\nclass Id:  # The identity operator.\n    def __init__(self): ...\n"
+    )
+    output = "ImportError: cannot import name 'Id' from 'findiff' (/env/lib/python3.11/site-packages/findiff/__init__.py)\n"
+    (finding,) = diagnose(output=output, install_log="", packages={}, declared=[], api_digest=digest_text)
+
+    assert finding == (
+        "'findiff' has no name 'Id': the repository defines it as Id (from findiff.diff import Id); call it there"
+    )

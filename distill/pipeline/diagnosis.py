@@ -155,16 +155,16 @@ def diagnose(
             )
         )
     where = "the program's own files" if paper else "the repository's files shown above"
+    defined = api_definitions(api_digest)
     for match in _first_of_each(NO_NAME, output):
         name, module = match.groups()
-        found.append(
-            (
-                match.start(),
-                f"{module!r} has no name {name!r}: import only names defined in "
-                f"{where} (check the module path, too)",
-            )
+        # Seen on findiff: `from findiff import Id`, where the digest imports it from findiff.diff.
+        where_defined = (
+            _elsewhere(name, defined)
+            if name in defined
+            else f"import only names defined in {where} (check the module path, too)"
         )
-    defined = api_definitions(api_digest)
+        found.append((match.start(), f"{module!r} has no name {name!r}: {where_defined}"))
     for match in _first_of_each(NO_ATTRIBUTE, output):
         module, name = match.groups()
         found.append(
