@@ -680,3 +680,27 @@ def test_an_execution_waiting_for_its_environment_folder_can_be_cancelled(sandbo
         result = execute(sandbox, "print('never')", tmp_path / "job", env, should_cancel=lambda: True)
     assert result.cancelled and result.exit_code is None and "waiting" in result.failure
     assert time.monotonic() - started < 5
+
+
+def test_a_network_that_could_not_be_set_up_is_set_up_once_more_before_anything_ran(run, monkeypatch):
+    # Seen under load: the sandbox's namespace was gone between slirp4netns's start and the routes
+    # ("nsenter: cannot open /proc/N/ns/net"). Nothing of the program had run: it is set up again.
+    from distill.sandbox import local
+
+    real_start, failures = local._Network.start, []
+
+    def start_failing_once(self, proc, info_read, block_write, *, uid):
+        if not failures:
+            failures.append(proc.pid)
+            os.close(info_read)
+            os.close(block_write)
+            return "sandbox error: could not close the private networks: nsenter: cannot open /proc/1/ns/net"
+        return real_start(self, proc, info_read, block_write, uid=uid)
+
+    monkeypatch.setattr(local._Network, "start", start_failing_once)
+
+    result = run("print('ran once')\n")
+
+    assert failures, "the first network set-up failed"
+    assert result.failure == "" and result.exit_code == 0, (len(failures), result)
+    assert result.stdout.count("ran once") == 1

@@ -159,6 +159,7 @@ class LocalSandbox:
                 # Seen rarely on a loaded machine: the sandbox's first process was gone (SIGKILL) before its
                 # network was set up, and nothing of the program ran. Not the program's failure: once more.
                 logger.warning("sandbox: %s; setting it up once more", result.failure)
+                time.sleep(RETRY_PAUSE_SECS)  # the killed one's namespaces go first
                 result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
             return result
 
@@ -690,12 +691,27 @@ def _end_watchdog(watchdog: subprocess.Popen) -> None:
     watchdog.wait()
 
 
+# _Network.start's failures: each happens before the sandbox's process is let go, so nothing of the
+# program ran. Seen under load (several test sessions and a benchmark on 2 cores): "nsenter: cannot open
+# /proc/N/ns/net", the namespace gone between slirp4netns's start and the routes.
+# bubblewrap's own errors ("bwrap: loopback: Failed RTM_NEWADDR", seen once right after such a failure)
+# come before it runs anything too.
+NETWORK_SETUP_FAILURES = (
+    "sandbox error: bwrap: ",
+    "sandbox error: slirp4netns did not start:",
+    "sandbox error: could not close the private networks:",
+    "sandbox error: the network could not be set up:",
+)
+
+
+RETRY_PAUSE_SECS = 1.0
+
+
 def _killed_while_set_up(result: ExecutionResult) -> bool:
-    return (
-        result.failure.startswith("sandbox error:")
-        and result.exit_code == -signal.SIGKILL
-        and not result.cancelled
-        and not result.duration_secs
+    if result.cancelled or not result.failure.startswith("sandbox error:"):
+        return False
+    return result.failure.startswith(NETWORK_SETUP_FAILURES) or (
+        result.exit_code == -signal.SIGKILL and not result.duration_secs
     )
 
 
