@@ -203,7 +203,8 @@ def test_programs_are_written_for_the_prepared_environment_and_bad_requirement_l
     run = start(repo, tmp_path, [*survey_replies(), ("generate", broken)], max_debug_iterations=1)
     run = services.run_until_finished(run_id=run.pk)
 
-    assert run.environment["status"] == "ready" and run.environment["installed"]["name"] == "minilib"
+    assert run.environment["status"] == "ready", (run.environment.get("reason"), run.status_message)
+    assert run.environment["installed"]["name"] == "minilib"
     generate_prompt = LLMCall.objects.get(run=run, stage="generate").prompt[0]["content"]
     assert "The repository is installed as minilib 0.0.0. These imports work: minilib." in generate_prompt
     assert "=== FILE: runscript.sh ===" not in generate_prompt, "the runscript is derived, not asked for"
@@ -425,6 +426,7 @@ def test_links_a_program_leaves_behind_cannot_reach_the_host(repo, tmp_path):
     run = start(repo, tmp_path, [*survey_replies(), ("generate", program(sneaky))], max_debug_iterations=1)
     run = services.run_until_finished(run_id=run.pk)
 
+    assert run.iterations.exists(), (run.status, run.status_message)
     iteration = run.iterations.get()
     assert iteration.exit_code == 0, iteration.stderr
     assert canary.read_text() == "untouched"
