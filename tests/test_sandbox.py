@@ -682,7 +682,9 @@ def test_an_execution_waiting_for_its_environment_folder_can_be_cancelled(sandbo
     assert time.monotonic() - started < 5
 
 
-def test_a_network_that_could_not_be_set_up_is_set_up_once_more_before_anything_ran(run, monkeypatch):
+def test_a_network_that_could_not_be_set_up_is_set_up_once_more_before_anything_ran(
+    sandbox, tmp_path, monkeypatch
+):
     # Seen under load: the sandbox's namespace was gone between slirp4netns's start and the routes
     # ("nsenter: cannot open /proc/N/ns/net"). Nothing of the program had run: it is set up again.
     from distill.sandbox import local
@@ -699,8 +701,32 @@ def test_a_network_that_could_not_be_set_up_is_set_up_once_more_before_anything_
 
     monkeypatch.setattr(local._Network, "start", start_failing_once)
 
-    result = run("print('ran once')\n")
+    # An environment of its own: the network is set up for an install, and the module's is installed.
+    result = execute(sandbox, "print('ran once')\n", tmp_path / "job", tmp_path / "env")
 
     assert failures, "the first network set-up failed"
     assert result.failure == "" and result.exit_code == 0, (len(failures), result)
+    assert result.stdout.count("ran once") == 1
+
+
+def test_a_sandbox_that_could_not_join_its_cgroup_is_started_once_more(sandbox, tmp_path, monkeypatch):
+    # Seen once after a worker running the same environment was killed: the child could not join the
+    # cgroup, and Popen raised "Exception occurred in preexec_fn" before bubblewrap started.
+    from distill.sandbox import cgroup
+
+    real_attacher, calls = cgroup.SandboxCgroup.attacher, []
+
+    def attacher_failing_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            return lambda: os.open("/nonexistent/cgroup.procs", os.O_WRONLY)
+        return real_attacher(self)
+
+    monkeypatch.setattr(cgroup.SandboxCgroup, "attacher", attacher_failing_once)
+
+    result = execute(sandbox, "print('ran once')\n", tmp_path / "job", tmp_path / "env")
+
+    if not calls:
+        pytest.skip("no cgroup on this machine: nothing joins one")
+    assert result.failure == "" and result.exit_code == 0, result
     assert result.stdout.count("ran once") == 1

@@ -154,11 +154,19 @@ class LocalSandbox:
         with _execution_lock(request.env_dir, should_cancel) as held:
             if not held:
                 return ExecutionResult.cancelled_while_waiting()
-            result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
-            if _killed_while_set_up(result):
+            try:
+                result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
+                failure = result.failure if _killed_while_set_up(result) else ""
+            except subprocess.SubprocessError as exc:
+                if type(exc) is not subprocess.SubprocessError:  # a timeout or a failed command: not this
+                    raise
+                # "Exception occurred in preexec_fn": the child could not join its cgroup (seen right after a
+                # worker running this environment was killed), so bubblewrap never started.
+                failure = f"sandbox error: {exc}"
+            if failure:
                 # Seen rarely on a loaded machine: the sandbox's first process was gone (SIGKILL) before its
                 # network was set up, and nothing of the program ran. Not the program's failure: once more.
-                logger.warning("sandbox: %s; setting it up once more", result.failure)
+                logger.warning("sandbox: %s; setting it up once more", failure)
                 time.sleep(RETRY_PAUSE_SECS)  # the killed one's namespaces go first
                 result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
             return result
