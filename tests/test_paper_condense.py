@@ -256,6 +256,7 @@ def test_the_logic_designs_schema_names_only_the_architectures_files():
     assert schema["properties"]["task_list"]["minItems"] == 2 == schema["properties"]["task_list"]["maxItems"]
     depends = schema["properties"]["files"]["items"]["properties"]["depends_on"]["items"]
     assert depends["enum"] == ["utils.py", "main.py", "config.yaml"]
+    assert schema["properties"]["files"]["maxItems"] == 2, "one entry a coded file at most"
     # The example's "..." that a small model copies into the file list is not a file.
     architecture = paper_steps.parse_architecture(
         json.dumps({"implementation_approach": "Plain.", "files": ["main.py", "config.yaml", "..."]}),

@@ -259,15 +259,18 @@ def logic_schema(files: list[str]) -> dict:
         "type": "object",
         "properties": {
             "required_packages": {"type": "array", "items": {"type": "string"}},
+            # One entry a file at most: unbounded, the 1.5B model wrote main.py entries until the reply's
+            # limit, four times in a row (corner's JOSS paper, 6,000 tokens of them).
             "files": {
                 "type": "array",
                 "minItems": 1,
+                "maxItems": len(coded),
                 "items": {
                     "type": "object",
                     "properties": {
                         "file": {"type": "string", "enum": coded},
                         "logic": {"type": "string"},
-                        "depends_on": {"type": "array", "items": known},
+                        "depends_on": {"type": "array", "items": known, "maxItems": len(files)},
                     },
                     "required": ["file", "logic", "depends_on"],
                 },
