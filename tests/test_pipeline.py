@@ -288,6 +288,33 @@ def test_a_syntax_error_is_repaired_without_a_sandbox_run_or_an_iteration(repo, 
     assert "never writes results.json" in third.prompt[-1]["content"]
 
 
+def test_an_undefined_name_the_repairs_keep_is_run_as_it_is_and_the_fix_loop_sees_why(repo, tmp_path):
+    # Seen on a paper: three replies in a row called an undefined load_config(). Ending the run there
+    # showed nothing; run, the NameError goes to a fix prompt, which asks for the root cause first.
+    stubborn = WORKING_MAIN.replace('log = ["computing"]', "log = load_config()")
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), *[("generate", program(stubborn))] * 3,
+         ("fix", program(WORKING_MAIN, changes="Root cause: load_config is defined nowhere.")),
+         ("judge", verdict(True))],
+        max_reply_repairs=2,
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    first, second = run.iterations.order_by("number")
+    assert "Run as it is: the program cannot run as it is: main.py:7:7: undefined name 'load_config'" in (
+        first.change_log
+    )
+    assert first.exit_code != 0 and "NameError" in first.stderr
+    assert (
+        "NameError: name 'load_config' is not defined"
+        in LLMCall.objects.get(run=run, stage="fix").prompt[-1]["content"]
+    )
+    assert second.succeeded
+
+
 def test_plausible_output_without_the_repository_is_not_a_success(repo, tmp_path):
     run = start(
         repo,

@@ -13,8 +13,10 @@ Before a program reply becomes an iteration:
   own message;
 - it must write results.json: without that name anywhere in its code it cannot pass the measurement.
 
-A problem raises parsing.ReplyError, whose message goes back to the model as a repair of its reply,
-without an iteration.
+A problem raises CannotRun (a parsing.ReplyError), whose message goes back to the model as a repair of
+its reply, without an iteration. It carries the program as it would run: when the model's repairs do not
+remove the problem, the program runs as it is (program.ask_for_program), and the fix loop sees what the
+problem causes.
 """
 
 import ast
@@ -58,6 +60,14 @@ ALIASES = {
 }
 
 
+class CannotRun(ReplyError):
+    """Problems only the model can fix; `program` is the program with what is certain fixed."""
+
+    def __init__(self, message: str, program: Program):
+        super().__init__(message)
+        self.program = program
+
+
 def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
     """{name: the import line} for names beyond the standard library that a program may use unimported:
     the top-level `modules` installed for it (and their usual aliases), then the repository's public
@@ -77,7 +87,7 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
     (`needle` for `kneedle`), and a main.py that never writes results.json made to write its computed
     top-level values there.
 
-    Raises ReplyError with every problem that only the model can fix.
+    Raises CannotRun with every problem that only the model can fix.
 
     Why fix rather than ask: told exactly what was wrong ("undefined name 'needle' (did you mean
     'kneedle'?)", "never writes results.json"), the 1.5B model sent the same reply back three times, and
@@ -129,13 +139,13 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
                 f"the program never writes {RESULTS_FILE}: main.py must write the values it computed to "
                 f"{RESULTS_FILE}, as a JSON object"
             )
+    if notes:
+        note = "Before running: " + "; ".join(notes) + "."
+        change_log = f"{program.change_log}\n{note}".strip()
+        program = program.model_copy(update={"files": files, "change_log": change_log})
     if problems:
-        raise ReplyError("the program cannot run as it is: " + "; ".join(problems))
-    if not notes:
-        return program
-    note = "Before running: " + "; ".join(notes) + "."
-    change_log = f"{program.change_log}\n{note}".strip()
-    return program.model_copy(update={"files": files, "change_log": change_log})
+        raise CannotRun("the program cannot run as it is: " + "; ".join(problems), program)
+    return program
 
 
 def _defined(tree: ast.Module) -> set[str]:

@@ -237,15 +237,30 @@ def joined(start: str, rest: str) -> str:
 
 
 def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=None) -> parsing.Program:
-    """A whole program (files, metadata, change log) in the sectioned format of program_format.txt."""
-    program, _ = ask(
-        run,
-        stage=stage,
-        messages=[{"role": "user", "content": prompt}],
-        parse=parse or partial(parse_program, run, require_change_log=False),
-        max_tokens=run.config.get("code_max_output_tokens", 16000),
-        iteration=iteration,
-    )
+    """A whole program (files, metadata, change log) in the sectioned format of program_format.txt.
+
+    A program whose only problems are those the check before running found (preflight.CannotRun: an
+    undefined name, a syntax error), still there after the model's repairs, runs as it is, said in its
+    change log. Seen on a paper: three replies in a row called an undefined `load_config()` and the run
+    ended in error before anything ran; run, it fails with a traceback the fix loop reads, in a fix
+    prompt that asks for the root cause first, which a small model answers better than a repeated repair.
+    """
+    try:
+        program, _ = ask(
+            run,
+            stage=stage,
+            messages=[{"role": "user", "content": prompt}],
+            parse=parse or partial(parse_program, run, require_change_log=False),
+            max_tokens=run.config.get("code_max_output_tokens", 16000),
+            iteration=iteration,
+        )
+    except ReplyUnusable as exc:
+        if not isinstance(exc.error, preflight.CannotRun):
+            raise
+        program = exc.error.program
+        tries = run.config.get("max_reply_repairs", 2) + 1
+        note = f"Run as it is: {exc.error} (still so after {tries} replies); the run shows what this causes."
+        program = program.model_copy(update={"change_log": f"{program.change_log}\n{note}".strip()})
     return program
 
 
@@ -338,20 +353,26 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
     # matplotlib to requirements.txt (kneed's plot needs it), the 1.5B model sent main.py back unchanged.
     missing = (previous.measured or {}).get("missing_requirements", [])
 
+    same = "the files are the same as the version that failed; change them to remove the root cause"
+
     def parse(text: str) -> parsing.Program:
-        program = parse_program(
-            run,
-            text,
-            require_change_log=True,
-            keep=previous.files,
-            metadata_default=previous.metadata or None,
-            add_requirements=missing,
-        )
+        try:
+            program = parse_program(
+                run,
+                text,
+                require_change_log=True,
+                keep=previous.files,
+                metadata_default=previous.metadata or None,
+                add_requirements=missing,
+            )
+        except preflight.CannotRun as exc:
+            if _same_program(exc.program.files, previous.files):
+                # Not a program to run as it is (ask_for_program): it is the one that failed.
+                raise parsing.ReplyError(f"{same}; and {exc}") from exc
+            raise
         if _same_program(program.files, previous.files):
             # Running it again would fail again, and spend an iteration on nothing.
-            raise parsing.ReplyError(
-                "the files are the same as the version that failed; change them to remove the root cause"
-            )
+            raise parsing.ReplyError(same)
         return program
 
     try:
