@@ -179,6 +179,8 @@ class FakeLlama:
         )
     }
 
+    draft_model = None
+
     def __init__(self, reply="Hello there.", delay=0.0):
         self.reply, self.delay = reply, delay
         self.calls, self.active, self.overlapped = [], 0, False
@@ -500,7 +502,7 @@ def test_generations_of_one_process_take_turns(fake_model):
 
 
 def test_the_model_is_loaded_once_per_process(monkeypatch):
-    loads = []
+    loads, asked = [], []
 
     def default_params():
         return types.SimpleNamespace(use_extra_bufts=True)
@@ -514,6 +516,10 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
             # What llama.cpp's loader would read: the weights must not be repacked (see _plain_weight_buffers).
             kwargs["use_extra_bufts"] = bindings.llama_model_default_params().use_extra_bufts
             loads.append(kwargs)
+            self.draft_model = None
+            self._batch = types.SimpleNamespace(
+                set_batch=lambda batch, n_past, logits_all: asked.append(logits_all)
+            )
 
         def close(self):
             pass
@@ -538,6 +544,25 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
     assert kwargs["n_ctx"] == local_model.N_CTX and kwargs["n_threads"] == local_model.N_THREADS
     assert kwargs["use_extra_bufts"] is False
     assert bindings.llama_model_default_params is default_params, "the loader's defaults are restored"
+    # Drafted from the prompt, with the logits of a draft's batch only: a prompt's are not kept.
+    model = local_model.get_model()
+    assert isinstance(model.draft_model, local_model.PromptLookup)
+    model._batch.set_batch(batch=list(range(local_model.DRAFT_TOKENS + 1)), n_past=0, logits_all=False)
+    model._batch.set_batch(batch=list(range(512)), n_past=0, logits_all=False)
+    assert asked == [True, False]
+
+
+def test_prompt_lookup_proposes_what_followed_the_longest_latest_match():
+    import numpy as np
+
+    lookup = local_model.PromptLookup(tokens=3)
+    #              a  b  c  d  e | a  b  x  y  z | ... a  b
+    ids = np.array([1, 2, 3, 4, 5, 1, 2, 7, 8, 9, 0, 6, 1, 2])
+    assert lookup(ids).tolist() == [7, 8, 9], "the latest occurrence of (a, b), not the first"
+    ids = np.array([5, 1, 2, 3, 4, 6, 1, 2, 8, 9, 5, 1, 2])
+    assert lookup(ids).tolist() == [3, 4, 6], "(5, a, b) is longer than (a, b): its continuation wins"
+    assert lookup(np.array([1, 2, 3, 4])).tolist() == [], "nothing repeats: no proposal"
+    assert lookup.calls == 3
 
 
 # The grammars, held against the real vocabulary ------------------------------------------------------------
@@ -664,6 +689,22 @@ def test_a_real_program_reply_through_the_local_provider_has_the_format():
     assert not parsing.PLACEHOLDER_LINE.search(reply.text)
     if "=== METADATA ===" in markers:  # within 200 tokens, the model may not get that far
         assert parsing.parse_program(reply.text).files["main.py"].strip()
+
+
+@needs_real_model
+def test_a_real_reply_that_repeats_its_prompt_is_written_in_fewer_steps_than_tokens():
+    program = (
+        "import numpy as np\n\nvalues = np.linspace(0.0, 1.0, 11)\nsquares = values ** 2\n"
+        "print('sum of squares', squares.sum())\n"
+    )
+    asking = [{"role": "user", "content": f"Here is a program:\n\n{program}\nWrite the same program again, "
+               "exactly, with one more line at its end that prints the mean of squares. Only the code."}]  # fmt: skip
+
+    generation = local_model.generate(asking, max_tokens=48, temperature=0.0)
+
+    assert "squares = values ** 2" in generation.text
+    # Prompt lookup: the lines it repeats were proposed whole and kept, more than one token a step.
+    assert 0 < generation.steps < 0.7 * generation.completion_tokens, generation
 
 
 @needs_real_model
