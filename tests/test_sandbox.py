@@ -709,6 +709,27 @@ def test_a_network_that_could_not_be_set_up_is_set_up_once_more_before_anything_
     assert result.stdout.count("ran once") == 1
 
 
+def test_a_network_that_never_comes_up_is_tried_three_times_then_said(sandbox, tmp_path, monkeypatch):
+    from distill.sandbox import local
+
+    tries = []
+
+    def start_failing(self, proc, info_read, block_write, *, uid):
+        tries.append(proc.pid)
+        os.close(info_read)
+        os.close(block_write)
+        return "sandbox error: could not close the private networks: nsenter: cannot open /proc/1/ns/net"
+
+    monkeypatch.setattr(local._Network, "start", start_failing)
+    monkeypatch.setattr(local, "SET_UP_RETRY_PAUSES", (0.0, 0.0))
+
+    result = execute(sandbox, "print('never')\n", tmp_path / "job", tmp_path / "env")
+
+    assert len(tries) == 3
+    assert result.failure.startswith("sandbox error: could not close the private networks"), result
+    assert "never" not in result.stdout
+
+
 def test_a_sandbox_that_could_not_join_its_cgroup_is_started_once_more(sandbox, tmp_path, monkeypatch):
     # Seen once after a worker running the same environment was killed: the child could not join the
     # cgroup, and Popen raised "Exception occurred in preexec_fn" before bubblewrap started.

@@ -154,22 +154,34 @@ class LocalSandbox:
         with _execution_lock(request.env_dir, should_cancel) as held:
             if not held:
                 return ExecutionResult.cancelled_while_waiting()
-            try:
-                result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
-                failure = result.failure if _killed_while_set_up(result) else ""
-            except subprocess.SubprocessError as exc:
-                if type(exc) is not subprocess.SubprocessError:  # a timeout or a failed command: not this
-                    raise
-                # "Exception occurred in preexec_fn": the child could not join its cgroup (seen right after a
-                # worker running this environment was killed), so bubblewrap never started.
-                failure = f"sandbox error: {exc}"
-            if failure:
-                # Seen rarely on a loaded machine: the sandbox's first process was gone (SIGKILL) before its
-                # network was set up, and nothing of the program ran. Not the program's failure: once more.
-                logger.warning("sandbox: %s; setting it up once more", failure)
-                time.sleep(RETRY_PAUSE_SECS)  # the killed one's namespaces go first
-                result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
+            for pause in (*SET_UP_RETRY_PAUSES, None):
+                result, failure = self._attempt(request, on_output=on_output, should_cancel=should_cancel)
+                if not failure or pause is None:
+                    break
+                # Seen on a loaded machine, and more often with two test processes: the sandbox's first
+                # process was gone (SIGKILL, or bubblewrap's own "loopback: Failed RTM_NEWADDR") before its
+                # network was set up, and nothing of the program ran. Not the program's failure: again,
+                # after a pause that lets the dead one's namespaces go, longer each time.
+                logger.warning("sandbox: %s; setting it up again in %.0f s", failure, pause)
+                time.sleep(pause)
+            if isinstance(result, subprocess.SubprocessError):
+                raise result
             return result
+
+    def _attempt(
+        self, request: ExecutionRequest, *, on_output, should_cancel
+    ) -> tuple[ExecutionResult | subprocess.SubprocessError, str]:
+        """(the result, or Popen's error, and why it failed before anything of the program ran: "" when it
+        did not)."""
+        try:
+            result = self._execute(request, on_output=on_output, should_cancel=should_cancel)
+        except subprocess.SubprocessError as exc:
+            if type(exc) is not subprocess.SubprocessError:  # a timeout or a failed command: not this
+                raise
+            # "Exception occurred in preexec_fn": the child could not join its cgroup (seen right after a
+            # worker running this environment was killed), so bubblewrap never started.
+            return exc, f"sandbox error: {exc}"
+        return result, result.failure if _killed_while_set_up(result) else ""
 
     def _execute(
         self,
@@ -712,7 +724,7 @@ NETWORK_SETUP_FAILURES = (
 )
 
 
-RETRY_PAUSE_SECS = 1.0
+SET_UP_RETRY_PAUSES = (1.0, 3.0)  # seconds before the second and the third set-up
 
 
 def _killed_while_set_up(result: ExecutionResult) -> bool:
