@@ -1,6 +1,6 @@
 """What prompt-lookup decoding saves the local model: recorded prompts replayed with and without drafts.
 
-    .venv/bin/python bench/prompt_lookup.py DB [--stages generate fix judge] [--max-tokens 700] [--rounds 1]
+    .venv/bin/python bench/prompt_lookup.py DB [--stages generate fix judge] [--calls ID ...] [--max-tokens 700]
 
 DB is the db.sqlite3 of a run's data folder, e.g. the folder bench/local_model.py prints at its end: each
 recorded LLM call of the given stages has its prompt replayed through distill.local_model.generate (the
@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("db", type=Path, help="a run data folder's db.sqlite3 with recorded LLM calls")
     parser.add_argument("--stages", nargs="+", default=["generate", "fix", "judge"])
+    parser.add_argument("--calls", nargs="+", type=int, help="only these recorded calls (their ids)")
     parser.add_argument("--max-tokens", type=int, default=700, help="the most each reply writes")
     parser.add_argument("--rounds", type=int, default=1, help="pairs per call")
     args = parser.parse_args()
@@ -45,6 +46,7 @@ def main() -> None:
             "order by id",
             args.stages,
         ).fetchall()
+    calls = [call for call in calls if not args.calls or call[0] in args.calls]
     print(f"{len(calls)} recorded calls of {', '.join(args.stages)} in {args.db}", flush=True)
     print(f"{'call':>5} {'stage':<9} {'drafts':<6} {'read':>5} {'read s':>7} {'wrote':>5} {'steps':>5}"
           f" {'write s':>8} {'write t/s':>9}")  # fmt: skip

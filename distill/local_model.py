@@ -460,28 +460,46 @@ class _Deadline:
 # of the files and usage it was shown: most of a reply is already in its prompt. Prompt-lookup decoding
 # proposes the tokens that followed the reply's last few tokens where they last occurred, and llama.cpp
 # checks all of them in one batch; a proposal is kept only where the model samples the same token, so the
-# reply is the model's own, written faster: a recorded kneed fix (525 tokens) was written in 94 s instead
-# of 167 s on two cores (bench/prompt_lookup.py replays recorded calls both ways).
-DRAFT_TOKENS = 8
-DRAFT_MATCH = (4, 3, 2)  # the n-gram sizes looked up, longest first
+# reply is the model's own. A batch is not free on two cores (9 tokens cost about two single ones), so a
+# proposal needs a match of 3 tokens or more, and its length follows how much of the last one was kept.
+DRAFT_START = 4
+DRAFT_MAX = 12
+DRAFT_MATCH = (5, 4, 3)  # the n-gram sizes looked up, longest first
 
 
 class PromptLookup:
     """llama-cpp-python's draft model interface (called with every token so far, returns the proposed
-    next tokens). Its own LlamaPromptLookupDecoding takes the first occurrence of the last two tokens, often
-    in the system text; this takes the longest of the last 4, 3 or 2 tokens, at its latest occurrence,
-    which in a fix is the previous program or the reply's own earlier lines."""
+    next tokens). Its own LlamaPromptLookupDecoding proposes a fixed 10 tokens after the first occurrence of
+    the last two tokens, often in the system text. This one looks up the longest of the last 5, 4 or 3
+    tokens at its latest occurrence (in a fix: the previous program, or the reply's own earlier lines), and
+    proposes as many tokens as the last proposals earned: two more after one kept whole, one fewer
+    otherwise (the "heuristic" schedule of Hugging Face's assisted generation), from 1 to DRAFT_MAX."""
 
-    def __init__(self, tokens: int = DRAFT_TOKENS, sizes: tuple[int, ...] = DRAFT_MATCH):
-        self.tokens = tokens
-        self.sizes = sizes
+    def __init__(self, start: int = DRAFT_START, most: int = DRAFT_MAX, sizes: tuple[int, ...] = DRAFT_MATCH):
+        self.start, self.most, self.sizes = start, most, sizes
+        self.length = start
         self.calls = 0  # one a step of writing: tokens written / calls is what the drafts gain
+        self._proposed = (0, 0)  # (tokens so far when proposed, tokens proposed)
 
     def __call__(self, input_ids, /, **kwargs):
         import numpy as np
 
         self.calls += 1
         ids = np.asarray(input_ids)
+        before, proposed = self._proposed
+        if proposed and before < len(ids) <= before + proposed + 1:
+            # The model kept len - before - 1 of them, then sampled its own next token.
+            kept = len(ids) - before - 1
+            self.length = min(self.length + 2, self.most) if kept == proposed else max(self.length - 1, 1)
+        elif proposed:
+            self.length = self.start  # another reply began
+        draft = self._lookup(ids)
+        self._proposed = (len(ids), len(draft))
+        return draft
+
+    def _lookup(self, ids):
+        import numpy as np
+
         for size in self.sizes:
             if len(ids) <= size:
                 continue
@@ -489,7 +507,7 @@ class PromptLookup:
             hits = np.flatnonzero((windows == ids[-size:]).all(axis=1))
             if len(hits):
                 start = int(hits[-1]) + size
-                return ids[start : start + self.tokens].astype(np.intc)
+                return ids[start : start + self.length].astype(np.intc)
         return np.array([], dtype=np.intc)
 
 
@@ -503,7 +521,7 @@ def _draft_from_prompt(model) -> None:
     set_batch = batch.set_batch
 
     def set_draft_batch(batch, n_past, logits_all):
-        return set_batch(batch=batch, n_past=n_past, logits_all=logits_all or len(batch) <= DRAFT_TOKENS + 1)
+        return set_batch(batch=batch, n_past=n_past, logits_all=logits_all or len(batch) <= DRAFT_MAX + 1)
 
     batch.set_batch = set_draft_batch
 

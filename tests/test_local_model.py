@@ -547,7 +547,7 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
     # Drafted from the prompt, with the logits of a draft's batch only: a prompt's are not kept.
     model = local_model.get_model()
     assert isinstance(model.draft_model, local_model.PromptLookup)
-    model._batch.set_batch(batch=list(range(local_model.DRAFT_TOKENS + 1)), n_past=0, logits_all=False)
+    model._batch.set_batch(batch=list(range(local_model.DRAFT_MAX + 1)), n_past=0, logits_all=False)
     model._batch.set_batch(batch=list(range(512)), n_past=0, logits_all=False)
     assert asked == [True, False]
 
@@ -555,14 +555,34 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
 def test_prompt_lookup_proposes_what_followed_the_longest_latest_match():
     import numpy as np
 
-    lookup = local_model.PromptLookup(tokens=3)
-    #              a  b  c  d  e | a  b  x  y  z | ... a  b
-    ids = np.array([1, 2, 3, 4, 5, 1, 2, 7, 8, 9, 0, 6, 1, 2])
-    assert lookup(ids).tolist() == [7, 8, 9], "the latest occurrence of (a, b), not the first"
-    ids = np.array([5, 1, 2, 3, 4, 6, 1, 2, 8, 9, 5, 1, 2])
-    assert lookup(ids).tolist() == [3, 4, 6], "(5, a, b) is longer than (a, b): its continuation wins"
-    assert lookup(np.array([1, 2, 3, 4])).tolist() == [], "nothing repeats: no proposal"
-    assert lookup.calls == 3
+    lookup = local_model.PromptLookup(start=3)
+    #              a  b  c  d  e  f | a  b  c  x  y  z | ... a  b  c
+    ids = np.array([1, 2, 3, 4, 5, 6, 1, 2, 3, 7, 8, 9, 0, 6, 1, 2, 3])
+    assert lookup(ids).tolist() == [7, 8, 9], "the latest occurrence of (a, b, c), not the first"
+    lookup = local_model.PromptLookup(start=3)
+    ids = np.array([5, 1, 2, 3, 4, 6, 1, 1, 2, 3, 8, 9, 5, 5, 1, 2, 3])
+    assert lookup(ids).tolist() == [4, 6, 1], "(5, a, b, c) is longer than (a, b, c): its continuation wins"
+    assert local_model.PromptLookup()(np.array([1, 2, 3, 9, 1, 2])).tolist() == [], "two tokens: too weak"
+
+
+def test_prompt_lookup_proposes_more_after_a_proposal_kept_whole_and_fewer_after_one_refused():
+    import numpy as np
+
+    program = list(range(100, 140))
+    lookup = local_model.PromptLookup(start=4, most=8)
+    reply = program[:3]  # the reply begins to copy the program it was shown
+
+    def step(kept_all: bool):
+        draft = lookup(np.array([*program, *reply])).tolist()
+        # The model keeps the whole proposal and samples one more; or keeps none and writes its own token.
+        reply.extend([*draft, program[len(reply) + len(draft)]] if kept_all else [999])
+        return len(draft)
+
+    assert [step(True) for _ in range(4)] == [4, 6, 8, 8]
+    assert step(False) == 8
+    assert lookup(np.array([*program, *reply])).tolist() == [], "the reply left the program: no match"
+    assert lookup.length == 7, "after a refused proposal, one fewer"
+    assert lookup.calls == 6
 
 
 # The grammars, held against the real vocabulary ------------------------------------------------------------
