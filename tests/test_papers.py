@@ -470,6 +470,9 @@ def test_code_replies_must_be_the_asked_file_and_valid_python():
         paper_steps.parse_code_file("=== FILE: a.py ===\ndef broken(:\n=== END ===", "a.py")
     with pytest.raises(parsing.ReplyError, match="not valid YAML|mapping"):
         paper_steps.parse_config_yaml("=== FILE: config.yaml ===\n- just\n- a list\n=== END ===")
+    # Cut at the token limit in the middle of a line: the whole lines are the configuration.
+    cut = "```yaml\n=== FILE: config.yaml ===\nseed: 42\nsteps: 10\nplot_ti"
+    assert paper_steps.parse_config_yaml(cut) == "seed: 42\nsteps: 10\n"
 
 
 # The submit page and the run page -----------------------------------------------------------------------

@@ -43,6 +43,7 @@ MAX_PLAN_FILES = 20
 NOT_CODED = ("main.py", "config.yaml", "requirements.txt", "runscript.sh")
 PAPER_EVAL_SAMPLES = 3  # PaperCoder's reference-free evaluation, averaged; a run's config may say otherwise
 ANALYSIS_MAX_CHARS = 8000
+CONFIG_MAX_TOKENS = 600  # a small configuration of a few dozen lines; more is a model that does not stop
 PLANNING_STAGES = ("plan", "architecture", "logic", "config")
 # For a small model (a context of at most PARTS_CONTEXT_TOKENS): the architecture without its diagrams,
 # then the diagrams, so that no reply has to hold both (the 1.5B model's replies were cut or refused).
@@ -323,7 +324,12 @@ def parse_config_yaml(text: str) -> str:
     try:
         data = yaml.safe_load(body)
     except yaml.YAMLError as exc:
-        raise parsing.ReplyError(f"config.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
+        # A reply cut at its token limit ends in half a line: without it, the rest may be whole.
+        whole = body.rstrip("\n").rpartition("\n")[0]
+        try:
+            data, body = yaml.safe_load(whole), whole + "\n"
+        except yaml.YAMLError:
+            raise parsing.ReplyError(f"config.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or not data:
         raise parsing.ReplyError("config.yaml must hold a mapping of settings")
     return body
@@ -449,10 +455,14 @@ def plan(run: Run, *, should_cancel: Callable[[], bool] | None = None) -> Paper:
             parse, schema = partial(parse_logic_design, files=files), logic_schema(files)
         else:
             parse = parse_config_yaml
+        max_tokens = run.config.get("code_max_output_tokens", 16000)
+        if stage == "config":
+            # The small configuration is a few dozen lines. Seen: the 1.5B model listed YAML keys on and on
+            # to its 1,536-token limit (4 minutes on two cores), and the cut YAML still parsed.
+            max_tokens = min(max_tokens, CONFIG_MAX_TOKENS)
         try:
             value, text = program.ask(run, stage=stage, messages=[*messages, {"role": "user", "content": prompt}], parse=parse,
-                               max_tokens=run.config.get("code_max_output_tokens", 16000), schema=schema,
-                               continue_cut=True)  # fmt: skip
+                               max_tokens=max_tokens, schema=schema, continue_cut=stage != "config")  # fmt: skip
         except program.ReplyUnusable:
             if stage != "diagrams":
                 raise
