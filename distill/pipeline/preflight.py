@@ -31,6 +31,7 @@ from distill.pipeline import diagnosis
 from distill.pipeline.parsing import Program, ReplyError
 
 RESULTS_FILE = "results.json"
+CANNOT_RUN = "the program cannot run as it is: "
 # Names that programs use from a standard-library module rather than the module itself, and where only
 # one module has them: `Path(...)` without `from pathlib import Path`.
 FROM_IMPORTS = {
@@ -144,7 +145,7 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
         change_log = f"{program.change_log}\n{note}".strip()
         program = program.model_copy(update={"files": files, "change_log": change_log})
     if problems:
-        raise CannotRun("the program cannot run as it is: " + "; ".join(problems), program)
+        raise CannotRun(CANNOT_RUN + "; ".join(problems), program)
     return program
 
 

@@ -259,7 +259,8 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
             raise
         program = exc.error.program
         tries = run.config.get("max_reply_repairs", 2) + 1
-        note = f"Run as it is: {exc.error} (still so after {tries} replies); the run shows what this causes."
+        problems = str(exc.error).removeprefix(preflight.CANNOT_RUN)
+        note = f"Run as it is, although {problems} (still so after {tries} replies): the run shows what it causes."
         program = program.model_copy(update={"change_log": f"{program.change_log}\n{note}".strip()})
     return program
 
