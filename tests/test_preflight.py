@@ -63,14 +63,19 @@ def test_a_program_that_needs_nothing_is_returned_as_it_was():
 
 
 def test_a_syntax_error_goes_back_with_its_line():
-    with pytest.raises(ReplyError, match=r"main.py:2: '\(' was never closed: print\(\(1"):
+    with pytest.raises(preflight.CannotRun, match=r"main.py:2: '\(' was never closed: print\(\(1") as raised:
         checked("import json\nprint((1\njson.dump({}, open('results.json', 'w'))\n")
+    assert not raised.value.runnable, "run, it would only say the same"
 
 
 def test_an_undefined_name_that_is_not_the_standard_librarys_goes_back_as_pyflakes_says_it():
     main = WORKING_MAIN + "print(median_of_squares([1.0]))\n"
-    with pytest.raises(ReplyError, match=r"main.py:14:7: undefined name 'median_of_squares'$"):
+    with pytest.raises(
+        preflight.CannotRun, match=r"main.py:14:7: undefined name 'median_of_squares'$"
+    ) as raised:
         checked(main)
+    # Kept repairs aside, it may run as it is: its NameError and traceback are for the fix loop.
+    assert raised.value.runnable and raised.value.program.files["main.py"] == main
 
 
 def test_a_module_name_used_as_its_class_is_not_guessed():

@@ -62,11 +62,13 @@ ALIASES = {
 
 
 class CannotRun(ReplyError):
-    """Problems only the model can fix; `program` is the program with what is certain fixed."""
+    """Problems only the model can fix; `program` is the program with what is certain fixed. It is
+    `runnable` unless a file does not compile: run, that tells the fix loop nothing the message does not."""
 
-    def __init__(self, message: str, program: Program):
+    def __init__(self, message: str, program: Program, *, runnable: bool = True):
         super().__init__(message)
         self.program = program
+        self.runnable = runnable
 
 
 def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
@@ -96,7 +98,7 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
     sandbox, where the fix loop sees why.
     """
     files = dict(program.files)
-    problems, notes = [], []
+    problems, notes, runnable = [], [], True
     for name, source in program.files.items():
         if not name.endswith(".py"):
             continue
@@ -104,6 +106,7 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             tree = ast.parse(source, filename=name)
         except SyntaxError as exc:
             problems.append(_syntax_error(name, exc))
+            runnable = False
             continue
         undefined = _undefined(tree, name)
         names = {message.message_args[0] for message in undefined}
@@ -145,7 +148,7 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
         change_log = f"{program.change_log}\n{note}".strip()
         program = program.model_copy(update={"files": files, "change_log": change_log})
     if problems:
-        raise CannotRun(CANNOT_RUN + "; ".join(problems), program)
+        raise CannotRun(CANNOT_RUN + "; ".join(problems), program, runnable=runnable)
     return program
 
 

@@ -240,7 +240,8 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
     """A whole program (files, metadata, change log) in the sectioned format of program_format.txt.
 
     A program whose only problems are those the check before running found (preflight.CannotRun: an
-    undefined name, a syntax error), still there after the model's repairs, runs as it is, said in its
+    undefined name, no results.json; not a file that does not compile), still there after the model's
+    repairs, runs as it is, said in its
     change log. Seen on a paper: three replies in a row called an undefined `load_config()` and the run
     ended in error before anything ran; run, it fails with a traceback the fix loop reads, in a fix
     prompt that asks for the root cause first, which a small model answers better than a repeated repair.
@@ -255,7 +256,7 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
             iteration=iteration,
         )
     except ReplyUnusable as exc:
-        if not isinstance(exc.error, preflight.CannotRun):
+        if not (isinstance(exc.error, preflight.CannotRun) and exc.error.runnable):
             raise
         program = exc.error.program
         tries = run.config.get("max_reply_repairs", 2) + 1
