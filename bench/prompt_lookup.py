@@ -38,7 +38,7 @@ def main() -> None:
 
     local_model.require_installed()
     model = local_model.get_model()
-    drafts = model.draft_model
+    drafts = model.prompt_lookup
     marks = ",".join("?" * len(args.stages))
     with sqlite3.connect(args.db) as db:
         calls = db.execute(
@@ -56,7 +56,7 @@ def main() -> None:
         for _ in range(args.rounds):
             seconds = {}
             for label, draft in (("off", None), ("on", drafts)):
-                model.draft_model = draft
+                model.prompt_lookup = draft  # "on": where generate() drafts (fixes and repairs)
                 model.reset()  # both read the whole prompt
                 g = local_model.generate(messages, max_tokens=args.max_tokens, seed=1)
                 writing = g.seconds - g.prompt_seconds
@@ -67,7 +67,7 @@ def main() -> None:
             ratios.setdefault(stage, []).append(
                 (seconds["off"][0] / seconds["on"][0], seconds["off"][1] / seconds["on"][1])
             )
-    model.draft_model = drafts
+    model.prompt_lookup = drafts
     print("\nstage      pairs  writing off/on (median)  whole call off/on (median)")
     for stage, pairs in ratios.items():
         print(f"{stage:<10} {len(pairs):>5}  {statistics.median(w for w, _ in pairs):>23.2f}"

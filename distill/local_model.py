@@ -381,7 +381,9 @@ def generate(
         # llama.cpp keeps the previous prompt's state and re-reads only what differs: the system message,
         # and a whole conversation when a malformed reply is sent back for repair, come for free.
         _perf_reset(model)
-        steps_before = getattr(model.draft_model, "calls", 0)
+        lookup = getattr(model, "prompt_lookup", None)
+        model.draft_model = lookup if lookup is not None and _repeats_a_program(messages, start) else None
+        steps_before = lookup.calls if lookup is not None else 0
         started = time.monotonic()
         expired = _Deadline(started + timeout if timeout else None, model)
         response = model.create_completion(prompt=tokens, stopping_criteria=expired, **options)
@@ -411,7 +413,7 @@ def generate(
             budget -= written
         seconds = time.monotonic() - started
         read, read_seconds = expired.prompt_read or _perf_prompt(model)
-        steps = getattr(model.draft_model, "calls", 0) - steps_before
+        steps = (lookup.calls - steps_before) if model.draft_model is not None else 0
     if expired.reached:
         written = int(usage.get("completion_tokens", 0))
         raise GenerationTimeout(
@@ -460,10 +462,13 @@ class _Deadline:
 # of the files and usage it was shown: most of a reply is already in its prompt. Prompt-lookup decoding
 # proposes the tokens that followed the reply's last few tokens where they last occurred, and llama.cpp
 # checks all of them in one batch; a proposal is kept only where the model samples the same token, so the
-# reply is the model's own. A batch is not free on two cores (9 tokens cost about two single ones), so a
-# proposal needs a match of 3 tokens or more, and its length follows how much of the last one was kept.
-DRAFT_START = 4
-DRAFT_MAX = 12
+# reply is the model's own. A batch is far from free on two cores: the writing of a recorded kneed fix
+# (525 tokens) took 112 s with proposals of 8 tokens against 139 s without, but 131 s against 127 s with
+# proposals grown to 12, and a first program (297 tokens) 99 s against 80 s (bench/prompt_lookup.py, one
+# pair each, beside another benchmark). So: only for fixes and repairs (_repeats_a_program), a match of 3
+# tokens or more, at most 8 tokens, one fewer after a proposal that was refused.
+DRAFT_START = 8
+DRAFT_MAX = 8
 DRAFT_MATCH = (5, 4, 3)  # the n-gram sizes looked up, longest first
 
 
@@ -511,12 +516,19 @@ class PromptLookup:
         return np.array([], dtype=np.intc)
 
 
+def _repeats_a_program(messages: list[dict], start: str) -> bool:
+    """Whether the reply will mostly repeat a program its prompt shows: a fix (it begins with its root
+    cause), or a repair of the model's own reply. Only there do drafts pay: a first program written with
+    them took 99 s instead of 80, its proposals kept too rarely for their cost."""
+    return start == FIX_START or any(message.get("role") == "assistant" for message in messages)
+
+
 def _draft_from_prompt(model) -> None:
     """Prompt lookup on a model loaded without `logits_all`. Given a draft model at load, llama-cpp-python
     keeps the logits of every token read, in an array of n_ctx x vocabulary floats (16,384 x 151,936: 10
     GB). Sampling only needs the logits of the tokens being checked, which llama.cpp keeps for a batch when
     asked: so a batch no larger than a draft asks for them, and nothing else changes."""
-    model.draft_model = PromptLookup()
+    model.prompt_lookup = PromptLookup()  # generate() makes it the draft model where it pays
     batch = model._batch
     set_batch = batch.set_batch
 

@@ -546,7 +546,7 @@ def test_the_model_is_loaded_once_per_process(monkeypatch):
     assert bindings.llama_model_default_params is default_params, "the loader's defaults are restored"
     # Drafted from the prompt, with the logits of a draft's batch only: a prompt's are not kept.
     model = local_model.get_model()
-    assert isinstance(model.draft_model, local_model.PromptLookup)
+    assert isinstance(model.prompt_lookup, local_model.PromptLookup)
     model._batch.set_batch(batch=list(range(local_model.DRAFT_MAX + 1)), n_past=0, logits_all=False)
     model._batch.set_batch(batch=list(range(512)), n_past=0, logits_all=False)
     assert asked == [True, False]
@@ -717,14 +717,27 @@ def test_a_real_reply_that_repeats_its_prompt_is_written_in_fewer_steps_than_tok
         "import numpy as np\n\nvalues = np.linspace(0.0, 1.0, 11)\nsquares = values ** 2\n"
         "print('sum of squares', squares.sum())\n"
     )
-    asking = [{"role": "user", "content": f"Here is a program:\n\n{program}\nWrite the same program again, "
-               "exactly, with one more line at its end that prints the mean of squares. Only the code."}]  # fmt: skip
+    # A conversation that goes back to the model's own reply, as a repair does: drafts are proposed.
+    asking = [
+        {"role": "user", "content": "Write a program that sums the squares of 11 values from 0 to 1."},
+        {"role": "assistant", "content": program},
+        {"role": "user", "content": "Write the same program again, exactly, with one more line at its end "
+         "that prints the mean of squares. Only the code."},
+    ]  # fmt: skip
 
     generation = local_model.generate(asking, max_tokens=48, temperature=0.0)
 
     assert "squares = values ** 2" in generation.text
     # Prompt lookup: the lines it repeats were proposed whole and kept, more than one token a step.
     assert 0 < generation.steps < 0.7 * generation.completion_tokens, generation
+
+
+def test_drafts_are_proposed_only_where_a_reply_repeats_a_program_of_its_prompt():
+    first = [{"role": "user", "content": "Write a program."}]
+    assert not local_model._repeats_a_program(first, local_model.PROGRAM_START)
+    assert local_model._repeats_a_program(first, local_model.FIX_START)
+    repair = [*first, {"role": "assistant", "content": "print(1)"}, {"role": "user", "content": "Again."}]
+    assert local_model._repeats_a_program(repair, local_model.PROGRAM_START)
 
 
 @needs_real_model
