@@ -345,7 +345,9 @@ def generate(
     model = get_model()
     if not messages or messages[0].get("role") != "system":
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
-    start = reply_start(messages)
+    # A JSON reply is never begun as a program, even where its prompt shows one in the program format
+    # (a paper's evaluation, a judge): begun so, it was continued as a program with its METADATA.
+    start = "" if json_schema is not None or json_object else reply_start(messages)
     prompt = _chat_prompt(model, messages) + start
     if temperature is None and any(message.get("role") == "assistant" for message in messages):
         temperature = REPAIR_TEMPERATURE

@@ -445,6 +445,25 @@ def test_a_reply_schema_reaches_the_local_model_as_its_grammar(fake_model, fake_
 
 
 @pytest.mark.django_db
+def test_a_json_reply_about_a_program_is_not_begun_as_a_program(fake_model, fake_grammars):
+    # Seen on a paper: its evaluation, whose prompt shows the program's files, came back as
+    # "=== FILE: main.py ===" + the JSON, then a METADATA section holding the JSON again.
+    fake_model.reply = '{"score": 4, "critiques": []}'
+    showing = [
+        {"role": "user", "content": "Score this program.\n" + reply_format(prepared=False, changes=False)}
+    ]
+    schema = {"type": "object", "properties": {"score": {"type": "number"}}, "required": ["score"]}
+
+    reply = llm.complete(
+        run=None, stage="evaluate", model=local_model.MODEL_STRING, messages=showing, schema=schema
+    )
+
+    assert reply.text == '{"score": 4, "critiques": []}'
+    (call,) = fake_model.calls
+    assert call["grammar"] == ("schema", json.dumps(schema, sort_keys=True))
+
+
+@pytest.mark.django_db
 def test_a_program_reply_and_its_continuation_are_held_to_the_format_by_grammars(fake_model, fake_grammars):
     files = "print(1)\n=== FILE: requirements.txt ===\n\n=== FILE: runscript.sh ===\n"
     fake_model.reply = [files, '{"description": "d"}\n']
