@@ -292,29 +292,34 @@ def dependency_order(task_list: list[str], depends_on: dict[str, list[str]]) -> 
     """The task list with each file moved after the files it depends on; otherwise in the list's order.
 
     The model's order is kept where it is right; where it is wrong the stated imports win, so a file is
-    never written before a file it imports. A cycle cannot be ordered and is sent back for repair.
+    never written before a file it imports. Dependencies in a cycle cannot all be right: the task list's
+    own order is taken. Seen: the 1.5B model made every file depend on every file, itself included,
+    three times, and the run ended at planning; the order is only the order the files are written in.
     """
     wanted = set(task_list)
     order: list[str] = []
     state: dict[str, str] = {}
 
-    def visit(name: str, path: list[str]) -> None:
+    def visit(name: str) -> bool:
+        """False on a cycle."""
         if state.get(name) == "done":
-            return
+            return True
         if state.get(name) == "visiting":
-            raise parsing.ReplyError(
-                "the files depend on each other in a cycle: " + " -> ".join([*path, name])
-            )
+            return False
         state[name] = "visiting"
         for dependency in depends_on.get(name, []):
-            if dependency in wanted and dependency != name:
-                visit(dependency, [*path, name])
+            if dependency in wanted and dependency != name and not visit(dependency):
+                return False
         state[name] = "done"
         order.append(name)
+        return True
 
-    for name in task_list:
-        visit(name, [])
-    return order
+    if all(visit(name) for name in task_list):
+        return order
+    logger.info(
+        "the logic design's dependencies form a cycle: the files are written in its task list's order"
+    )
+    return list(task_list)
 
 
 def parse_config_yaml(text: str) -> str:
