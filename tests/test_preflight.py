@@ -130,6 +130,33 @@ def test_installed_modules_their_aliases_and_the_repositorys_api_are_imported_wh
     compile(fixed.files["main.py"], "main.py", "exec")
 
 
+def test_a_name_imported_from_the_wrong_module_of_the_repository_is_imported_where_it_is_defined():
+    # Seen on findiff: a fix imported Id from findiff.diff, as the diagnosis said, and then again from
+    # findiff on a later line, where it failed.
+    digest = FINDIFF_DIGEST.split("from findiff.other import Id")[0]  # Id is defined in findiff.diff only
+    known = preflight.known_imports({"findiff"}, digest)
+    main = (
+        "import json\n"
+        "from findiff.diff import Id\n"
+        "from findiff import FinDiff, Id, Coef as C\n"
+        "if True:\n"
+        "    from findiff import Id as Identity\n"
+        "op = FinDiff(0, 0.1, 2) + C(5) * Id()\n"
+        "json.dump({'op': str(op)}, open('results.json', 'w'))\n"
+    )
+
+    fixed = preflight.check(parse_program(program(main, changes="Import Id.")), known=known)
+
+    assert fixed.files["main.py"].splitlines()[1:4] == [
+        "from findiff.diff import Id",
+        "from findiff import FinDiff, Coef as C",
+        "from findiff.diff import Id",
+    ]
+    assert "    from findiff import Id as Identity" in fixed.files["main.py"], "only top-level imports"
+    assert "imported `Id` from findiff.diff in main.py, where the repository defines it" in fixed.change_log
+    compile(fixed.files["main.py"], "main.py", "exec")
+
+
 def test_a_name_the_environment_does_not_define_unambiguously_still_goes_back():
     known = preflight.known_imports({"findiff"}, FINDIFF_DIGEST)
     assert "np" not in known and "pd" not in known  # numpy and pandas are not installed

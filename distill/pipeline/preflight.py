@@ -108,6 +108,12 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             problems.append(_syntax_error(name, exc))
             runnable = False
             continue
+        moved = _misplaced_imports(tree, source, known or {})
+        if moved:
+            source = _moved_imports(source, moved, known)
+            tree = ast.parse(source, filename=name)
+            said = ", ".join(f"`{n}` from {m}" for n, m in sorted({(n, m) for _, n, m in moved}))
+            notes.append(f"imported {said} in {name}, where the repository defines it")
         undefined = _undefined(tree, name)
         names = {message.message_args[0] for message in undefined}
         imports = _stdlib_imports(tree, names)
@@ -273,6 +279,53 @@ def _attributes_exist(tree: ast.Module, module: str) -> bool:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == module
     }
     return all(hasattr(loaded, attribute) for attribute in used)
+
+
+def _misplaced_imports(
+    tree: ast.Module, source: str, known: dict[str, str]
+) -> list[tuple[ast.ImportFrom, str, str]]:
+    """(statement, name, its module) for each `from package.a import X` of the repository's own package
+    where the API digest imports X from another of its modules, and only there (`known`). Seen on findiff:
+    a fix imported Id from findiff.diff as the diagnosis said, then again from findiff on the next line,
+    and failed there. Importing from where a name is defined works whatever the package re-exports."""
+    found = []
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        if (
+            ast.get_source_segment(source, node)
+            != "".join(source.splitlines(keepends=True)[node.lineno - 1 : node.end_lineno]).strip()
+        ):
+            continue  # shares its lines with another statement: left as it is
+        for alias in node.names:
+            line = known.get(alias.name, "")
+            module = line.removeprefix("from ").partition(" import ")[0] if line.startswith("from ") else ""
+            same_package = module.split(".")[0] == node.module.split(".")[0]
+            if (
+                module
+                and module != node.module
+                and same_package
+                and line == f"from {module} import {alias.name}"
+            ):
+                found.append((node, alias.name, module))
+    return found
+
+
+def _moved_imports(source: str, moved: list[tuple[ast.ImportFrom, str, str]], known: dict[str, str]) -> str:
+    """The source with each misplaced name imported from its module instead, in the statement's place."""
+    lines = source.splitlines(keepends=True)
+    by_node: dict[int, tuple[ast.ImportFrom, set[str]]] = {}
+    for node, name, _module in moved:
+        by_node.setdefault(id(node), (node, set()))[1].add(name)
+    for node, names in sorted(by_node.values(), key=lambda item: -item[0].lineno):
+        kept = [ast.unparse(alias) for alias in node.names if alias.name not in names]
+        new = [f"from {node.module} import {', '.join(kept)}"] if kept else []
+        for alias in node.names:
+            if alias.name in names:
+                new.append(known[alias.name] + (f" as {alias.asname}" if alias.asname else ""))
+        indent = " " * node.col_offset
+        lines[node.lineno - 1 : node.end_lineno] = [f"{indent}{line}\n" for line in new]
+    return "".join(lines)
 
 
 def _with_imports(source: str, tree: ast.Module, lines: list[str]) -> str:
