@@ -467,6 +467,11 @@ def test_a_plan_that_copies_the_prompts_placeholders_is_sent_back_as_missing():
 def test_code_replies_must_be_the_asked_file_and_valid_python():
     assert paper_steps.parse_code_file("=== FILE: a.py ===\nx = 1\n=== END ===", "a.py") == "x = 1\n"
     assert paper_steps.parse_code_file("```python\nx = 1\n```", "a.py") == "x = 1\n"
+    # A fence on one side of the file only (the 1.5B model, three times on emcee's paper).
+    assert paper_steps.parse_code_file("=== FILE: a.py ===\nx = 1\n```\n=== END ===", "a.py") == "x = 1\n"
+    assert (
+        paper_steps.parse_code_file("=== FILE: a.py ===\n```python\nx = 1\n=== END ===", "a.py") == "x = 1\n"
+    )
     with pytest.raises(parsing.ReplyError, match="gives b.py but not a.py"):
         paper_steps.parse_code_file("=== FILE: b.py ===\nx = 1\n=== END ===", "a.py")
     with pytest.raises(parsing.ReplyError, match="not valid Python: line 1"):

@@ -373,6 +373,13 @@ def _single_file(text: str, name: str) -> str:
         raise parsing.ReplyError(
             f"missing the section: a line '=== FILE: {name} ===', the file, then '=== END ==='"
         )
+    # A fence on one side only: seen, a module that ended in "```" before its END marker, three times.
+    lines = body.strip("\n").split("\n")
+    if lines and re.fullmatch(r"```[\w+-]*", lines[0].strip()):
+        lines = lines[1:]
+    if lines and lines[-1].strip() == "```":
+        lines = lines[:-1]
+    body = "\n".join(lines)
     if not body.strip():
         raise parsing.ReplyError(f"{name} is empty")
     return body.rstrip("\n") + "\n"
