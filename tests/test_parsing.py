@@ -47,6 +47,8 @@ def test_the_formats_placeholders_copied_instead_of_content_are_refused():
     # Held by the grammar to no space there, the 1.5B model joined the placeholder's words instead.
     with pytest.raises(ReplyError, match="main.py holds the format's placeholder '<the.complete.program>'"):
         parse_program(program("<the.complete.program>\n"))
+    with pytest.raises(ReplyError, match="main.py holds the format's placeholder '<theupdated,complete,prog"):
+        parse_program(program("<theupdated,complete,program>\n"))
     with pytest.raises(ReplyError, match="runscript.sh holds the format's placeholder"):
         parse_program(program(runscript="<bash_commands_that_install_the_dependencies_only,_e.g._pip>\n"))
     # Angle brackets in real code and requirements are content, not placeholders.

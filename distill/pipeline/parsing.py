@@ -91,10 +91,10 @@ def ratings_schema(paths: list[str]) -> dict:
 # A line that is wholly a placeholder of program_format.txt ("<one pip requirement a line, ...>"): a small
 # model sometimes copies the format's skeleton instead of filling it in. No file kind has such a line.
 # A line that is only "<...>" with a space in it ("<the complete program>"), or words joined by two or more
-# dots or underscores: held by the grammar to lines without a space there, the 1.5B model wrote
-# "<the.complete.program>" and "<bash_commands_that_install_the_dependencies_only,_e.g._pip_install>".
+# dots, underscores or commas: held by the grammar to lines without a space there, the 1.5B model wrote
+# "<the.complete.program>", "<theupdated,complete,program>" and "<bash_commands_that_install_...>".
 PLACEHOLDER_LINE = re.compile(
-    r"^\s*<(?:[^<>\n]* [^<>\n]*|[A-Za-z][\w,-]*(?:[._][\w,-]+){2,}[._]?)>\s*$", re.M
+    r"^\s*<(?:[^<>\n]* [^<>\n]*|[A-Za-z][\w-]*(?:[._,][\w-]+){2,}[._,]?)>\s*$", re.M
 )
 
 
