@@ -30,6 +30,9 @@ def test_backticks_inside_the_code_survive():
 def test_one_fence_around_a_whole_file_is_removed():
     parsed = parse_program(program("```python\nprint('hi')\n```"))
     assert parsed.files["main.py"] == "print('hi')\n"
+    # A fence on one side only is no part of the file either.
+    assert parse_program(program("print('hi')\n```")).files["main.py"] == "print('hi')\n"
+    assert parse_program(program("```python\nprint('hi')")).files["main.py"] == "print('hi')\n"
 
 
 def test_a_missing_file_is_named():

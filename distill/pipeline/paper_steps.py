@@ -364,22 +364,15 @@ def _single_file(text: str, name: str) -> str:
         if current is not None:
             sections[current].append(line)
     if name in sections:
-        body = parsing._strip_outer_fence("\n".join(sections[name]).strip("\n"))
+        body = parsing.file_body("\n".join(sections[name]))
     elif not sections and text.strip().startswith("```") and text.strip().endswith("```"):
-        body = parsing._strip_outer_fence(text.strip())
+        body = parsing.file_body(text.strip())
     elif sections:
         raise parsing.ReplyError(f"the reply gives {', '.join(sections)} but not {name}")
     else:
         raise parsing.ReplyError(
             f"missing the section: a line '=== FILE: {name} ===', the file, then '=== END ==='"
         )
-    # A fence on one side only: seen, a module that ended in "```" before its END marker, three times.
-    lines = body.strip("\n").split("\n")
-    if lines and re.fullmatch(r"```[\w+-]*", lines[0].strip()):
-        lines = lines[1:]
-    if lines and lines[-1].strip() == "```":
-        lines = lines[:-1]
-    body = "\n".join(lines)
     if not body.strip():
         raise parsing.ReplyError(f"{name} is empty")
     return body.rstrip("\n") + "\n"

@@ -124,7 +124,7 @@ def parse_program(
         kind, name = current
         body = "\n".join(lines).strip("\n")
         if kind == "FILE":
-            files[name] = _strip_outer_fence(body) + "\n"
+            files[name] = file_body(body) + "\n"
         elif kind == "METADATA":
             metadata_text = body
         elif kind == "CHANGES":
@@ -289,6 +289,20 @@ def prose(text: str) -> str:
     """A model's plain-text answer without the Markdown fences it was not asked for (pages show it as text)."""
     lines = _strip_outer_fence(text.strip()).splitlines()
     return "\n".join(line for line in lines if not line.strip().startswith("```")).strip()
+
+
+def file_body(text: str) -> str:
+    """A file's text without the Markdown fences around it: one on both sides, or one on a side only (seen:
+    a paper module that ended in a lone fence before its END marker, three replies in a row)."""
+    lines = _strip_outer_fence(text.strip("\n")).strip("\n").split("\n")
+    if lines and FENCE_OPENING.fullmatch(lines[0].strip()):
+        lines = lines[1:]
+    if lines and lines[-1].strip() == "```":
+        lines = lines[:-1]
+    return "\n".join(lines)
+
+
+FENCE_OPENING = re.compile(r"```[\w+-]*")
 
 
 def _strip_outer_fence(text: str) -> str:

@@ -22,6 +22,7 @@ problem causes.
 import ast
 import difflib
 import io
+import re
 import sys
 import tokenize
 
@@ -110,10 +111,12 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             continue
         moved = _misplaced_imports(tree, source, known or {})
         if moved:
-            source = _moved_imports(source, moved, known)
+            source = _moved_imports(source, moved)
             tree = ast.parse(source, filename=name)
-            said = ", ".join(f"`{n}` from {m}" for n, m in sorted({(n, m) for _, n, m in moved}))
-            notes.append(f"imported {said} in {name}, where the repository defines it")
+            said = sorted(
+                {f"`{n}` from {line.split()[1]}" for names in moved.values() for n, line in names.items()}
+            )
+            notes.append(f"imported {', '.join(said)} in {name}, where the repository defines it")
         undefined = _undefined(tree, name)
         names = {message.message_args[0] for message in undefined}
         imports = _stdlib_imports(tree, names)
@@ -283,48 +286,43 @@ def _attributes_exist(tree: ast.Module, module: str) -> bool:
 
 def _misplaced_imports(
     tree: ast.Module, source: str, known: dict[str, str]
-) -> list[tuple[ast.ImportFrom, str, str]]:
-    """(statement, name, its module) for each `from package.a import X` of the repository's own package
-    where the API digest imports X from another of its modules, and only there (`known`). Seen on findiff:
-    a fix imported Id from findiff.diff as the diagnosis said, then again from findiff on the next line,
-    and failed there. Importing from where a name is defined works whatever the package re-exports."""
-    found = []
+) -> dict[ast.ImportFrom, dict[str, str]]:
+    """{statement: {name: the import line the API digest gives it}} for each top-level `from package.a
+    import X` of the repository's own package where the digest imports X from another of its modules, and
+    only there (`known`). Seen on findiff: a fix imported Id from findiff.diff as the diagnosis said, then
+    again from findiff on the next line, and failed there. Importing from where a name is defined works
+    whatever the package re-exports."""
+    lines = source.splitlines()
+    found: dict[ast.ImportFrom, dict[str, str]] = {}
     for node in tree.body:
         if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
             continue
         if (
             ast.get_source_segment(source, node)
-            != "".join(source.splitlines(keepends=True)[node.lineno - 1 : node.end_lineno]).strip()
+            != "\n".join(lines[node.lineno - 1 : node.end_lineno]).strip()
         ):
-            continue  # shares its lines with another statement: left as it is
+            continue  # shares its lines with another statement or a comment: left as it is
+        package = node.module.split(".")[0]
         for alias in node.names:
             line = known.get(alias.name, "")
-            module = line.removeprefix("from ").partition(" import ")[0] if line.startswith("from ") else ""
-            same_package = module.split(".")[0] == node.module.split(".")[0]
-            if (
-                module
-                and module != node.module
-                and same_package
-                and line == f"from {module} import {alias.name}"
-            ):
-                found.append((node, alias.name, module))
+            match = re.fullmatch(
+                rf"from ({re.escape(package)}(?:\.\w+)*) import {re.escape(alias.name)}", line
+            )
+            if match and match.group(1) != node.module:
+                found.setdefault(node, {})[alias.name] = line
     return found
 
 
-def _moved_imports(source: str, moved: list[tuple[ast.ImportFrom, str, str]], known: dict[str, str]) -> str:
+def _moved_imports(source: str, moved: dict[ast.ImportFrom, dict[str, str]]) -> str:
     """The source with each misplaced name imported from its module instead, in the statement's place."""
     lines = source.splitlines(keepends=True)
-    by_node: dict[int, tuple[ast.ImportFrom, set[str]]] = {}
-    for node, name, _module in moved:
-        by_node.setdefault(id(node), (node, set()))[1].add(name)
-    for node, names in sorted(by_node.values(), key=lambda item: -item[0].lineno):
+    for node, names in sorted(moved.items(), key=lambda item: -item[0].lineno):
         kept = [ast.unparse(alias) for alias in node.names if alias.name not in names]
         new = [f"from {node.module} import {', '.join(kept)}"] if kept else []
-        for alias in node.names:
-            if alias.name in names:
-                new.append(known[alias.name] + (f" as {alias.asname}" if alias.asname else ""))
-        indent = " " * node.col_offset
-        lines[node.lineno - 1 : node.end_lineno] = [f"{indent}{line}\n" for line in new]
+        new += [
+            names[a.name] + (f" as {a.asname}" if a.asname else "") for a in node.names if a.name in names
+        ]
+        lines[node.lineno - 1 : node.end_lineno] = [f"{' ' * node.col_offset}{line}\n" for line in new]
     return "".join(lines)
 
 

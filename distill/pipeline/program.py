@@ -241,10 +241,10 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
 
     A program whose only problems are those the check before running found (preflight.CannotRun: an
     undefined name, no results.json; not a file that does not compile), still there after the model's
-    repairs, runs as it is, said in its
-    change log. Seen on a paper: three replies in a row called an undefined `load_config()` and the run
-    ended in error before anything ran; run, it fails with a traceback the fix loop reads, in a fix
-    prompt that asks for the root cause first, which a small model answers better than a repeated repair.
+    repairs, runs as it is, said in its change log. Seen on a paper: three replies in a row called an
+    undefined `load_config()` and the run ended in error before anything ran; run, it fails with a
+    traceback the fix loop reads, in a fix prompt that asks for the root cause first, which a small model
+    answers better than a repeated repair.
     """
     try:
         program, _ = ask(
