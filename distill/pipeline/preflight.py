@@ -11,7 +11,10 @@ Before a program reply becomes an iteration:
   findiff: three replies in a row used `numpy`, `Coef` and `BoundaryConditions` without importing them,
   and the run ended before its first iteration). Any other undefined name is a repair, with pyflakes'
   own message;
-- it must write results.json: without that name anywhere in its code it cannot pass the measurement.
+- it must write results.json: without that name anywhere in its code it cannot pass the measurement;
+- what it draws at random is seeded (_seeded): an example's results are the same on every run, so that
+  the library's health check (library/health.py) can tell a changed result from chance. Seen on pwlf:
+  `y = np.random.random(10)`, unseeded, in a program that passed.
 
 A problem raises CannotRun (a parsing.ReplyError), whose message goes back to the model as a repair of
 its reply, without an iteration. It carries the program as it would run: when the model's repairs do not
@@ -136,6 +139,12 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             said = ", ".join(f"`{wrong}` to `{meant}`" for wrong, meant in sorted(renames.items()))
             notes.append(f"renamed {said} in {name}, the name it defines")
             undefined = _undefined(tree, name)
+        if name == "main.py" and not undefined:
+            source, seeded = _seeded(source, tree)
+            if seeded:
+                notes.append(
+                    f"seeded what {name} draws at random ({', '.join(seeded)}), so every run gives the same results"
+                )
         files[name] = source
         problems += [str(message) for message in undefined]
     writes_results = any(_mentions(files[name], RESULTS_FILE) for name in files if name.endswith(".py"))
@@ -342,6 +351,125 @@ def _with_imports(source: str, tree: ast.Module, lines: list[str]) -> str:
         if text and not text[-1].endswith("\n"):
             text[-1] += "\n"
     return "".join([*text[:at], *(f"{line}\n" for line in lines), *text[at:]])
+
+
+# Functions of numpy.random and random that do not draw from the module's global generator.
+NOT_DRAWS = {
+    "numpy.random": {"seed", "default_rng", "RandomState", "Generator", "SeedSequence", "BitGenerator",
+                     "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64", "get_state", "set_state"},
+    "random": {"seed", "Random", "SystemRandom", "getstate", "setstate"},
+}  # fmt: skip
+SEED_CALLS = {"numpy.random": "seed", "random": "seed", "torch": "manual_seed"}
+# Constructors of a generator of its own, seeded from the operating system when called without a seed.
+UNSEEDED_GENERATORS = {"numpy.random": {"default_rng", "RandomState"}, "random": {"Random"}}
+
+
+def _seeded(source: str, tree: ast.Module) -> tuple[str, list[str]]:
+    """main.py with what it draws at random seeded, and what was seeded (`np.random.seed(0)`).
+
+    A draw from numpy's or the random module's global generator, with no seed call anywhere, gets a seed
+    call after the imports; a generator made without a seed (`np.random.default_rng()`) gets one
+    (`default_rng(0)`); a program that imports torch and never calls `torch.manual_seed` gets that too
+    (its layers start from random weights). Only what the top level imports is followed."""
+    imports = _top_level_imports(tree)
+    modules = {name: module for name, (module, _) in imports.items()}
+    drawn: set[str] = set()
+    seeded_already: set[str] = set()
+    generators: list[ast.Call] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        module, function = _called(node.func, modules)
+        if module in NOT_DRAWS and function not in NOT_DRAWS[module]:
+            drawn.add(module)
+        if function == SEED_CALLS.get(module):
+            seeded_already.add(module)
+        if function in UNSEEDED_GENERATORS.get(module, ()) and not (node.args or node.keywords):
+            generators.append(node)
+    if "torch" in modules.values():
+        drawn.add("torch")
+    lines = source.splitlines(keepends=True)
+    said = []
+    for call in sorted(generators, key=lambda c: (c.end_lineno, c.end_col_offset), reverse=True):
+        line = lines[call.end_lineno - 1]
+        if line[call.end_col_offset - 2 : call.end_col_offset] == "()":  # nothing between, on one line
+            at = call.end_col_offset - 1
+            lines[call.end_lineno - 1] = line[:at] + "0" + line[at:]
+            said.append(f"`{ast.get_source_segment(source, call.func)}(0)`")
+    leading = _leading_imports_end(tree)
+    seeds = []
+    for module in sorted(drawn - seeded_already):
+        code, bound_by = _seed_call(module, imports)
+        seeds.append((max(leading, bound_by), code))
+    for at, code in sorted(seeds, reverse=True):
+        lines[at:at] = [f"{code}\n"]
+    said = [f"`{code}`".replace("\n", "; ") for _, code in seeds] + said
+    return "".join(lines), said
+
+
+def _seed_call(module: str, imports: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    """(the code that seeds a module's generator, the line after which the name it uses is bound). A
+    module the program has no name for is imported under a private name, which shadows nothing."""
+    names = {bound: (name, line) for name, (bound, line) in imports.items()}
+    call = SEED_CALLS[module]
+    # Drawn through names imported from the module (`from random import choice`): seeded after those.
+    after = max((line for bound, (_, line) in names.items() if bound.startswith(f"{module}.")), default=0)
+    if module == "numpy.random":
+        if "numpy" in names:
+            name, line = names["numpy"]
+            return f"{name}.random.seed(0)", line
+        if "numpy.random" in names:
+            name, line = names["numpy.random"]
+            return f"{name}.seed(0)", line
+        return "import numpy as _np\n_np.random.seed(0)", after
+    if module in names:
+        name, line = names[module]
+        return f"{name}.{call}(0)", line
+    return f"import {module} as _{module}\n_{module}.{call}(0)", after
+
+
+def _leading_imports_end(tree: ast.Module) -> int:
+    """The last line of the imports main.py begins with (after its docstring)."""
+    end = 0
+    for index, node in enumerate(tree.body):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            end = node.end_lineno
+        elif not (index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            break
+    return end
+
+
+def _top_level_imports(tree: ast.Module) -> dict[str, tuple[str, int]]:
+    """{name: (module, the last line of its import)} for what the top level imports: `import numpy as np`
+    -> {"np": ("numpy", 1)}, `from numpy import random` -> {"random": ("numpy.random", 1)}, and a name
+    imported from a module, `from random import choice` -> {"choice": ("random.choice", 1)}."""
+    imports = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    imports[alias.asname] = (alias.name, node.end_lineno)
+                else:
+                    top = alias.name.split(".")[0]
+                    imports.setdefault(top, (top, node.end_lineno))
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                imports[alias.asname or alias.name] = (f"{node.module}.{alias.name}", node.end_lineno)
+    return imports
+
+
+def _called(func: ast.expr, modules: dict[str, str]) -> tuple[str, str]:
+    """(the module, the function) a call calls: `np.random.rand` -> ("numpy.random", "rand"); ("", "")
+    for anything else."""
+    parts = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name) or func.id not in modules:
+        return "", ""
+    dotted = ".".join([modules[func.id], *reversed(parts)])
+    module, _, function = dotted.rpartition(".")
+    return module, function
 
 
 def _mentions(source: str, name: str) -> bool:
