@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import zipfile
 from pathlib import Path
 
 import git
@@ -74,3 +78,21 @@ def make_iteration(run, number: int = 1, **fields):
         type(run).objects.filter(pk=run.pk).update(iteration_count=number)
         run.iteration_count = number
     return iteration
+
+
+def wheel(name: str, version: str, source: str) -> bytes:
+    """A pure-Python wheel of one module, built here: pip installs it offline, with nothing to build."""
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": source.encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record, buffer = [], io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        archive.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    return buffer.getvalue()

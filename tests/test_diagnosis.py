@@ -1,10 +1,11 @@
 """Reading a repository's declared dependencies, and the likely root cause of a failed run from its output."""
 
 from distill.pipeline import digest
-from distill.pipeline.dependencies import declared_dependencies
+from distill.pipeline.dependencies import declared_dependencies, unpinned
 from distill.pipeline.diagnosis import (
     diagnose,
     missing_requirements,
+    unavailable_versions,
     unreached_imports,
     without_recorder_frames,
 )
@@ -355,3 +356,49 @@ def test_a_name_imported_from_the_wrong_module_is_named_with_where_the_digest_im
     assert finding == (
         "'findiff' has no name 'Id': the repository defines it as Id (from findiff.diff import Id); call it there"
     )
+
+
+# The ends of real install logs (a paper's runs, pip 24 in the sandbox), and newer pip's wording.
+NO_SUCH_VERSION = """\
+ERROR: Ignored the following versions that require a different python version: 2.5.0 Requires-Python >=3.12
+ERROR: Could not find a version that satisfies the requirement corner==0.4.1 (from versions: 0.2.0, 1.0.0, 2.3.0)
+ERROR: No matching distribution found for corner==0.4.1
+ERROR: Could not find a version that satisfies the requirement cornerz==1.0 (from versions: none)
+"""
+LEGACY_BUILD = """\
+      error: Failed to download any of the following: ['https://downloads.sourceforge.net/freetype-2.6.1.tar.gz']
+      [end of output]
+error: legacy-install-failure
+
+× Encountered error while trying to install package.
+╰─> matplotlib
+"""
+WHEEL_BUILD = """\
+  Building wheel for scikit-learn (pyproject.toml) ... error
+  ERROR: Failed building wheel for scikit-learn
+Failed to build scikit-learn
+ERROR: Failed to build installable wheels for some pyproject.toml based projects (scikit-learn)
+"""
+
+
+def test_pins_the_index_has_not_and_builds_that_failed_are_read_from_the_install_log():
+    assert unavailable_versions(NO_SUCH_VERSION) == {"corner": ["0.2.0", "1.0.0", "2.3.0"]}, (
+        "none: a name to fix"
+    )
+    assert unavailable_versions(LEGACY_BUILD) == {"matplotlib": None}
+    assert unavailable_versions(WHEEL_BUILD) == {"scikit-learn": None}
+    assert unavailable_versions("Successfully installed numpy-2.1.3\n") == {}
+
+
+def test_a_pin_is_taken_off_only_where_it_allows_no_version_the_index_has():
+    unavailable = {"corner": ["0.2.0", "1.0.0", "2.3.0"], "matplotlib": None}
+    lines, said = unpinned(
+        ["corner[plot]==0.4.0; python_version >= '3'", "matplotlib==3.5.1", "numpy==2.1.3", "matplotlib"],
+        unavailable,
+    )
+    assert lines == ['corner[plot]; python_version >= "3"', "matplotlib", "numpy==2.1.3", "matplotlib"]
+    assert said == [
+        "corner[plot]==0.4.0; python_version >= '3' (pip has 0.2.0, 1.0.0, 2.3.0)",
+        "matplotlib==3.5.1 (it did not build from source here)",
+    ]
+    assert unpinned(["corner>=2"], unavailable) == (["corner>=2"], []), "a pin the index satisfies stays"

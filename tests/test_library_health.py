@@ -1,10 +1,6 @@
 """Library health checks (library/health.py): real git repositories made here, the real bubblewrap sandbox,
 real pip installing from a folder of wheels inside the repository (offline), the real proof."""
 
-import base64
-import hashlib
-import io
-import zipfile
 from datetime import timedelta
 
 import git
@@ -14,7 +10,7 @@ from django.utils import timezone
 
 from library import health
 from library.models import Example, ExampleCheck
-from tests.factories import make_git_repo
+from tests.factories import make_git_repo, wheel
 
 S = ExampleCheck.Status
 
@@ -33,24 +29,6 @@ WRITE = "json.dump({'value': value, 'label': 'squares'}, open('results.json', 'w
 USES_SCALE = HEAD + "value = tinydep.scale(mean_squared([1.0, 2.0, 3.0]))\n" + WRITE
 USES_FACTOR = HEAD + "value = tinydep.FACTOR * mean_squared([1.0, 2.0, 3.0])\n" + WRITE
 EXPECTED = 2 * 14 / 3
-
-
-def wheel(name: str, version: str, source: str) -> bytes:
-    """A pure-Python wheel of one module, built here: pip installs it offline, with nothing to build."""
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": source.encode(),
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record, buffer = [], io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{path},sha256={digest},{len(data)}")
-        archive.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
-    return buffer.getvalue()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from distill import llm, services
 from distill.models import FileRating, Iteration, LLMCall, Run, RunStep
 from distill.pipeline import environment
 from distill.profiles import load_profile
-from tests.factories import make_git_repo
+from tests.factories import make_git_repo, wheel
 from tests.replies import BROKEN_MAIN, FAKE_MAIN, WORKING_MAIN, cassette, program, ratings, verdict
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -167,6 +167,39 @@ def test_a_module_the_program_could_not_import_is_added_to_the_fixs_requirements
     assert environment.program_extras(second.files) == ["minilib_plots"]
     assert "Added minilib_plots to requirements.txt" in second.change_log
     assert LLMCall.objects.filter(run=run, stage="fix").count() == 1, "not refused as the same program"
+
+
+def test_a_pin_the_index_cannot_satisfy_is_taken_off_in_the_fix_whatever_the_model_writes(
+    tmp_path, monkeypatch, settings
+):
+    settings.DISTILL_ALLOW_LOCAL_SOURCES = True
+    # Seen on a paper's run: told that corner==0.4.1 does not exist, the 1.5B model wrote corner==0.4.0.
+    # The index is a folder of the repository (mounted at /repo in the sandbox), holding tinydep 1.0 only.
+    wheel_name = "tinydep-1.0-py3-none-any.whl"
+    files = {
+        **MINILIB,
+        f"index/tinydep/{wheel_name}": wheel("tinydep", "1.0", "def double(x):\n    return 2 * x\n"),
+        "index/tinydep/index.html": f'<a href="{wheel_name}">{wheel_name}</a>\n',
+    }
+    repo = make_git_repo(tmp_path / "minilib", files)
+    monkeypatch.setenv("PIP_INDEX_URL", "file:///repo/index")
+    main = WORKING_MAIN.replace("import json\n", "import json\nimport tinydep\n")
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(main, requirements="tinydep==0.4.1\n")),
+         ("fix", program(main, requirements="tinydep==0.4.0\n", changes="Root cause: no tinydep 0.4.1.")),
+         ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    first, second = run.iterations.all()
+    assert "No matching distribution found for tinydep==0.4.1" in first.install_log
+    assert first.measured["unavailable_versions"] == {"tinydep": ["1.0"]}
+    assert environment.program_extras(second.files) == ["tinydep"]
+    assert "Unpinned tinydep==0.4.0 (pip has 1.0) in requirements.txt" in second.change_log
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert second.exit_code == 0 and "tinydep-1.0" in second.install_log
 
 
 def test_a_dependency_that_does_not_exist_stops_the_run_at_the_environment_with_one_line(tmp_path, settings):

@@ -14,6 +14,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -131,6 +132,41 @@ def clean_requirements(text: str) -> tuple[list[str], list[str]]:
                 seen.add(name)
                 requirements.append(str(requirement))
     return requirements, problems
+
+
+def unpinned(
+    requirements: list[str], unavailable: dict[str, list[str] | None]
+) -> tuple[list[str], list[str]]:
+    """(the requirement lines with each pin pip could not install taken off, what was unpinned).
+
+    `unavailable` is diagnosis.unavailable_versions of the last install: {name: the versions the index
+    has}, or {name: None} for a package whose pinned build failed. A line of such a name keeps its pin only
+    where the pin allows a version the index has; its extras and marker are kept."""
+    lines, said = [], []
+    for line in requirements:
+        requirement = parsed(line)
+        name = canonicalize_name(requirement.name) if requirement else ""
+        if requirement is None or name not in unavailable or not requirement.specifier:
+            lines.append(line)
+            continue
+        versions = unavailable[name]
+        if versions is not None and any(
+            requirement.specifier.contains(v, prereleases=True) for v in versions
+        ):
+            lines.append(line)
+            continue
+        requirement.specifier = SpecifierSet()
+        lines.append(str(requirement))
+        said.append(
+            f"{line} (pip has {_versions(versions)})"
+            if versions
+            else f"{line} (it did not build from source here)"
+        )
+    return lines, said
+
+
+def _versions(versions: list[str]) -> str:
+    return ", ".join(versions) if len(versions) <= 4 else f"{versions[0]} ... {versions[-1]}"
 
 
 def distribution_name(root: Path) -> str:

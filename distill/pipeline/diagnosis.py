@@ -28,6 +28,18 @@ DIGEST_IMPORT = re.compile(r"^from ([\w.]+) import (\w+)")
 DIGEST_DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class) (\w+)")
 PIP_NOT_FOUND = re.compile(r"^ERROR: (?:Could not find a version that satisfies the requirement|No matching "
                            r"distribution found for) ([^\s(]+)", re.M)  # fmt: skip
+# pip's list of the versions a requirement it could not satisfy has ("none" when the name has none).
+PIP_VERSIONS = re.compile(
+    r"^ERROR: Could not find a version that satisfies the requirement ([^\s(]+) \(from versions: ([^)]*)\)",
+    re.M,
+)
+# A package pip had to build from source and could not: the newest pip (rich's box), older ones, and the
+# legacy setup.py install.
+PIP_BUILD_FAILED = re.compile(
+    r"^(?:\s*(?:ERROR: )?Failed (?:building wheel for|to build) (?!installable\b)([A-Za-z0-9][\w.-]*)"
+    r"|(?:×|ERROR:) Encountered error while trying to install package\.\n╰─> ([A-Za-z0-9][\w.-]*))",
+    re.M,
+)
 PIP_INVALID = re.compile(
     r"^ERROR: Invalid requirement: '([^'\n]*)' \(from line (\d+) of requirements\.txt\)", re.M
 )
@@ -199,6 +211,22 @@ def missing_requirements(output: str, packages: dict[str, str], declared: list[s
     for match in _first_of_each(PIP_ADVICE, output)[:2]:
         found.setdefault(match.group(1), match.group(1))
     return list(found.values())
+
+
+def unavailable_versions(install_log: str) -> dict[str, list[str] | None]:
+    """{distribution: the versions the index has} for each requirement pip could not find at the version
+    asked while the name has others (`corner==0.4.1`, "from versions: 0.2.0, ..., 2.3.0"), and {distribution:
+    None} for each package pip could not build from source (matplotlib==3.5.1 has no wheel for Python 3.11,
+    and its build downloads what the sandbox cannot reach). Both are a pin's fault, and the fix unpins them
+    (program.parse_program): seen on a paper's run, the 1.5B model changed corner==0.4.1 to corner==0.4.0."""
+    found: dict[str, list[str] | None] = {}
+    for requirement, versions in PIP_VERSIONS.findall(install_log):
+        listed = [v.strip() for v in versions.split(",") if v.strip() and v.strip() != "none"]
+        if listed:
+            found[normalized_name(requirement)] = listed
+    for match in PIP_BUILD_FAILED.finditer(install_log):
+        found.setdefault(normalized_name(match.group(1) or match.group(2)), None)
+    return found
 
 
 def _requirement_for(module: str, declared: list[str]) -> tuple[str, bool]:

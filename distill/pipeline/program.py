@@ -274,6 +274,7 @@ def parse_program(
     keep: dict | None = None,
     metadata_default: dict | None = None,
     add_requirements: list[str] = (),
+    unpin: dict[str, list[str] | None] | None = None,
 ) -> parsing.Program:
     """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
     main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
@@ -289,9 +290,17 @@ def parse_program(
     written = {dependencies.normalized_name(line) for line in requirements}
     added = [line for line in add_requirements if dependencies.normalized_name(line) not in written]
     requirements += added
-    if added:
-        note = f"Added {', '.join(added)} to requirements.txt: the last version could not import it."
-        program = program.model_copy(update={"change_log": f"{program.change_log}\n{note}".strip()})
+    notes = (
+        [f"Added {', '.join(added)} to requirements.txt: the last version could not import it."]
+        if added
+        else []
+    )
+    requirements, unpinned = dependencies.unpinned(requirements, unpin or {})
+    if unpinned:
+        notes.append(f"Unpinned {'; '.join(unpinned)} in requirements.txt: the last install failed on it.")
+    if notes:
+        change_log = "\n".join([program.change_log, *notes]).strip()
+        program = program.model_copy(update={"change_log": change_log})
     files = dict(program.files)
     if prepared:
         other = {
@@ -354,6 +363,9 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
     # A module the last version could not import is installed whatever the model writes: told to add
     # matplotlib to requirements.txt (kneed's plot needs it), the 1.5B model sent main.py back unchanged.
     missing = (previous.measured or {}).get("missing_requirements", [])
+    # A pin pip could not install is taken off whatever the model writes: told that corner==0.4.1 does
+    # not exist, the 1.5B model wrote corner==0.4.0.
+    unpin = (previous.measured or {}).get("unavailable_versions", {})
 
     same = "the files are the same as the version that failed; change them to remove the root cause"
 
@@ -366,6 +378,7 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
                 keep=previous.files,
                 metadata_default=previous.metadata or None,
                 add_requirements=missing,
+                unpin=unpin,
             )
         except preflight.CannotRun as exc:
             if _same_program(exc.program.files, previous.files):
@@ -536,6 +549,10 @@ def execute(
         if missing:
             # What the fix adds to requirements.txt whatever the model writes (fix).
             iteration.measured["missing_requirements"] = missing
+        unavailable = diagnosis.unavailable_versions(result.install_log)
+        if unavailable:
+            # The pins the fix takes off whatever the model writes (fix).
+            iteration.measured["unavailable_versions"] = unavailable
     flag = proof.literal_results(iteration.results, iteration.files.get("main.py", ""))
     if flag:
         iteration.measured["flags"] = [flag["message"]]
