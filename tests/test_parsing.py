@@ -52,10 +52,16 @@ def test_the_formats_placeholders_copied_instead_of_content_are_refused():
         parse_program(program("<the.complete.program>\n"))
     with pytest.raises(ReplyError, match="main.py holds the format's placeholder '<theupdated,complete,prog"):
         parse_program(program("<theupdated,complete,program>\n"))
+    with pytest.raises(
+        ReplyError, match="requirements.txt holds the format's placeholder '<onlypackagesmain"
+    ):
+        parse_program(program(requirements="<onlypackagesmain.pyneedsbeyond...\n"))
     with pytest.raises(ReplyError, match="runscript.sh holds the format's placeholder"):
         parse_program(program(runscript="<bash_commands_that_install_the_dependencies_only,_e.g._pip>\n"))
     # Angle brackets in real code and requirements are content, not placeholders.
-    real = program("print('<b>bold</b>')\nx = 1 < 2 > 0\n", requirements="numpy<3\n<br>\n<my_tag>\n")
+    real = program(
+        "print('<b>bold</b>')\nx = 1 < 2 > 0\n", requirements="numpy<3\n<br>\n<my_tag>\n<blockquote>\n"
+    )
     assert parse_program(real).files["main.py"].startswith("print('<b>")
 
 

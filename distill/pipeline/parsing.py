@@ -92,9 +92,11 @@ def ratings_schema(paths: list[str]) -> dict:
 # model sometimes copies the format's skeleton instead of filling it in. No file kind has such a line.
 # A line that is only "<...>" with a space in it ("<the complete program>"), or words joined by two or more
 # dots, underscores or commas: held by the grammar to lines without a space there, the 1.5B model wrote
-# "<the.complete.program>", "<theupdated,complete,program>" and "<bash_commands_that_install_...>".
+# "<the.complete.program>", "<theupdated,complete,program>" and "<bash_commands_that_install_...>"; and
+# words joined by nothing, closed or not ("<onlypackagesmain.pyneedsbeyond..."): 15 characters or more,
+# longer than an HTML tag alone on its line.
 PLACEHOLDER_LINE = re.compile(
-    r"^\s*<(?:[^<>\n]* [^<>\n]*|[A-Za-z][\w-]*(?:[._,][\w-]+){2,}[._,]?)>\s*$", re.M
+    r"^\s*<(?:[^<>\n]* [^<>\n]*>|[A-Za-z][\w-]*(?:[._,][\w-]+){2,}[._,]?>|[A-Za-z][\w.,-]{14,}>?)\s*$", re.M
 )
 
 
