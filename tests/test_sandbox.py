@@ -730,6 +730,33 @@ def test_a_network_that_never_comes_up_is_tried_three_times_then_said(sandbox, t
     assert "never" not in result.stdout
 
 
+def test_a_sandbox_whose_network_could_not_be_set_up_says_what_bubblewrap_said(
+    sandbox, tmp_path, monkeypatch
+):
+    # The set-up flake's cause is not known: bubblewrap's own words, when it has any, are in the failure.
+    from distill.sandbox import local
+
+    real_argv = local.LocalSandbox.argv
+
+    def argv_bubblewrap_refuses(self, *args, **kwargs):
+        argv = real_argv(self, *args, **kwargs)
+        inner = argv.index("--unshare-all")
+        return [*argv[:inner], "--no-such-option", *argv[inner:]]
+
+    monkeypatch.setattr(local.LocalSandbox, "argv", argv_bubblewrap_refuses)
+    monkeypatch.setattr(local, "SET_UP_RETRY_PAUSES", (0.0, 0.0))
+
+    result = execute(sandbox, "print('never')\n", tmp_path / "job", tmp_path / "env")
+
+    assert result.failure.startswith(
+        "sandbox error: the network could not be set up: bubblewrap did not report"
+    )
+    assert result.failure.endswith("(bubblewrap said: bwrap: Unknown option --no-such-option)"), (
+        result.failure
+    )
+    assert "never" not in result.stdout
+
+
 def test_a_sandbox_that_could_not_join_its_cgroup_is_started_once_more(sandbox, tmp_path, monkeypatch):
     # Seen once after a worker running the same environment was killed: the child could not join the
     # cgroup, and Popen raised "Exception occurred in preexec_fn" before bubblewrap started.

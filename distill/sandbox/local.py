@@ -429,6 +429,7 @@ class _PhaseRunner:
             failure = network.start(proc, info_read, block_write, uid=self.uid)
             if failure:
                 _kill_group(proc.pid)
+        set_up_failed = bool(failure)
         disk = _DiskWatch(self.request, limits)
         timed_out = cancelled = False
         deadline = start + timeout
@@ -466,6 +467,12 @@ class _PhaseRunner:
                 pipe.close()
         if not (timed_out or cancelled or failure):
             failure = disk.check(final=True)
+        if set_up_failed:
+            # Why the sandbox's first process was gone, when bubblewrap said (the cause of the flake of
+            # NETWORK_SETUP_FAILURES is not known yet): nothing of the program ran, so this is all its own.
+            said = " ".join(f"{err.text()} {out.text()}".split())
+            if said:
+                failure = f"{failure} (bubblewrap said: {said[-300:]})"
         stopped = timed_out or cancelled
         return Phase(
             exit_code=None if stopped else proc.returncode,
