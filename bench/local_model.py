@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,10 +114,20 @@ def make_repository(package: str, parent: Path) -> Path:
     pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
     subprocess.run([*pip, package, "-d", downloads], check=True)
     name = package.split("==")[0].lower().replace("-", "_")
-    (archive,) = [p for p in downloads.glob("*.tar.gz") if p.name.lower().replace("-", "_").startswith(name)]
-    with tarfile.open(archive) as tar:
-        tar.extractall(parent, filter="data")
-    repo = parent / archive.name.removesuffix(".tar.gz")
+    # Most sdists are .tar.gz; older ones (filterpy's) are .zip.
+    (archive,) = [
+        p
+        for p in [*downloads.glob("*.tar.gz"), *downloads.glob("*.zip")]
+        if p.name.lower().replace("-", "_").startswith(name)
+    ]
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(parent)
+        repo = parent / archive.name.removesuffix(".zip")
+    else:
+        with tarfile.open(archive) as tar:
+            tar.extractall(parent, filter="data")
+        repo = parent / archive.name.removesuffix(".tar.gz")
     git = ["git", "-C", str(repo), "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
