@@ -693,9 +693,18 @@ def test_the_reply_schemas_become_grammars_that_llama_cpp_takes(vocabulary):
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     judge = json_schema_to_gbnf(json.dumps(parsing.JUDGEMENT_SCHEMA))
-    assert allows(vocabulary, judge, verdict(True).removeprefix("```json\n").removesuffix("\n```"))
+    reasons_first = {
+        "explanation": "It calls the real function.",
+        **json.loads(verdict(True).strip("`json\n")),
+    }
+    assert allows(vocabulary, judge, json.dumps(reasons_first))
     assert not allows(vocabulary, judge, "The program looks good to me.", to_the_end=False)
     assert not allows(vocabulary, judge, '{"faithful": "yes"', to_the_end=False)
+    # Seen: a verdict without a word of why, or with a word only.
+    assert not allows(vocabulary, judge, '{"accurate": true, "complete": true, "faithful": true}')
+    assert not allows(
+        vocabulary, judge, '{"accurate": true, "complete": true, "explanation": "ok", "faithful": true}'
+    )
 
     rating = json_schema_to_gbnf(json.dumps(parsing.ratings_schema(["a.py", "b.py"])))
     assert allows(vocabulary, rating, '[{"path": "a.py", "rating": 7, "reason": "The API."}]')

@@ -78,7 +78,16 @@ class Judgement(BaseModel):
         return self.faithful and self.accurate and self.complete and not self.critical_issues
 
 
+# The schema a provider holds the judge's reply to: its reasons are required there, and come first, before
+# the verdicts they lead to. Held to the model's own schema, the 1.5B model left them out and passed every
+# example without a word for the curator to read. Judgement itself stays lenient: a reply from a provider
+# without schemas is read as before.
 JUDGEMENT_SCHEMA = Judgement.model_json_schema()
+JUDGEMENT_SCHEMA["properties"] = {
+    "explanation": {"title": "Explanation", "type": "string", "minLength": 20},
+    **{name: value for name, value in JUDGEMENT_SCHEMA["properties"].items() if name != "explanation"},
+}
+JUDGEMENT_SCHEMA["required"] = ["explanation", *JUDGEMENT_SCHEMA["required"]]
 
 
 def ratings_schema(paths: list[str]) -> dict:
