@@ -202,6 +202,28 @@ def test_a_pin_the_index_cannot_satisfy_is_taken_off_in_the_fix_whatever_the_mod
     assert second.exit_code == 0 and "tinydep-1.0" in second.install_log
 
 
+def test_a_fix_after_a_value_json_could_not_write_writes_it_even_when_the_model_changed_nothing(
+    repo, tmp_path
+):
+    # Seen on pwlf: "Object of type ndarray is not JSON serializable". Here a Fraction, with no numpy.
+    main = WORKING_MAIN.replace(
+        '{"mean_squared": value}', '{"mean_squared": value, "exact": Fraction(14, 3)}'
+    ).replace("import json\n", "import json\nfrom fractions import Fraction\n")
+    run = start(
+        repo,
+        tmp_path,
+        [*survey_replies(), ("generate", program(main)),
+         ("fix", program(main, changes="Root cause: a Fraction.")), ("judge", verdict(True))],
+    )  # fmt: skip
+    run = services.run_until_finished(run_id=run.pk)
+
+    first, second = run.iterations.all()
+    assert "Object of type Fraction is not JSON serializable" in first.stderr
+    assert "Before running: gave 2 json.dump calls in main.py" in second.change_log
+    assert run.status == Run.Status.SUCCEEDED, run.status_message
+    assert second.results == {"mean_squared": 14 / 3, "exact": "14/3"}
+
+
 def test_a_dependency_that_does_not_exist_stops_the_run_at_the_environment_with_one_line(tmp_path, settings):
     settings.DISTILL_ALLOW_LOCAL_SOURCES = True
     needy = {

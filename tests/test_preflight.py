@@ -291,3 +291,33 @@ def test_a_program_that_imports_torch_has_its_seed_set():
     fixed = checked(main)
     assert fixed.files["main.py"].splitlines()[2] == "torch.manual_seed(0)"
     compile(fixed.files["main.py"], "main.py", "exec")
+
+
+def test_in_a_fix_after_a_value_json_could_not_write_every_json_dump_is_given_a_default(tmp_path):
+    # Seen on pwlf in every run: "Object of type ndarray is not JSON serializable".
+    main = (
+        "import json\n"
+        "from fractions import Fraction\n"
+        "label = 'équilibre'; json.dumps(label)\n"
+        "values = {'third': Fraction(1, 3)}\n"
+        "json.dump(\n    values,\n    open('results.json', 'w'),\n)\n"
+        'print(f"{json.dumps(label)}")\n'
+        "json.dump(values, open('log.json', 'w'), default=repr)\n"
+    )
+    assert checked(main).files["main.py"] == main, "only in a fix of that failure"
+
+    fixed = preflight.check(parse_program(program(main, changes="Same.")), json_defaults=True)
+
+    source = fixed.files["main.py"]
+    default = "default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)"
+    assert f"json.dumps(label, {default})\n" in source, "after a non-ASCII character on its line"
+    assert f"open('results.json', 'w'), {default},\n)" in source
+    assert "default=repr)" in source and source.count("default=") == 3, "f-strings and a default are left"
+    assert (
+        fixed.change_log
+        == f"Same.\nBefore running: gave 2 json.dump calls in main.py `{default}`, so "
+        + ("that arrays and numpy numbers can be written.")
+    )
+    (tmp_path / "main.py").write_text(source)
+    subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"third": "1/3"}

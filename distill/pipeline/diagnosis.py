@@ -40,6 +40,9 @@ PIP_BUILD_FAILED = re.compile(
     r"|(?:×|ERROR:) Encountered error while trying to install package\.\n╰─> ([A-Za-z0-9][\w.-]*))",
     re.M,
 )
+# The argument that lets json write what a scientific program computes: arrays and numpy numbers as lists
+# and numbers, anything else as its text. json calls it only for what it cannot write itself.
+JSON_DEFAULT = "default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)"
 PIP_INVALID = re.compile(
     r"^ERROR: Invalid requirement: '([^'\n]*)' \(from line (\d+) of requirements\.txt\)", re.M
 )
@@ -191,8 +194,8 @@ def diagnose(
             (
                 match.start(),
                 f"json cannot write a {match.group(1)} value: give json.dump (or json.dumps) the argument "
-                "`default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)`, or convert each "
-                "value first (an array with .tolist(), a numpy number with float())",
+                f"`{JSON_DEFAULT}`, or convert each value first (an array with .tolist(), a numpy number "
+                "with float())",
             )
         )
     found.sort(key=lambda pair: pair[0])  # stable: within one place, the order above

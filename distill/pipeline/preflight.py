@@ -12,6 +12,10 @@ Before a program reply becomes an iteration:
   and the run ended before its first iteration). Any other undefined name is a repair, with pyflakes'
   own message;
 - it must write results.json: without that name anywhere in its code it cannot pass the measurement;
+- in a fix of a version that failed on "Object of type ndarray is not JSON serializable" (pwlf's first
+  iteration, in every run), json.dump and json.dumps are given a `default` that writes arrays and numpy
+  numbers (_json_defaults), whatever the model wrote. json calls it only for a value it could not write;
+  it is not added to programs that never failed so, where it would only be noise in the example;
 - what it draws at random is seeded (_seeded): an example's results are the same on every run, so that
   the library's health check (library/health.py) can tell a changed result from chance. Seen on pwlf:
   `y = np.random.random(10)`, unseeded, in a program that passed.
@@ -88,7 +92,7 @@ def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
     return known
 
 
-def check(program: Program, known: dict[str, str] | None = None) -> Program:
+def check(program: Program, known: dict[str, str] | None = None, *, json_defaults: bool = False) -> Program:
     """The program with what is certain fixed, each fix said in its change log: missing imports (the
     standard library's, and those `known`: known_imports), a misspelt name the program defines
     (`needle` for `kneedle`), and a main.py that never writes results.json made to write its computed
@@ -139,6 +143,14 @@ def check(program: Program, known: dict[str, str] | None = None) -> Program:
             said = ", ".join(f"`{wrong}` to `{meant}`" for wrong, meant in sorted(renames.items()))
             notes.append(f"renamed {said} in {name}, the name it defines")
             undefined = _undefined(tree, name)
+        if json_defaults and not undefined:
+            source, defaults = _json_defaults(source, tree)
+            if defaults:
+                notes.append(
+                    f"gave {defaults} json.dump call{'s' if defaults > 1 else ''} in {name} "
+                    f"`{diagnosis.JSON_DEFAULT}`, so that arrays and numpy numbers can be written"
+                )
+                tree = ast.parse(source, filename=name)
         if name == "main.py" and not undefined:
             source, seeded = _seeded(source, tree)
             if seeded:
@@ -390,11 +402,11 @@ def _seeded(source: str, tree: ast.Module) -> tuple[str, list[str]]:
         drawn.add("torch")
     lines = source.splitlines(keepends=True)
     said = []
+    skipped = _in_f_strings(tree)
     for call in sorted(generators, key=lambda c: (c.end_lineno, c.end_col_offset), reverse=True):
-        line = lines[call.end_lineno - 1]
-        if line[call.end_col_offset - 2 : call.end_col_offset] == "()":  # nothing between, on one line
-            at = call.end_col_offset - 1
-            lines[call.end_lineno - 1] = line[:at] + "0" + line[at:]
+        line = lines[call.end_lineno - 1].encode()
+        if call not in skipped and line[call.end_col_offset - 2 : call.end_col_offset] == b"()":
+            _insert(lines, call.end_lineno, call.end_col_offset - 1, "0")
             said.append(f"`{ast.get_source_segment(source, call.func)}(0)`")
     leading = _leading_imports_end(tree)
     seeds = []
@@ -405,6 +417,40 @@ def _seeded(source: str, tree: ast.Module) -> tuple[str, list[str]]:
         lines[at:at] = [f"{code}\n"]
     said = [f"`{code}`".replace("\n", "; ") for _, code in seeds] + said
     return "".join(lines), said
+
+
+def _json_defaults(source: str, tree: ast.Module) -> tuple[str, int]:
+    """The source with each json.dump(s) call that has no `default` (nor `cls`, nor **kwargs) given
+    diagnosis.JSON_DEFAULT after its last argument; and how many calls were changed."""
+    modules = {name: module for name, (module, _) in _top_level_imports(tree).items()}
+    skipped = _in_f_strings(tree)
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and node not in skipped
+        and _called(node.func, modules) in (("json", "dump"), ("json", "dumps"))
+        and (node.args or node.keywords)
+        and not any(k.arg in ("default", "cls", None) for k in node.keywords)
+    ]
+    lines = source.splitlines(keepends=True)
+    for call in sorted(calls, key=lambda c: (c.end_lineno, c.end_col_offset), reverse=True):
+        last = max(
+            [*call.args, *(k.value for k in call.keywords)], key=lambda n: (n.end_lineno, n.end_col_offset)
+        )
+        _insert(lines, last.end_lineno, last.end_col_offset, f", {diagnosis.JSON_DEFAULT}")
+    return "".join(lines), len(calls)
+
+
+def _insert(lines: list[str], lineno: int, col: int, text: str) -> None:
+    """Inserts text into lines at an ast position (its column counts UTF-8 bytes, not characters)."""
+    line = lines[lineno - 1].encode()
+    lines[lineno - 1] = (line[:col] + text.encode() + line[col:]).decode()
+
+
+def _in_f_strings(tree: ast.Module) -> set[ast.AST]:
+    """The nodes inside f-strings, whose positions Python 3.11 does not always give right."""
+    return {inner for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for inner in ast.walk(node)}
 
 
 def _seed_call(module: str, imports: dict[str, tuple[str, int]]) -> tuple[str, int]:

@@ -275,6 +275,7 @@ def parse_program(
     metadata_default: dict | None = None,
     add_requirements: list[str] = (),
     unpin: dict[str, list[str] | None] | None = None,
+    json_defaults: bool = False,
 ) -> parsing.Program:
     """A reply's program with its requirement lines cleaned and checked. With a prepared environment only
     main.py is asked for: requirements.txt (the lock plus the extras) and runscript.sh are derived, so
@@ -319,6 +320,7 @@ def parse_program(
     return preflight.check(
         program.model_copy(update={"files": files, "requirement_problems": problems}),
         known=preflight.known_imports(_installed_modules(prepared, requirements), run.api_digest),
+        json_defaults=json_defaults,
     )
 
 
@@ -366,6 +368,7 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
     # A pin pip could not install is taken off whatever the model writes: told that corner==0.4.1 does
     # not exist, the 1.5B model wrote corner==0.4.0.
     unpin = (previous.measured or {}).get("unavailable_versions", {})
+    json_defaults = bool(diagnosis.NOT_JSON.search(previous.stderr or ""))
 
     same = "the files are the same as the version that failed; change them to remove the root cause"
 
@@ -379,6 +382,7 @@ def fix(run: Run, previous: Iteration, *, prompt: Callable[[Run, Iteration], str
                 metadata_default=previous.metadata or None,
                 add_requirements=missing,
                 unpin=unpin,
+                json_defaults=json_defaults,
             )
         except preflight.CannotRun as exc:
             if _same_program(exc.program.files, previous.files):
