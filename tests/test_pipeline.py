@@ -202,6 +202,10 @@ def test_a_pin_the_index_cannot_satisfy_is_taken_off_in_the_fix_whatever_the_mod
     assert second.exit_code == 0 and "tinydep-1.0" in second.install_log
 
 
+# What a model copies from the last change log: a note of the check before running, not its own change.
+COPIED_NOTE = "Before running: added `import json` to main.py, used without its import."
+
+
 def test_a_fix_after_a_value_json_could_not_write_writes_it_even_when_the_model_changed_nothing(
     repo, tmp_path
 ):
@@ -213,13 +217,14 @@ def test_a_fix_after_a_value_json_could_not_write_writes_it_even_when_the_model_
         repo,
         tmp_path,
         [*survey_replies(), ("generate", program(main)),
-         ("fix", program(main, changes="Root cause: a Fraction.")), ("judge", verdict(True))],
+         ("fix", program(main, changes=f"Root cause: a Fraction.\n{COPIED_NOTE}")), ("judge", verdict(True))],
     )  # fmt: skip
     run = services.run_until_finished(run_id=run.pk)
 
     first, second = run.iterations.all()
     assert "Object of type Fraction is not JSON serializable" in first.stderr
-    assert "Before running: gave 2 json.dump calls in main.py" in second.change_log
+    assert second.change_log.startswith("Root cause: a Fraction.\nBefore running: gave 2 json.dump calls in")
+    assert "import json" not in second.change_log, "the copied note of what was done to another version"
     assert run.status == Run.Status.SUCCEEDED, run.status_message
     assert second.results == {"mean_squared": 14 / 3, "exact": "14/3"}
 

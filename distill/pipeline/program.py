@@ -12,6 +12,7 @@ earlier step's results.
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,6 +267,16 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
     return program
 
 
+# The notes CodeDistiller adds to a change log (preflight.check, ask_for_program, parse_program). A model
+# that copies the last change log into its own copies them too (seen on kneed: iteration 3's said what the
+# check had done to iteration 2), and they would tell of the new version what was done to the last one.
+HARNESS_NOTE = re.compile(
+    r"^(?:Before running: |Run as it is, although |Added .+ to requirements\.txt: |Unpinned .+ in "
+    r"requirements\.txt: ).*\n?",
+    re.M,
+)
+
+
 def parse_program(
     run: Run,
     text: str,
@@ -287,6 +298,9 @@ def parse_program(
         required_files=("main.py",) if prepared else parsing.REQUIRED_FILES,
         metadata_default=metadata_default,
     )
+    copied = HARNESS_NOTE.sub("", program.change_log).strip()
+    if copied != program.change_log:
+        program = program.model_copy(update={"change_log": copied})
     requirements, problems = dependencies.clean_requirements(program.files.get("requirements.txt", ""))
     written = {dependencies.normalized_name(line) for line in requirements}
     added = [line for line in add_requirements if dependencies.normalized_name(line) not in written]
