@@ -321,3 +321,18 @@ def test_in_a_fix_after_a_value_json_could_not_write_every_json_dump_is_given_a_
     (tmp_path / "main.py").write_text(source)
     subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
     assert json.loads((tmp_path / "results.json").read_text()) == {"third": "1/3"}
+
+
+def test_a_results_json_given_to_a_writer_of_another_format_is_not_one_written():
+    # Seen on kneed: np.save writes results.json.npy, and no results.json.
+    main = (
+        "import numpy as np\n"
+        "from kneed import DataGenerator, KneeLocator\n"
+        "x, y = DataGenerator.figure2()\n"
+        "knee_y = KneeLocator(x, y).knee_y\n"
+        'np.save("results.json", {"knee_y": knee_y})\n'
+    )
+    fixed = checked(main)
+    assert fixed.files["main.py"].startswith(main)
+    assert "_json.dump(" in fixed.files["main.py"]
+    assert "its computed top-level values (x, y, knee_y) are written there" in fixed.change_log

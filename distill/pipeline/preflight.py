@@ -518,13 +518,38 @@ def _called(func: ast.expr, modules: dict[str, str]) -> tuple[str, str]:
     return module, function
 
 
+# Functions that write a file in a format of their own (and numpy's add ".npy" to the name): a file name
+# given to them is not a JSON file written. Seen on kneed: `np.save("results.json", {"knee_y": knee_y})`.
+NOT_JSON_WRITERS = {
+    "save",
+    "savez",
+    "savez_compressed",
+    "savetxt",
+    "savefig",
+    "to_csv",
+    "to_pickle",
+    "dump_pickle",
+}
+
+
 def _mentions(source: str, name: str) -> bool:
-    """Whether a string in the code (a literal, or a literal part of an f-string) names the file."""
+    """Whether a string in the code (a literal, or a literal part of an f-string) names the file, other
+    than as the file of a writer of another format (NOT_JSON_WRITERS)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return False
+    elsewhere = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute | ast.Name)
+        and getattr(node.func, "attr", getattr(node.func, "id", "")) in NOT_JSON_WRITERS
+        for argument in node.args[:1]
+        for inner in ast.walk(argument)
+    }
     return any(
         isinstance(node, ast.Constant) and isinstance(node.value, str) and name in node.value
         for node in ast.walk(tree)
+        if id(node) not in elsewhere
     )
