@@ -586,6 +586,18 @@ text-body ::= (blanks? text-line)* blanks?
 """
 
 
+# A fix's change section, before its main.py: the root cause's line, then a few more lines, each of a
+# bounded length. Unbounded, the 1.5B model's root cause for filterpy repeated one paragraph on a single
+# line to the reply's 1,536-token limit, in each of its three tries (about 6 minutes each on two cores).
+MAX_CAUSE_CHARS = 400
+MAX_CHANGE_LINES = 4
+MAX_CHANGE_LINE_CHARS = 240
+CHANGE_RULES = rf"""
+cause ::= [^\n]{{0,{MAX_CAUSE_CHARS}}} "\n"
+change-line ::= indent ([^ \t\n=] [^\n]{{0,{MAX_CHANGE_LINE_CHARS}}})? "\n"
+"""
+
+
 def program_grammar(messages: list[dict], *, after: str) -> str:
     """GBNF for the rest of a program reply that has been written up to `after` (a marker of CONTINUE_AT,
     or the reply's start): the file markers of the format the prompt gives, in its order, each with its
@@ -616,7 +628,9 @@ def program_grammar(messages: list[dict], *, after: str) -> str:
         names_rule = " | ".join(_gbnf_literal(name) for name in extra)
         rules.append(f'extra-file ::= "=== FILE: " ({names_rule}) " ===\\n" text-body')
     if after == FIX_START:
-        root = '[^\\n]* "\\n" text-body ' + _gbnf_literal(PROGRAM_START.strip()) + ' "\\n" files meta-section'
+        rules.append(CHANGE_RULES)
+        lines = f"change-line{{0,{MAX_CHANGE_LINES}}}"
+        root = f'cause {lines} {_gbnf_literal(PROGRAM_START.strip())} "\\n" files meta-section'
     elif after == PROGRAM_START:
         root = "files meta-section"
     else:  # after the METADATA marker

@@ -686,6 +686,12 @@ def test_a_fix_grammar_begins_with_the_root_cause_and_takes_only_the_files_the_p
     assert allows(vocabulary, grammar, with_module)
     assert not allows(vocabulary, grammar, with_module.replace("squares.py ===", "other.py ==="))
     assert not allows(vocabulary, grammar, " a wrong name.\n" + metadata)
+    # Seen on filterpy: a root cause repeating one paragraph to the reply's limit. The change section is
+    # a line of the cause and a few bounded lines; then main.py must come.
+    paragraph = "The `main.py` file is also left unchanged as it is already provided. "
+    assert not allows(vocabulary, grammar, " a wrong name." + paragraph * 7, to_the_end=False)
+    assert not allows(vocabulary, grammar, " a wrong name.\n" + (paragraph + "\n") * 5, to_the_end=False)
+    assert allows(vocabulary, grammar, f" a wrong name.\n\n{paragraph * 3}\n  - it is f\n{files}{metadata}")
 
 
 @pytest.mark.local_model
