@@ -199,6 +199,9 @@ def test_the_results_block_writes_numbers_strings_and_short_lists_and_leaves_out
         "roots = [math.sqrt(i) for i in range(3)]\n"
         "name = 'circle'.upper()\n"
         "many = list(range(100))\n"
+        "from collections import namedtuple\n"
+        "fit = namedtuple('Fit', 'trend p')('none', math.exp(-1))\n"
+        "table = dict(a=[1, 2], b=Model())\n"
     )
     fixed = checked(main)
     (tmp_path / "main.py").write_text(fixed.files["main.py"])
@@ -209,6 +212,8 @@ def test_the_results_block_writes_numbers_strings_and_short_lists_and_leaves_out
         "area": pytest.approx(4 * math.pi),
         "roots": [0.0, 1.0, pytest.approx(2**0.5)],
         "name": "CIRCLE",
+        "fit": {"trend": "none", "p": pytest.approx(math.exp(-1))},
+        "table": {"a": [1, 2], "b": None},
     }
 
 

@@ -241,8 +241,9 @@ def _computed_names(tree: ast.Module) -> list[str]:
 
 
 def _results_block(names: list[str]) -> str:
-    """Code that writes the named values to results.json: numbers, strings, booleans and short lists
-    (arrays as lists); anything else is left out."""
+    """Code that writes the named values to results.json: numbers, strings, booleans, short lists (arrays
+    as lists) and short dicts (a named tuple by its names: pymannkendall's result had only its values);
+    anything else is left out."""
     return f"""
 # Added by CodeDistiller before the first run: main.py wrote no {RESULTS_FILE}. Its computed top-level
 # values go there, so that the run can be measured.
@@ -251,10 +252,13 @@ import json as _json
 
 def _result_value(value):
     value = value.tolist() if hasattr(value, "tolist") else value
+    value = value._asdict() if hasattr(value, "_asdict") else value  # a named tuple, by its names
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, (list, tuple)) and len(value) <= 50:
         return [_result_value(item) for item in value]
+    if isinstance(value, dict) and len(value) <= 50:
+        return {{str(k): _result_value(v) for k, v in value.items()}}
     return None
 
 
