@@ -115,6 +115,7 @@ def test_installed_modules_their_aliases_and_the_repositorys_api_are_imported_wh
         "x = numpy.linspace(0, 1, 11)\n"
         "d = FinDiff(0, x[1] - x[0], 1, acc=2) * Coef(2.0)\n"
         "y = np.sin(x)\n"
+        "i = diff.Id()\n"  # a submodule of the repository (seen on uncertainties: `unumpy`)
         "json.dump({'n': len(x)}, open('results.json', 'w'))\n"
     )
     known = preflight.known_imports({"numpy", "findiff"}, FINDIFF_DIGEST)
@@ -122,10 +123,12 @@ def test_installed_modules_their_aliases_and_the_repositorys_api_are_imported_wh
     fixed = preflight.check(parse_program(program(main, changes="First version.")), known=known)
 
     assert fixed.files["main.py"] == (
-        "from findiff import Coef\nfrom findiff import FinDiff\nimport numpy\nimport numpy as np\n" + main
+        "from findiff import Coef\nfrom findiff import FinDiff\nfrom findiff import diff\nimport numpy\n"
+        "import numpy as np\n" + main
     )
     assert (
-        "added `from findiff import Coef`, `from findiff import FinDiff`, `import numpy`" in fixed.change_log
+        "added `from findiff import Coef`, `from findiff import FinDiff`, `from findiff import diff`"
+        in fixed.change_log
     )
     compile(fixed.files["main.py"], "main.py", "exec")
 

@@ -82,13 +82,24 @@ class CannotRun(ReplyError):
 def known_imports(modules: set[str], api_digest: str = "") -> dict[str, str]:
     """{name: the import line} for names beyond the standard library that a program may use unimported:
     the top-level `modules` installed for it (and their usual aliases), then the repository's public
-    classes and functions that its API digest imports from one place only."""
+    classes and functions that its API digest imports from one place only, and the submodules it imports
+    them from."""
     known = {module: f"import {module}" for module in modules if module.isidentifier()}
     known.update({alias: line for alias, (module, line) in ALIASES.items() if module in modules})
     for name, places in diagnosis.api_definitions(api_digest).items():
         lines = {place.split(" (", 1)[1].rstrip(")") for place in places if place.startswith(f"{name} (")}
         if len(lines) == 1 and name not in known:
             known[name] = lines.pop()
+    # The repository's submodules the digest imports from, by their last name (seen on uncertainties:
+    # `unumpy.uarray(...)` without `from uncertainties import unumpy`, in three replies in a row).
+    submodules: dict[str, set[str]] = {}
+    for line in api_digest.splitlines():
+        if (match := diagnosis.DIGEST_IMPORT.match(line)) and "." in match.group(1):
+            parent, _, name = match.group(1).rpartition(".")
+            submodules.setdefault(name, set()).add(parent)
+    for name, parents in submodules.items():
+        if len(parents) == 1 and name not in known and not name.startswith("_"):
+            known[name] = f"from {parents.pop()} import {name}"
     return known
 
 
