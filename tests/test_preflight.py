@@ -344,3 +344,12 @@ def test_a_results_json_given_to_a_writer_of_another_format_is_not_one_written()
     assert fixed.files["main.py"].startswith(main)
     assert "_json.dump(" in fixed.files["main.py"]
     assert "its computed top-level values (x, y, knee_y) are written there" in fixed.change_log
+
+
+def test_a_value_of_a_packages_own_type_is_written_by_its_text(tmp_path):
+    # Seen on uncertainties: its values (`2.0+/-0.25`) are neither numbers nor lists.
+    main = "from fractions import Fraction\nthird = Fraction(1, 3) * 1\nprint(third)\n"
+    fixed = checked(main)
+    (tmp_path / "main.py").write_text(fixed.files["main.py"])
+    subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"third": "1/3"}

@@ -253,8 +253,9 @@ def _computed_names(tree: ast.Module) -> list[str]:
 
 def _results_block(names: list[str]) -> str:
     """Code that writes the named values to results.json: numbers, strings, booleans, short lists (arrays
-    as lists) and short dicts (a named tuple by its names: pymannkendall's result had only its values);
-    anything else is left out."""
+    as lists), short dicts (a named tuple by its names: pymannkendall's result had only its values), and
+    other objects by their text when it is short and not only what they are (uncertainties'
+    `2.0+/-0.2`); anything else is left out."""
     return f"""
 # Added by CodeDistiller before the first run: main.py wrote no {RESULTS_FILE}. Its computed top-level
 # values go there, so that the run can be measured.
@@ -270,7 +271,10 @@ def _result_value(value):
         return [_result_value(item) for item in value]
     if isinstance(value, dict) and len(value) <= 50:
         return {{str(k): _result_value(v) for k, v in value.items()}}
-    return None
+    # A value of the package's own type by its text ("4.0+/-1.0"), unless that says only what it is
+    # ("<kneed.knee_locator.KneeLocator object at 0x7f...>", "<_io.TextIOWrapper name='results.json'>").
+    text = str(value)
+    return text if len(text) <= 200 and not (text.startswith("<") and text.endswith(">")) else None
 
 
 _results = {{name: _result_value(globals().get(name)) for name in {names!r}}}
