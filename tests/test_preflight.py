@@ -216,6 +216,7 @@ def test_the_results_block_writes_numbers_strings_and_short_lists_and_leaves_out
         "roots": [0.0, 1.0, pytest.approx(2**0.5)],
         "name": "CIRCLE",
         "fit": {"trend": "none", "p": pytest.approx(math.exp(-1))},
+        "many": {"shape": [100], "mean": 49.5, "min": 0, "max": 99},
         "table": {"a": [1, 2], "b": None},
     }
 
@@ -353,3 +354,12 @@ def test_a_value_of_a_packages_own_type_is_written_by_its_text(tmp_path):
     (tmp_path / "main.py").write_text(fixed.files["main.py"])
     subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
     assert json.loads((tmp_path / "results.json").read_text()) == {"third": "1/3"}
+
+
+def test_a_large_array_is_written_by_its_shape_and_figures(tmp_path):
+    # Seen on emcee: its 100 x 32 samples were left out, and results.json held only the inputs.
+    main = "import numpy as np\nsamples = np.arange(200.0).reshape(100, 2)\nprint(samples.shape)\n"
+    (tmp_path / "main.py").write_text(checked(main).files["main.py"])
+    subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results == {"samples": {"shape": [100, 2], "mean": 99.5, "min": 0.0, "max": 199.0}}
