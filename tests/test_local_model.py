@@ -707,10 +707,10 @@ def test_the_reply_schemas_become_grammars_that_llama_cpp_takes(vocabulary):
     assert not allows(vocabulary, judge, "The program looks good to me.", to_the_end=False)
     assert not allows(vocabulary, judge, '{"faithful": "yes"', to_the_end=False)
     # Seen: a verdict without a word of why, or with a word only.
-    assert not allows(vocabulary, judge, '{"accurate": true, "complete": true, "faithful": true}')
-    assert not allows(
-        vocabulary, judge, '{"accurate": true, "complete": true, "explanation": "ok", "faithful": true}'
-    )
+    # In the schema's own order, so that only the missing or too short explanation refuses them.
+    without_reasons = '{"faithful": true, "accurate": true, "complete": true}'
+    assert not allows(vocabulary, judge, without_reasons, to_the_end=False)
+    assert not allows(vocabulary, judge, '{"explanation": "ok", "faithful": true', to_the_end=False)
 
     rating = json_schema_to_gbnf(json.dumps(parsing.ratings_schema(["a.py", "b.py"])))
     assert allows(vocabulary, rating, '[{"path": "a.py", "rating": 7, "reason": "The API."}]')
