@@ -359,7 +359,14 @@ def test_a_value_of_a_packages_own_type_is_written_by_its_text(tmp_path):
 def test_a_large_array_is_written_by_its_shape_and_figures(tmp_path):
     # Seen on emcee: its 100 x 32 samples were left out, and results.json held only the inputs.
     main = "import numpy as np\nsamples = np.arange(200.0).reshape(100, 2)\nprint(samples.shape)\n"
+    # And a tensor whose `size` is a method, as torch's is.
+    main += (
+        "class Tensor:\n    def size(self):\n        return (60, 2)\n"
+        "    def tolist(self):\n        return [[float(i), 1.0] for i in range(60)]\n"
+        "weights = Tensor()\nweights.size()\n"
+    )
     (tmp_path / "main.py").write_text(checked(main).files["main.py"])
     subprocess.run([sys.executable, "main.py"], cwd=tmp_path, check=True, capture_output=True)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results == {"samples": {"shape": [100, 2], "mean": 99.5, "min": 0.0, "max": 199.0}}
+    assert results["samples"] == {"shape": [100, 2], "mean": 99.5, "min": 0.0, "max": 199.0}
+    assert results["weights"] == {"shape": [60, 2], "mean": 15.25, "min": 0.0, "max": 59.0}

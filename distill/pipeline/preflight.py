@@ -254,36 +254,35 @@ def _computed_names(tree: ast.Module) -> list[str]:
 def _results_block(names: list[str]) -> str:
     """Code that writes the named values to results.json: numbers, strings, booleans, short lists (arrays
     as lists), long lists and arrays of numbers by their shape, mean, min and max (emcee's 100 x 32
-    samples were left out, and its results.json held only its inputs), short dicts (a named tuple by its names: pymannkendall's result had only its values), and
-    other objects by their text when it is short and not only what they are (uncertainties'
-    `2.0+/-0.2`); anything else is left out."""
+    samples were left out, and its results.json held only its inputs), short dicts (a named tuple by its
+    names: pymannkendall's result had only its values), and other objects by their text when it is short
+    and not only what they are (uncertainties' `2.0+/-0.2`); anything else is left out."""
     return f"""
 # Added by CodeDistiller before the first run: main.py wrote no {RESULTS_FILE}. Its computed top-level
 # values go there, so that the run can be measured.
 import json as _json
 
 
-def _summary(numbers, shape):
-    return {{"shape": shape, "mean": sum(numbers) / len(numbers), "min": min(numbers), "max": max(numbers)}}
+# (the numbers, the shape) of a list of numbers or of equal lists of them; None for anything else.
+def _numbers(value):
+    if all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in value):
+        return list(value), [len(value)]
+    inner = [_numbers(item) if isinstance(item, (list, tuple)) and item else None for item in value]
+    if not all(inner) or len({{tuple(shape) for _, shape in inner}}) != 1:
+        return None
+    return [number for numbers, _ in inner for number in numbers], [len(value), *inner[0][1]]
 
 
 def _result_value(value):
-    if hasattr(value, "tolist") and getattr(value, "size", 0) > 50:  # a large array: its figures
-        try:
-            numbers = [float(v) for v in value.ravel().tolist()]
-            return _summary(numbers, list(value.shape))
-        except (TypeError, ValueError, AttributeError):
-            return None
     value = value.tolist() if hasattr(value, "tolist") else value
     value = value._asdict() if hasattr(value, "_asdict") else value  # a named tuple, by its names
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, (list, tuple)) and len(value) <= 50:
         return [_result_value(item) for item in value]
-    if isinstance(value, (list, tuple)) and all(
-        isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
-    ):
-        return _summary(value, [len(value)])
+    if isinstance(value, (list, tuple)) and (found := _numbers(value)):  # a large array: its figures
+        numbers, shape = found
+        return {{"shape": shape, "mean": sum(numbers) / len(numbers), "min": min(numbers), "max": max(numbers)}}
     if isinstance(value, dict) and len(value) <= 50:
         return {{str(k): _result_value(v) for k, v in value.items()}}
     # A value of the package's own type by its text ("4.0+/-1.0"), unless that says only what it is
