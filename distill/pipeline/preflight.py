@@ -40,6 +40,7 @@ from distill.pipeline.parsing import Program, ReplyError
 
 RESULTS_FILE = "results.json"
 CANNOT_RUN = "the program cannot run as it is: "
+BEFORE_RUNNING = "Before running: "  # what begins the change-log note of what was fixed here
 # Names that programs use from a standard-library module rather than the module itself, and where only
 # one module has them: `Path(...)` without `from pathlib import Path`.
 FROM_IMPORTS = {
@@ -185,7 +186,7 @@ def check(program: Program, known: dict[str, str] | None = None, *, json_default
                 f"{RESULTS_FILE}, as a JSON object"
             )
     if notes:
-        note = "Before running: " + "; ".join(notes) + "."
+        note = BEFORE_RUNNING + "; ".join(notes) + "."
         change_log = f"{program.change_log}\n{note}".strip()
         program = program.model_copy(update={"files": files, "change_log": change_log})
     if problems:

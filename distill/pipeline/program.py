@@ -262,7 +262,7 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
         program = exc.error.program
         tries = run.config.get("max_reply_repairs", 2) + 1
         problems = str(exc.error).removeprefix(preflight.CANNOT_RUN)
-        note = f"Run as it is, although {problems} (still so after {tries} replies): the run shows what it causes."
+        note = f"{RUN_AS_IT_IS}{problems} (still so after {tries} replies): the run shows what it causes."
         program = program.model_copy(update={"change_log": f"{program.change_log}\n{note}".strip()})
     return program
 
@@ -270,9 +270,10 @@ def ask_for_program(run: Run, *, stage: str, prompt: str, iteration: int, parse=
 # The notes CodeDistiller adds to a change log (preflight.check, ask_for_program, parse_program). A model
 # that copies the last change log into its own copies them too (seen on kneed: iteration 3's said what the
 # check had done to iteration 2), and they would tell of the new version what was done to the last one.
+RUN_AS_IT_IS = "Run as it is, although "
 HARNESS_NOTE = re.compile(
-    r"^(?:Before running: |Run as it is, although |Added .+ to requirements\.txt: |Unpinned .+ in "
-    r"requirements\.txt: ).*\n?",
+    rf"^(?:{re.escape(preflight.BEFORE_RUNNING)}|{re.escape(RUN_AS_IT_IS)}|Added .+ to requirements\.txt: "
+    r"|Unpinned .+ in requirements\.txt: ).*\n?",
     re.M,
 )
 
