@@ -279,11 +279,12 @@ def _result_value(value):
     value = value._asdict() if hasattr(value, "_asdict") else value  # a named tuple, by its names
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    if isinstance(value, (list, tuple)) and len(value) <= 50:
-        return [_result_value(item) for item in value]
-    if isinstance(value, (list, tuple)) and (found := _numbers(value)):  # a large array: its figures
+    found = _numbers(value) if isinstance(value, (list, tuple)) and value else None
+    if found and len(found[0]) > 50:  # a large array (more than 50 numbers in all): its figures
         numbers, shape = found
         return {{"shape": shape, "mean": sum(numbers) / len(numbers), "min": min(numbers), "max": max(numbers)}}
+    if isinstance(value, (list, tuple)) and len(value) <= 50:
+        return [_result_value(item) for item in value]
     if isinstance(value, dict) and len(value) <= 50:
         return {{str(k): _result_value(v) for k, v in value.items()}}
     # A value of the package's own type by its text ("4.0+/-1.0"), unless that says only what it is
